@@ -513,7 +513,7 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
                 return TC_ACT_OK;
             }
             s.decision.init(ifindex, ep);
-            s.decision.drop(reason, 0);
+            s.decision.drop_hard(reason);
             return finish_drop(&s.pkt, &s.decision);
         }
     }
@@ -717,6 +717,14 @@ impl FlowDecision {
         }
     }
 
+    /// Drops regardless of audit mode: the endpoint is unknown or not ready, or the packet
+    /// cannot be classified. Audit mode relaxes policy, never these.
+    #[inline(always)]
+    fn drop_hard(&mut self, reason: DropReason) {
+        self.reason = reason;
+        self.verdict = Verdict::Dropped;
+    }
+
     /// Applies one direction's decision.
     #[inline(always)]
     fn apply(&mut self, d: &Decision, direction: u8) {
@@ -747,14 +755,14 @@ fn new_flow_from_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -
     let d = &mut s.decision;
     d.init(ifindex, ep);
     let Some(ep) = ep else {
-        d.drop(DropReason::UnknownEndpoint, 0);
+        d.drop_hard(DropReason::UnknownEndpoint);
         return finish_drop(pkt, d);
     };
     d.src_identity = ep.identity;
     let peer = ipcache(pkt.key.family, &pkt.key.daddr);
     d.dst_identity = peer.identity;
     if ep.state != STATE_READY {
-        d.drop(DropReason::EndpointNotReady, 0);
+        d.drop_hard(DropReason::EndpointNotReady);
         return finish_drop(pkt, d);
     }
 
@@ -812,12 +820,12 @@ fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> 
         return finish(s, false);
     }
     let Some(ep) = ep else {
-        d.drop(DropReason::UnknownEndpoint, 0);
+        d.drop_hard(DropReason::UnknownEndpoint);
         return finish_drop(pkt, d);
     };
     d.dst_identity = ep.identity;
     if ep.state != STATE_READY {
-        d.drop(DropReason::EndpointNotReady, 0);
+        d.drop_hard(DropReason::EndpointNotReady);
         return finish_drop(pkt, d);
     }
     let me = ipcache(pkt.key.family, &pkt.key.daddr);

@@ -1,0 +1,218 @@
+//! A straightforward reference evaluation of the datapath's map contents, written from the
+//! contract in `septum-datapath-common` rather than from the eBPF code: linear scans instead of
+//! tries, no shortcuts. The differential test checks the real program against it.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use septum_datapath::{Datapath, DatapathError};
+use septum_datapath_common::{
+    ACTION_AUDIT, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_F_EGRESS_POLICY,
+    ENDPOINT_F_INGRESS_POLICY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, IDENTITY_ANY,
+    IDENTITY_HOST, IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD, IpCacheEntry,
+    IpPrefixData, MODE_AUDIT, POINT_FROM_POD, PolicyEntry, PolicyKeyData, STATE_READY,
+    ServiceEntry, ServiceKey, proto,
+};
+
+use crate::packet::{ACK, Flow, SYN};
+
+/// TC verdicts as the programs return them.
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Desired contents of the policy-related maps.
+#[derive(Clone, Debug, Default)]
+pub struct MapContents {
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    pub ipcache: BTreeMap<(u32, IpPrefixData), IpCacheEntry>,
+    pub policy: BTreeMap<(u32, PolicyKeyData), PolicyEntry>,
+    pub services: BTreeMap<ServiceKey, ServiceEntry>,
+}
+
+/// 16-byte form of an address, as the maps store it.
+pub fn addr16(ip: IpAddr) -> (u8, [u8; 16]) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (FAMILY_IPV4, a)
+        }
+        IpAddr::V6(v6) => (FAMILY_IPV6, v6.octets()),
+    }
+}
+
+fn prefix_matches(entry: &[u8], key: &[u8], bits: u32) -> bool {
+    for bit in 0..bits as usize {
+        let (byte, shift) = (bit / 8, 7 - (bit % 8));
+        if byte >= entry.len() || byte >= key.len() {
+            return false;
+        }
+        if (entry[byte] >> shift) & 1 != (key[byte] >> shift) & 1 {
+            return false;
+        }
+    }
+    true
+}
+
+fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: T is one of the plain-data map types (no padding, checked in datapath-common).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+impl MapContents {
+    /// Writes the contents into the datapath's maps (replacing whatever they held).
+    pub fn write_to(&self, dp: &mut Datapath) -> Result<(), DatapathError> {
+        for (k, _) in dp.endpoints.entries()? {
+            if !self.endpoints.contains_key(&k) {
+                dp.endpoints.remove(k)?;
+            }
+        }
+        for (k, v) in &self.endpoints {
+            dp.endpoints.insert(*k, *v)?;
+        }
+        dp.ipcache.sync(&self.ipcache)?;
+        dp.policy.sync(&self.policy)?;
+        for (k, v) in &self.services {
+            dp.services.insert(*k, *v)?;
+        }
+        Ok(())
+    }
+
+    /// Adds an ipcache entry for `ip/bits`.
+    pub fn add_ip(&mut self, ip: IpAddr, bits: u8, entry: IpCacheEntry) {
+        let (family, addr) = addr16(ip);
+        self.ipcache.insert(
+            (IpPrefixData::prefix_len(bits), IpPrefixData::new(family, addr)),
+            entry,
+        );
+    }
+
+    /// The ipcache's answer for `ip`: longest matching prefix, world if none.
+    pub fn ipcache_lookup(&self, ip: IpAddr) -> IpCacheEntry {
+        let (family, addr) = addr16(ip);
+        let key = bytes_of(&IpPrefixData::new(family, addr));
+        self.ipcache
+            .iter()
+            .filter(|((bits, data), _)| prefix_matches(&bytes_of(data), &key, *bits))
+            .max_by_key(|((bits, _), _)| *bits)
+            .map(|(_, e)| *e)
+            .unwrap_or(IpCacheEntry {
+                identity: IDENTITY_WORLD,
+                cidr_identity: 0,
+                kind: IPCACHE_KIND_WORLD,
+                _pad: [0; 3],
+            })
+    }
+
+    fn policy_lookup(&self, subject: u32, direction: u8, peer: u32, protocol: u8, port: u16) -> Option<PolicyEntry> {
+        let key = bytes_of(&PolicyKeyData::new(subject, direction, peer, protocol, port));
+        self.policy
+            .iter()
+            .filter(|((bits, data), _)| prefix_matches(&bytes_of(data), &key, *bits))
+            .max_by_key(|((bits, _), _)| *bits)
+            .map(|(_, e)| *e)
+    }
+
+    /// The decision for `subject` in `direction` towards `peer` on (`protocol`, `port`):
+    /// `Some(action)` if any entry matched, `None` if the direction is not policed.
+    pub fn decide(&self, subject: u32, direction: u8, peer: &IpCacheEntry, protocol: u8, port: u16) -> Option<u8> {
+        let mut peers = vec![peer.identity];
+        if peer.cidr_identity != 0 && peer.cidr_identity != peer.identity {
+            peers.push(peer.cidr_identity);
+        }
+        peers.push(IDENTITY_ANY);
+        let rank = |a: u8| match a {
+            ACTION_DENY => 3,
+            ACTION_AUDIT => 2,
+            _ => 1,
+        };
+        peers
+            .into_iter()
+            .filter_map(|p| self.policy_lookup(subject, direction, p, protocol, port))
+            .max_by_key(|e| (e.precedence, rank(e.action)))
+            .map(|e| e.action)
+    }
+
+    /// The TC verdict the program must return for `flow`, seen at `point` on `ifindex`, when
+    /// no conntrack state exists.
+    pub fn expected_verdict(&self, point: u8, ifindex: u32, flow: &Flow) -> i32 {
+        let ep = self.endpoints.get(&ifindex);
+        let (sport, dport) = ports(flow);
+        let denied = |action: Option<u8>| action == Some(ACTION_DENY);
+        let midstream = flow.protocol == proto::TCP && flow.tcp_flags & (SYN | ACK) == ACK;
+        let audit = ep.is_some_and(|e| e.mode == MODE_AUDIT);
+        if point == POINT_FROM_POD {
+            let Some(ep) = ep else { return TC_ACT_SHOT };
+            if ep.state != STATE_READY {
+                return TC_ACT_SHOT;
+            }
+            let (family, daddr) = addr16(flow.dst);
+            let svc = ServiceKey {
+                addr: daddr,
+                port: dport.to_be_bytes(),
+                protocol: flow.protocol,
+                family,
+            };
+            if self.services.contains_key(&svc) {
+                return TC_ACT_OK;
+            }
+            let peer = self.ipcache_lookup(flow.dst);
+            let egress = (ep.flags & ENDPOINT_F_EGRESS_POLICY != 0)
+                .then(|| self.decide(ep.identity, DIRECTION_EGRESS, &peer, flow.protocol, dport))
+                .flatten();
+            if !denied(egress) || audit {
+                return TC_ACT_OK;
+            }
+            if midstream {
+                let ingress = (ep.flags & ENDPOINT_F_INGRESS_POLICY != 0)
+                    .then(|| self.decide(ep.identity, DIRECTION_INGRESS, &peer, flow.protocol, sport))
+                    .flatten();
+                if !denied(ingress) {
+                    return TC_ACT_OK;
+                }
+            }
+            TC_ACT_SHOT
+        } else {
+            let src = self.ipcache_lookup(flow.src);
+            if src.identity == IDENTITY_HOST {
+                return TC_ACT_OK;
+            }
+            let Some(ep) = ep else { return TC_ACT_SHOT };
+            if ep.state != STATE_READY {
+                return TC_ACT_SHOT;
+            }
+            let me = self.ipcache_lookup(flow.dst);
+            let egress = (src.kind == IPCACHE_KIND_POD)
+                .then(|| self.decide(src.identity, DIRECTION_EGRESS, &me, flow.protocol, dport))
+                .flatten();
+            let ingress = (ep.flags & ENDPOINT_F_INGRESS_POLICY != 0)
+                .then(|| self.decide(ep.identity, DIRECTION_INGRESS, &src, flow.protocol, dport))
+                .flatten();
+            if (!denied(egress) && !denied(ingress)) || audit {
+                return TC_ACT_OK;
+            }
+            if midstream {
+                let reverse = (ep.flags & ENDPOINT_F_EGRESS_POLICY != 0)
+                    .then(|| self.decide(ep.identity, DIRECTION_EGRESS, &src, flow.protocol, sport))
+                    .flatten();
+                if !denied(reverse) {
+                    return TC_ACT_OK;
+                }
+            }
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// The (sport, dport) the datapath derives for a flow (ICMP echo ids as ports).
+pub fn ports(flow: &Flow) -> (u16, u16) {
+    match flow.protocol {
+        proto::TCP | proto::UDP | proto::SCTP => (flow.sport, flow.dport),
+        proto::ICMP | proto::ICMPV6 => match flow.icmp_type {
+            8 | 128 => (flow.sport, 0),
+            0 | 129 => (0, flow.dport),
+            _ => (0, 0),
+        },
+        _ => (0, 0),
+    }
+}
