@@ -179,6 +179,31 @@ impl ServicesMap {
             Err(e) => Err(map_error!(Self::NAME)(e)),
         }
     }
+
+    pub fn entries(&self) -> Result<BTreeMap<ServiceKey, ServiceEntry>, crate::DatapathError> {
+        self.0
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error!(Self::NAME))
+    }
+
+    /// Makes the map hold exactly `desired`, writing only what differs.
+    pub fn sync(
+        &mut self,
+        desired: &BTreeMap<ServiceKey, ServiceEntry>,
+    ) -> Result<DiffStats, crate::DatapathError> {
+        let diff = MapDiff::between(&self.entries()?, desired);
+        for (k, v) in &diff.upserts {
+            self.insert(*k, *v)?;
+        }
+        for k in &diff.deletes {
+            self.remove(k)?;
+        }
+        Ok(DiffStats {
+            upserted: diff.upserts.len(),
+            deleted: diff.deletes.len(),
+        })
+    }
 }
 
 /// Conntrack: read-only from user space except for flushing.

@@ -72,9 +72,7 @@ impl MapContents {
         }
         dp.ipcache.sync(&self.ipcache)?;
         dp.policy.sync(&self.policy)?;
-        for (k, v) in &self.services {
-            dp.services.insert(*k, *v)?;
-        }
+        dp.services.sync(&self.services)?;
         Ok(())
     }
 
@@ -214,5 +212,35 @@ pub fn ports(flow: &Flow) -> (u16, u16) {
             _ => (0, 0),
         },
         _ => (0, 0),
+    }
+}
+
+impl MapContents {
+    /// A compact, one-line-per-entry rendering for failure messages.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        for (k, v) in &self.endpoints {
+            let _ = writeln!(s, "endpoint if{k}: id {} flags {} mode {} state {}", v.identity, v.flags, v.mode, v.state);
+        }
+        for ((bits, d), v) in &self.ipcache {
+            let addr: IpAddr = if d.family[3] == FAMILY_IPV4 {
+                IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]])
+            } else {
+                IpAddr::from(d.addr)
+            };
+            let _ = writeln!(s, "ipcache {addr}/{} -> id {} cidr {} kind {}", bits - 32, v.identity, v.cidr_identity, v.kind);
+        }
+        for ((bits, d), v) in &self.policy {
+            let _ = writeln!(
+                s,
+                "policy subj {} dir {} peer {} proto {} port {}/{} -> action {} prec {} cookie {}",
+                d.subject(), d.direction, d.peer(), d.protocol, d.port(), bits.saturating_sub(80), v.action, v.precedence, v.cookie
+            );
+        }
+        for k in self.services.keys() {
+            let _ = writeln!(s, "service {:?} port {} proto {}", &k.addr, u16::from_be_bytes(k.port), k.protocol);
+        }
+        s
     }
 }
