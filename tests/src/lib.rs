@@ -1,7 +1,9 @@
 //! Shared pieces of septum's integration tests, benchmark and demo: synthetic packets, a
 //! reference evaluation of the datapath's maps, and network-namespace topologies.
 
+pub mod fixture;
 pub mod netns;
 pub mod packet;
 pub mod reference;
+pub mod traffic;
 pub mod world;

@@ -54,6 +54,16 @@ impl NetNs {
             name: name.to_string(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection: addresses (link-local ones too) are usable at once,
+        // instead of a second or more of IPv6 silence after every link comes up.
+        ns.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
         Ok(ns)
     }
 

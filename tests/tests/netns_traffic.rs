@@ -1,0 +1,197 @@
+//! Real traffic over veth pairs between network-namespace pods, through the real programs
+//! attached in a node namespace (TCX and clsact both), as the maps say.
+
+use std::{net::IpAddr, time::Duration};
+
+use septum_datapath::AttachMode;
+use septum_datapath_common::{
+    ACTION_ALLOW, Counter, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_F_EGRESS_POLICY,
+    ENDPOINT_F_INGRESS_POLICY, POINT_FROM_POD, POINT_TO_POD, Verdict, proto,
+};
+use septum_tests::{
+    fixture::{PinRoot, enforce, topology_maps},
+    netns::Topology,
+    traffic::{Outcome, sctp_probe, tcp_echo_server, tcp_probe, udp_echo_server, udp_probe},
+    world::Rule,
+};
+
+const P0: u32 = 2000;
+const P1: u32 = 2001;
+const P2: u32 = 2002;
+const BOTH: u8 = ENDPOINT_F_INGRESS_POLICY | ENDPOINT_F_EGRESS_POLICY;
+const T: Duration = Duration::from_millis(700);
+
+fn allow(subject: u32, direction: u8, peer: u32, protocol: u8, port: u16, cookie: u32) -> Rule {
+    Rule {
+        subject,
+        direction,
+        peer,
+        protocol: Some(protocol),
+        ports: Some((port, port)),
+        action: ACTION_ALLOW,
+        precedence: 100,
+        cookie,
+    }
+}
+
+fn allowed_and_denied(mode: AttachMode) {
+    let topo = Topology::new(3).expect("topology");
+    let pins = PinRoot::new(&topo.tag);
+    let mut maps = topology_maps(&topo, &[P0, P1, P2], &[0, ENDPOINT_F_INGRESS_POLICY, 0]);
+    maps.isolate(P1, DIRECTION_INGRESS, 1);
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 8080, 10));
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::UDP, 5353, 11));
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::SCTP, 9999, 12));
+    let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    let _tcp = tcp_echo_server(&p1.ns, 8080);
+    let _tcp2 = tcp_echo_server(&p1.ns, 8081);
+    let _udp = udp_echo_server(&p1.ns, 5353);
+    for v6 in [false, true] {
+        let dst = p1.ip(v6);
+        assert_eq!(tcp_probe(&p2.ns, dst, 8080, T), Outcome::Ok, "before enforcement, v6={v6}");
+    }
+    let dp = enforce(&topo, &maps, mode, &pins).expect("enforce");
+    for v6 in [false, true] {
+        let dst = p1.ip(v6);
+        assert_eq!(tcp_probe(&p0.ns, dst, 8080, T), Outcome::Ok, "tcp allowed, echo replies pass, v6={v6}");
+        assert_eq!(tcp_probe(&p0.ns, dst, 8081, T), Outcome::Timeout, "tcp other port: silent drop, v6={v6}");
+        assert_eq!(tcp_probe(&p2.ns, dst, 8080, T), Outcome::Timeout, "tcp other peer: silent drop, v6={v6}");
+        assert_eq!(udp_probe(&p0.ns, dst, 5353, T), Outcome::Ok, "udp allowed, v6={v6}");
+        assert_eq!(udp_probe(&p2.ns, dst, 5353, T), Outcome::Timeout, "udp other peer, v6={v6}");
+        assert_eq!(sctp_probe(&p0.ns, &p1.ns, dst, 4000, 9999, T), Outcome::Ok, "sctp allowed, v6={v6}");
+        assert_eq!(sctp_probe(&p0.ns, &p1.ns, dst, 4001, 9998, T), Outcome::Timeout, "sctp other port, v6={v6}");
+        assert_eq!(sctp_probe(&p2.ns, &p1.ns, dst, 4002, 9999, T), Outcome::Timeout, "sctp other peer, v6={v6}");
+        // The node may always reach its pods.
+        let node_probe = topo.node.run(|| {
+            std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(dst, 8081), T).is_ok()
+        });
+        assert!(node_probe, "node to pod, v6={v6}");
+        // Unpoliced pods are untouched.
+        assert_eq!(tcp_probe(&p1.ns, p2.ip(v6), 1, T), Outcome::Refused, "unpoliced peer answers with a reset, v6={v6}");
+    }
+    assert!(dp.counter(Counter::Dropped).expect("counter") > 0);
+    assert!(dp.counter(Counter::ConntrackHit).expect("counter") > 0);
+}
+
+#[test]
+fn tcp_udp_sctp_allowed_and_denied_as_the_maps_say_tcx() {
+    allowed_and_denied(AttachMode::Tcx);
+}
+
+#[test]
+fn tcp_udp_sctp_allowed_and_denied_as_the_maps_say_clsact() {
+    allowed_and_denied(AttachMode::Netlink);
+}
+
+#[test]
+fn a_connection_opened_before_enforcement_keeps_working() {
+    use std::io::{Read, Write};
+    let topo = Topology::new(3).expect("topology");
+    let pins = PinRoot::new(&topo.tag);
+    let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    let dst = std::net::SocketAddr::new(IpAddr::V4(p1.ip4), 7070);
+    // A server that greets first: after enforcement starts, the first packet is the server's.
+    let listener = p1.ns.run(|| std::net::TcpListener::bind(dst).expect("bind"));
+    let mut client = p0.ns.run(|| std::net::TcpStream::connect(dst).expect("connect"));
+    let (mut server, _) = listener.accept().expect("accept");
+    client.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    server.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+
+    // Both pods isolated both ways; only p0 -> p1:7070 is allowed (egress of p0, ingress of p1).
+    let mut maps = topology_maps(&topo, &[P0, P1, P2], &[BOTH, BOTH, 0]);
+    for id in [P0, P1] {
+        maps.isolate(id, DIRECTION_INGRESS, 1);
+        maps.isolate(id, DIRECTION_EGRESS, 1);
+    }
+    maps.add_rule(&allow(P0, DIRECTION_EGRESS, P1, proto::TCP, 7070, 20));
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 7070, 21));
+    let dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
+
+    let mut buf = [0u8; 5];
+    server.write_all(b"hello").expect("server writes first");
+    client.read_exact(&mut buf).expect("the pre-existing connection's reply arrives");
+    assert_eq!(&buf, b"hello");
+    client.write_all(b"world").expect("client writes");
+    server.read_exact(&mut buf).expect("the client's data arrives");
+    assert_eq!(&buf, b"world");
+    assert!(dp.counter(Counter::ConntrackPickup).expect("counter") >= 1, "picked up mid-stream");
+    // New connections still obey policy.
+    let _srv = tcp_echo_server(&p1.ns, 7071);
+    assert_eq!(tcp_probe(&p2.ns, p1.ip(false), 7071, T), Outcome::Timeout);
+}
+
+#[test]
+fn service_vip_is_enforced_on_the_backend_identity_and_port_after_dnat() {
+    let topo = Topology::new(3).expect("topology");
+    let pins = PinRoot::new(&topo.tag);
+    let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    let vip: std::net::Ipv4Addr = "10.96.0.10".parse().expect("vip");
+    topo.add_service(vip, 80, "tcp", p1.ip4, 8080).expect("nftables DNAT rule");
+    let _srv = tcp_echo_server(&p1.ns, 8080);
+    assert_eq!(tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T), Outcome::Ok, "DNAT works before enforcement");
+
+    // p0's egress allows the backend's identity on the target port; p2's only on another port.
+    let mut maps = topology_maps(&topo, &[P0, P1, P2], &[ENDPOINT_F_EGRESS_POLICY, 0, ENDPOINT_F_EGRESS_POLICY]);
+    maps.isolate(P0, DIRECTION_EGRESS, 1);
+    maps.isolate(P2, DIRECTION_EGRESS, 1);
+    maps.add_rule(&allow(P0, DIRECTION_EGRESS, P1, proto::TCP, 8080, 30));
+    maps.add_rule(&allow(P2, DIRECTION_EGRESS, P1, proto::TCP, 9090, 31));
+    maps.add_service(IpAddr::V4(vip), 80, proto::TCP, 1);
+    let dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
+
+    assert_eq!(tcp_probe(&p0.ns, IpAddr::V4(vip), 80, T), Outcome::Ok, "allowed through the VIP");
+    assert_eq!(tcp_probe(&p0.ns, p1.ip(false), 8080, T), Outcome::Ok, "allowed directly");
+    assert_eq!(tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T), Outcome::Timeout, "denied through the VIP");
+    assert_eq!(tcp_probe(&p2.ns, p1.ip(false), 8080, T), Outcome::Timeout, "denied directly");
+    assert!(dp.counter(Counter::EgressDeferred).expect("counter") >= 2);
+}
+
+#[test]
+fn flow_events_arrive_in_user_space_with_the_right_fields() {
+    let topo = Topology::new(3).expect("topology");
+    let pins = PinRoot::new(&topo.tag);
+    let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    let mut maps = topology_maps(&topo, &[P0, P1, P2], &[0, ENDPOINT_F_INGRESS_POLICY, 0]);
+    maps.isolate(P1, DIRECTION_INGRESS, 41);
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 8080, 40));
+    let _srv = tcp_echo_server(&p1.ns, 8080);
+    let mut dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
+    let reader = dp.take_events().expect("reader");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut reader = rt.block_on(async { reader.into_async() }).expect("async reader");
+
+    assert_eq!(tcp_probe(&p0.ns, p1.ip(false), 8080, T), Outcome::Ok);
+    assert_eq!(tcp_probe(&p2.ns, p1.ip(false), 8080, T), Outcome::Timeout);
+    let events = rt.block_on(async {
+        let mut all = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while all.iter().filter(|e: &&septum_datapath_common::FlowEvent| e.verdict == Verdict::Dropped as u8).count() == 0 {
+            match tokio::time::timeout_at(deadline, reader.next_batch()).await {
+                Ok(Ok(batch)) => all.extend(batch),
+                _ => break,
+            }
+        }
+        all
+    });
+    let allowed = events
+        .iter()
+        .find(|e| e.point == POINT_TO_POD && e.src_identity == P0 && e.dst_identity == P1 && e.dport == 8080)
+        .unwrap_or_else(|| panic!("no forwarded to_pod event for p0 -> p1:8080 in {events:#?}"));
+    assert_eq!(allowed.verdict, Verdict::Forwarded as u8);
+    assert_eq!(allowed.ingress_cookie, 40);
+    assert_eq!(allowed.protocol, proto::TCP);
+    assert_eq!(&allowed.saddr[..4], &p0.ip4.octets());
+    assert_eq!(&allowed.daddr[..4], &p1.ip4.octets());
+    assert_eq!(allowed.ifindex, p1.host_ifindex);
+    let from_p0 = events
+        .iter()
+        .any(|e| e.point == POINT_FROM_POD && e.src_identity == P0 && e.dport == 8080);
+    assert!(from_p0, "the client's side reports its new flow too");
+    let dropped = events
+        .iter()
+        .find(|e| e.verdict == Verdict::Dropped as u8)
+        .unwrap_or_else(|| panic!("no drop event in {events:#?}"));
+    assert_eq!((dropped.src_identity, dropped.dst_identity), (P2, P1));
+    assert_eq!(dropped.ingress_cookie, 41, "the isolation entry decided it");
+    assert_eq!(&dropped.saddr[..4], &p2.ip4.octets());
+}
