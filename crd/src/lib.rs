@@ -1,0 +1,1 @@
+//! septum CRD types (under construction).

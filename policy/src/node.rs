@@ -1,0 +1,89 @@
+//! Per-node slices of the cluster state: what one node's agent needs. The node gets the policy
+//! entries of the identities of its own pods (both directions) and the egress entries of every
+//! other identity that can concern its pods (egress is also checked at the destination's
+//! `to_pod`, after Service DNAT), the full ipcache with the node's own addresses marked as the
+//! host, and every Service VIP.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use septum_datapath_common::{
+    DIRECTION_EGRESS, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD,
+    IPCACHE_KIND_HOST, IpCacheEntry, PolicyEntry, ServiceEntry,
+};
+
+use crate::cidr::Cidr;
+use crate::model::{Cluster, ObjectKey};
+use crate::state::{ClusterState, EndpointState, IdentityDescription, PolicyKey, ServiceVip};
+
+/// One node's slice of the compiled state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Node name.
+    pub node: String,
+    /// Endpoints of pods on this node.
+    pub endpoints: BTreeMap<ObjectKey, EndpointState>,
+    /// ipcache, with this node's addresses as the host.
+    pub ipcache: BTreeMap<Cidr, IpCacheEntry>,
+    /// Policy entries this node needs.
+    pub policy: BTreeMap<PolicyKey, PolicyEntry>,
+    /// Service VIPs.
+    pub services: BTreeMap<ServiceVip, ServiceEntry>,
+}
+
+/// The slice of `state` for `node`.
+pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeState {
+    let mut endpoints = BTreeMap::new();
+    let mut local: BTreeSet<u32> = BTreeSet::new();
+    for (k, e) in &state.endpoints {
+        if cluster.pods.get(k).and_then(|p| p.node.as_deref()) == Some(node) {
+            endpoints.insert(k.clone(), *e);
+            local.insert(e.identity);
+        }
+    }
+    let mut allowed_peers: BTreeSet<u32> =
+        BTreeSet::from([IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IDENTITY_REMOTE_NODE]);
+    allowed_peers.extend(local.iter().copied());
+    for (n, d) in &state.identities {
+        match d {
+            IdentityDescription::Cidr(_) => {
+                allowed_peers.insert(*n);
+            }
+            IdentityDescription::PodInCidr { identity, .. } if local.contains(identity) => {
+                allowed_peers.insert(*n);
+            }
+            _ => {}
+        }
+    }
+    let policy = state
+        .policy
+        .iter()
+        .filter(|(k, _)| {
+            local.contains(&k.data.subject())
+                || (k.data.direction == DIRECTION_EGRESS && allowed_peers.contains(&k.data.peer()))
+        })
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let mut ipcache = state.ipcache.clone();
+    if let Some(n) = cluster.nodes.get(node) {
+        for ip in &n.ips {
+            let c = Cidr::host(*ip);
+            let cidr_identity = ipcache.get(&c).map_or(0, |e| e.cidr_identity);
+            ipcache.insert(
+                c,
+                IpCacheEntry {
+                    identity: IDENTITY_HOST,
+                    cidr_identity,
+                    kind: IPCACHE_KIND_HOST,
+                    _pad: [0; 3],
+                },
+            );
+        }
+    }
+    NodeState {
+        node: node.to_string(),
+        endpoints,
+        ipcache,
+        policy,
+        services: state.services.clone(),
+    }
+}

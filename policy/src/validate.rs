@@ -1,0 +1,388 @@
+//! Semantic validation of model objects: the problems a schema cannot catch (contradictory port
+//! ranges, carve-outs outside their prefix, references to missing Services or Service ports,
+//! malformed selectors). Each [`Problem`] names the object and the field; these become status
+//! conditions on our CRDs and `septum policy check` messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::model::{
+    Cluster, ClusterNetworkPolicy, CnpAction, CnpPeer, CnpPort, CnpSubject, CnpTier, FlowPeer,
+    FlowPolicy, FlowPort, FlowSubject, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+    ObjectKey, PolicyType, PortRef, Service,
+};
+use crate::selector::LabelSelector;
+
+/// One problem with one field of one object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Problem {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// Field path, e.g. `spec.ingress[0].ports[1].endPort`.
+    pub field: String,
+    /// What is wrong, with the offending value.
+    pub message: String,
+    /// A warning (legal but probably unintended, or a dangling reference) rather than an error.
+    pub warning: bool,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = if self.warning { "warning" } else { "error" };
+        write!(f, "{level}: {}: {}: {}", self.object, self.field, self.message)
+    }
+}
+
+struct Sink<'a> {
+    object: String,
+    out: &'a mut Vec<Problem>,
+}
+
+impl Sink<'_> {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.out.push(Problem {
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+            warning: false,
+        });
+    }
+
+    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.out.push(Problem {
+            object: self.object.clone(),
+            field: field.into(),
+            message: message.into(),
+            warning: true,
+        });
+    }
+
+    fn selector(&mut self, field: &str, s: &LabelSelector) {
+        for m in s.validate() {
+            self.push(format!("{field}.matchExpressions"), m);
+        }
+    }
+}
+
+fn check_port(sink: &mut Sink<'_>, field: &str, port: &Option<PortRef>, end_port: Option<u16>) {
+    match (port, end_port) {
+        (Some(PortRef::Number(0)), _) => sink.push(format!("{field}.port"), "port 0 is not a valid port (1-65535)"),
+        (Some(PortRef::Name(n)), _) if n.is_empty() || n.len() > 15 => sink.push(
+            format!("{field}.port"),
+            format!("named port {n:?} must be 1-15 characters"),
+        ),
+        (Some(PortRef::Name(n)), Some(e)) => sink.push(
+            format!("{field}.endPort"),
+            format!("endPort {e} cannot be used with named port {n:?}"),
+        ),
+        (None, Some(e)) => sink.push(
+            format!("{field}.endPort"),
+            format!("endPort {e} requires a numeric port"),
+        ),
+        (Some(PortRef::Number(p)), Some(e)) if e < *p => sink.push(
+            format!("{field}.endPort"),
+            format!("endPort {e} is lower than port {p}"),
+        ),
+        _ => {}
+    }
+}
+
+fn check_np_ports(sink: &mut Sink<'_>, field: &str, ports: &[NetworkPolicyPort]) {
+    for (i, p) in ports.iter().enumerate() {
+        check_port(sink, &format!("{field}.ports[{i}]"), &p.port, p.end_port);
+    }
+}
+
+fn check_cidr_except(sink: &mut Sink<'_>, field: &str, cidr: &crate::cidr::Cidr, except: &[crate::cidr::Cidr]) {
+    for (j, e) in except.iter().enumerate() {
+        if !cidr.contains(e) || e == cidr {
+            sink.push(
+                format!("{field}.except[{j}]"),
+                format!("except {e} must be strictly inside cidr {cidr}"),
+            );
+        }
+    }
+}
+
+/// Problems of a NetworkPolicy.
+pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut sink = Sink {
+        object: format!("NetworkPolicy {}", np.key()),
+        out: &mut out,
+    };
+    sink.selector("spec.podSelector", &np.pod_selector);
+    if let Some(types) = &np.policy_types {
+        let ing = types.iter().filter(|t| **t == PolicyType::Ingress).count();
+        let eg = types.iter().filter(|t| **t == PolicyType::Egress).count();
+        if ing > 1 || eg > 1 {
+            sink.push("spec.policyTypes", format!("duplicate entries in {types:?}"));
+        }
+        if !types.contains(&PolicyType::Egress) && !np.egress.is_empty() {
+            sink.warn(
+                "spec.egress",
+                "egress rules are ignored because spec.policyTypes does not include Egress",
+            );
+        }
+        if !types.contains(&PolicyType::Ingress) && !np.ingress.is_empty() {
+            sink.warn(
+                "spec.ingress",
+                "ingress rules are ignored because spec.policyTypes does not include Ingress",
+            );
+        }
+    }
+    for (dir, rules, peer_word) in [("ingress", &np.ingress, "from"), ("egress", &np.egress, "to")] {
+        for (i, r) in rules.iter().enumerate() {
+            let field = format!("spec.{dir}[{i}]");
+            check_np_ports(&mut sink, &field, &r.ports);
+            for (j, p) in r.peers.iter().enumerate() {
+                let pf = format!("{field}.{peer_word}[{j}]");
+                match p {
+                    NetworkPolicyPeer::Pods {
+                        pod_selector: None,
+                        namespace_selector: None,
+                    } => sink.push(
+                        pf,
+                        "a peer needs podSelector, namespaceSelector or ipBlock",
+                    ),
+                    NetworkPolicyPeer::Pods {
+                        pod_selector,
+                        namespace_selector,
+                    } => {
+                        if let Some(s) = pod_selector {
+                            sink.selector(&format!("{pf}.podSelector"), s);
+                        }
+                        if let Some(s) = namespace_selector {
+                            sink.selector(&format!("{pf}.namespaceSelector"), s);
+                        }
+                    }
+                    NetworkPolicyPeer::IpBlock { cidr, except } => {
+                        check_cidr_except(&mut sink, &format!("{pf}.ipBlock"), cidr, except)
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a FlowPolicy names a Service (as subject or peer).
+pub fn flow_policy_references(fp: &FlowPolicy, svc: &ObjectKey) -> bool {
+    let subject = matches!(&fp.subject, FlowSubject::Service(n) if fp.namespace == svc.namespace && n == &svc.name);
+    subject
+        || fp
+            .ingress
+            .iter()
+            .chain(fp.egress.iter())
+            .flatten()
+            .flat_map(|r| &r.peers)
+            .any(|p| match p {
+                FlowPeer::Service { namespace, name } => {
+                    namespace.as_deref().unwrap_or(&fp.namespace) == svc.namespace && name == &svc.name
+                }
+                _ => false,
+            })
+}
+
+fn check_service_ports(sink: &mut Sink<'_>, field: &str, ports: &[FlowPort], svc: &Service) {
+    for (i, p) in ports.iter().enumerate() {
+        let pf = format!("{field}.ports[{i}]");
+        if let Some(port) = &p.port {
+            let found = svc.ports.iter().any(|sp| match port {
+                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
+                PortRef::Number(x) => sp.port == *x,
+            });
+            if !found {
+                sink.warn(
+                    format!("{pf}.port"),
+                    format!("Service {} has no port {port}", svc.key()),
+                );
+            }
+        }
+        if let Some(e) = p.end_port {
+            sink.push(
+                format!("{pf}.endPort"),
+                format!("endPort {e} cannot be used with Service ports"),
+            );
+        }
+    }
+}
+
+/// Problems of a FlowPolicy, including references to missing Services and Service ports.
+pub fn validate_flow_policy(fp: &FlowPolicy, services: &BTreeMap<ObjectKey, Service>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut sink = Sink {
+        object: format!("FlowPolicy {}", fp.key()),
+        out: &mut out,
+    };
+    let mut subject_service = None;
+    match &fp.subject {
+        FlowSubject::Service(name) => match services.get(&ObjectKey::new(&fp.namespace, name)) {
+            None => sink.warn(
+                "spec.subject.service",
+                format!("Service {}/{name} does not exist", fp.namespace),
+            ),
+            Some(s) if s.selector.as_ref().is_none_or(|x| x.is_empty()) => sink.warn(
+                "spec.subject.service",
+                format!("Service {}/{name} has no selector, so it selects no pods", fp.namespace),
+            ),
+            Some(s) => subject_service = Some(s),
+        },
+        FlowSubject::Pods(sel) => sink.selector("spec.subject.podSelector", sel),
+        FlowSubject::ServiceAccount(sa) if sa.is_empty() => {
+            sink.push("spec.subject.serviceAccount", "must not be empty")
+        }
+        FlowSubject::ServiceAccount(_) => {}
+    }
+    if fp.ingress.is_none() && fp.egress.is_none() {
+        sink.warn("spec", "neither ingress nor egress is set: the policy does nothing");
+    }
+    for (dir, rules, word) in [("ingress", &fp.ingress, "from"), ("egress", &fp.egress, "to")] {
+        for (i, r) in rules.iter().flatten().enumerate() {
+            let field = format!("spec.{dir}[{i}]");
+            let service_peers: Vec<&FlowPeer> = r
+                .peers
+                .iter()
+                .filter(|p| matches!(p, FlowPeer::Service { .. }))
+                .collect();
+            if dir == "ingress" {
+                if let Some(svc) = subject_service {
+                    check_service_ports(&mut sink, &field, &r.ports, svc);
+                } else {
+                    for (j, p) in r.ports.iter().enumerate() {
+                        check_port(&mut sink, &format!("{field}.ports[{j}]"), &p.port, p.end_port);
+                    }
+                }
+            } else if service_peers.is_empty() {
+                for (j, p) in r.ports.iter().enumerate() {
+                    check_port(&mut sink, &format!("{field}.ports[{j}]"), &p.port, p.end_port);
+                }
+            }
+            for (j, p) in r.peers.iter().enumerate() {
+                let pf = format!("{field}.{word}[{j}]");
+                match p {
+                    FlowPeer::Service { namespace, name } => {
+                        let key = ObjectKey::new(namespace.as_deref().unwrap_or(&fp.namespace), name);
+                        match services.get(&key) {
+                            None => sink.warn(format!("{pf}.service"), format!("Service {key} does not exist")),
+                            Some(s) => {
+                                if s.selector.as_ref().is_none_or(|x| x.is_empty()) {
+                                    sink.warn(
+                                        format!("{pf}.service"),
+                                        format!("Service {key} has no selector, so it selects no pods"),
+                                    );
+                                }
+                                if dir == "egress" {
+                                    check_service_ports(&mut sink, &field, &r.ports, s);
+                                }
+                            }
+                        }
+                    }
+                    FlowPeer::Pods {
+                        namespace_selector,
+                        pod_selector,
+                    } => {
+                        if let Some(s) = namespace_selector {
+                            sink.selector(&format!("{pf}.namespaceSelector"), s);
+                        }
+                        if let Some(s) = pod_selector {
+                            sink.selector(&format!("{pf}.podSelector"), s);
+                        }
+                    }
+                    FlowPeer::ServiceAccount { name, .. } if name.is_empty() => {
+                        sink.push(format!("{pf}.serviceAccount.name"), "must not be empty")
+                    }
+                    FlowPeer::ServiceAccount { .. } => {}
+                    FlowPeer::Cidr { cidr, except } => {
+                        check_cidr_except(&mut sink, &format!("{pf}.cidr"), cidr, except)
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Problems of a ClusterNetworkPolicy.
+pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut sink = Sink {
+        object: format!("ClusterNetworkPolicy {}", cnp.name),
+        out: &mut out,
+    };
+    if cnp.priority > 1000 {
+        sink.push("spec.priority", format!("priority {} is above 1000", cnp.priority));
+    }
+    match &cnp.subject {
+        CnpSubject::Namespaces(s) => sink.selector("spec.subject.namespaces", s),
+        CnpSubject::Pods {
+            namespace_selector,
+            pod_selector,
+        } => {
+            sink.selector("spec.subject.pods.namespaceSelector", namespace_selector);
+            sink.selector("spec.subject.pods.podSelector", pod_selector);
+        }
+    }
+    for (dir, rules, word) in [("ingress", &cnp.ingress, "from"), ("egress", &cnp.egress, "to")] {
+        for (i, r) in rules.iter().enumerate() {
+            let field = format!("spec.{dir}[{i}]");
+            if r.action == CnpAction::Pass && cnp.tier == CnpTier::Baseline {
+                sink.push(format!("{field}.action"), "Pass is not allowed in the Baseline tier");
+            }
+            if r.peers.is_empty() {
+                sink.push(format!("{field}.{word}"), "must name at least one peer");
+            }
+            for (j, p) in r.peers.iter().enumerate() {
+                let pf = format!("{field}.{word}[{j}]");
+                match p {
+                    CnpPeer::Networks(c) if dir == "ingress" => sink.push(
+                        format!("{pf}.networks"),
+                        format!("networks ({} prefixes) are only allowed in egress rules", c.len()),
+                    ),
+                    CnpPeer::Networks(c) if c.is_empty() => {
+                        sink.push(format!("{pf}.networks"), "must list at least one CIDR")
+                    }
+                    CnpPeer::Namespaces(s) => sink.selector(&format!("{pf}.namespaces"), s),
+                    CnpPeer::Pods {
+                        namespace_selector,
+                        pod_selector,
+                    } => {
+                        sink.selector(&format!("{pf}.pods.namespaceSelector"), namespace_selector);
+                        sink.selector(&format!("{pf}.pods.podSelector"), pod_selector);
+                    }
+                    CnpPeer::Networks(_) => {}
+                }
+            }
+            for (j, p) in r.ports.iter().enumerate() {
+                if let CnpPort::Range { start, end, .. } = p {
+                    if *start == 0 {
+                        sink.push(format!("{field}.protocols[{j}]"), "port 0 is not a valid port");
+                    }
+                    if end < start {
+                        sink.push(
+                            format!("{field}.protocols[{j}]"),
+                            format!("range end {end} is lower than start {start}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every problem of every policy in the cluster, sorted.
+pub fn validate_cluster(cluster: &Cluster) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for np in cluster.network_policies.values() {
+        out.extend(validate_network_policy(np));
+    }
+    for fp in cluster.flow_policies.values() {
+        out.extend(validate_flow_policy(fp, &cluster.services));
+    }
+    for cnp in cluster.cluster_network_policies.values() {
+        out.extend(validate_cluster_network_policy(cnp));
+    }
+    out.sort();
+    out
+}
