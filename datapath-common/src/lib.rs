@@ -76,6 +76,8 @@ pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     /// TC egress of the host-side veth: packets entering the pod.
     pub const TO_POD: &str = "to_pod";
+    /// An empty classifier, the benchmark's baseline.
+    pub const BENCH_EMPTY: &str = "bench_empty";
 }
 
 /// Map sizes.

@@ -6,8 +6,8 @@
 //! entries and pass, or drop silently. Both report a flow event.
 //!
 //! Deliberate choices:
-//! - **Non-IP** (ARP) and **IPv6 neighbour discovery** pass uninspected: without them nothing works,
-//!   and they carry no application data.
+//! - **Non-IP** (ARP) and **IPv6 neighbour and multicast listener discovery** pass uninspected:
+//!   without them nothing works, and they carry no application data.
 //! - **Fragments**: the first fragment carries the L4 header; its ports are remembered in an LRU
 //!   map keyed by {addresses, fragment id, protocol}, and later fragments take them, so they get
 //!   the verdict of their datagram's flow. A later fragment whose first fragment was never seen
@@ -117,6 +117,13 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     process(&ctx, POINT_TO_POD)
+}
+
+/// An empty classifier: the baseline the benchmark compares the real programs with. Never
+/// attached.
+#[classifier]
+pub fn bench_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,7 +402,8 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> L4 {
             } else {
                 (ty == 8, ty == 0, matches!(ty, 3 | 11 | 12))
             };
-            if v6 && (133..=137).contains(&ty) {
+            // Neighbour discovery (133-137) and multicast listener discovery (130-132, 143).
+            if v6 && matches!(ty, 130..=137 | 143) {
                 return L4::NeighbourDiscovery;
             }
             // Echo "ports": the request's id is its source port, so the reply (0, id) is the

@@ -314,7 +314,11 @@ impl Datapath {
         }
         let mut ebpf = loader.load(OBJECT)?;
 
-        for name in [program_names::FROM_POD, program_names::TO_POD] {
+        for name in [
+            program_names::FROM_POD,
+            program_names::TO_POD,
+            program_names::BENCH_EMPTY,
+        ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DatapathError::Program {

@@ -196,6 +196,34 @@ impl Topology {
         Ok(topo)
     }
 
+    /// Re-describes a topology built by another process (node namespace name and pod namespace
+    /// names, in order), for a second loader process. Dropping it deletes the namespaces, so
+    /// callers that do not own them must `mem::forget` it.
+    pub fn adopt(node: &str, pod_namespaces: Vec<String>) -> io::Result<Self> {
+        let node = NetNs {
+            name: node.to_string(),
+        };
+        let mut pods = Vec::new();
+        for (i, name) in pod_namespaces.into_iter().enumerate() {
+            let host_if = format!("sph{i}");
+            let host_ifindex = node.run(|| septum_datapath::ifindex_of(&host_if))?;
+            pods.push(Pod {
+                ns: NetNs { name },
+                host_if,
+                host_ifindex,
+                ip4: Ipv4Addr::new(10, 200, i as u8, 2),
+                ip6: format!("fd00:200:{i}::2").parse().map_err(io::Error::other)?,
+                gw4: Ipv4Addr::new(10, 200, i as u8, 1),
+                gw6: format!("fd00:200:{i}::1").parse().map_err(io::Error::other)?,
+            });
+        }
+        Ok(Self {
+            tag: String::new(),
+            pods,
+            node,
+        })
+    }
+
     /// Installs a kube-proxy-style (nftables mode) DNAT rule in the node namespace:
     /// `vip:port/proto` -> `backend:target_port`.
     pub fn add_service(
