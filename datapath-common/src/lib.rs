@@ -332,7 +332,11 @@ impl IpPrefixData {
 
     /// LPM prefix length of a full address of `family`.
     pub const fn full_prefix_len(family: u8) -> u32 {
-        if family == FAMILY_IPV4 { 32 + 32 } else { 32 + 128 }
+        if family == FAMILY_IPV4 {
+            32 + 32
+        } else {
+            32 + 128
+        }
     }
 }
 

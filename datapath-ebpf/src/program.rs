@@ -40,13 +40,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use septum_datapath_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CONFIG_F_TRACE_FORWARDED, COUNTER_COUNT,
-    CT_F_AUDIT, CT_F_CLOSING, CT_F_EGRESS_DEFERRED, CT_F_EGRESS_EVALUATED, CT_F_PICKUP,
-    CT_F_REPLY, Counter, CtEntry, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, DatapathConfig,
-    DropReason, ENDPOINT_F_EGRESS_POLICY, ENDPOINT_F_INGRESS_POLICY, EVENT_F_DENIED_BY_EGRESS,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CONFIG_F_TRACE_FORWARDED, COUNTER_COUNT, CT_F_AUDIT,
+    CT_F_CLOSING, CT_F_EGRESS_DEFERRED, CT_F_EGRESS_EVALUATED, CT_F_PICKUP, CT_F_REPLY, Counter,
+    CtEntry, CtKey, DIRECTION_EGRESS, DIRECTION_INGRESS, DatapathConfig, DropReason,
+    ENDPOINT_F_EGRESS_POLICY, ENDPOINT_F_INGRESS_POLICY, EVENT_F_DENIED_BY_EGRESS,
     EVENT_F_DENIED_BY_INGRESS, EVENT_F_EGRESS_DEFERRED, EVENT_F_FROM_HOST, EVENT_F_PICKUP,
-    EVENT_F_RELATED, EVENT_F_REPLY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FragEntry, FragKey,
-    IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD,
+    EVENT_F_RELATED, EVENT_F_REPLY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FragEntry,
+    FragKey, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD,
     IpCacheEntry, IpPrefixData, MODE_AUDIT, POINT_FROM_POD, POINT_TO_POD, POLICY_PREFIX_FULL,
     PRECEDENCE_DEFAULT_DENY, PolicyEntry, PolicyKeyData, STATE_READY, ServiceEntry, ServiceKey,
     Verdict, map_sizes, opposite_point, proto,
@@ -56,8 +56,7 @@ use septum_datapath_common::{
 // Maps (names from septum_datapath_common::map_names; pinned by the loader, not by the object)
 
 #[map(name = "septum_ep_v1")]
-static ENDPOINTS: HashMap<u32, EndpointInfo> =
-    HashMap::with_max_entries(map_sizes::ENDPOINTS, 0);
+static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(map_sizes::ENDPOINTS, 0);
 
 #[map(name = "septum_ipc_v1")]
 static IPCACHE: LpmTrie<IpPrefixData, IpCacheEntry> =
@@ -456,7 +455,11 @@ fn parse_inner(ctx: &TcContext, off: usize, pkt: &mut Packet) -> bool {
             inner.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
         }
         proto::ICMP | proto::ICMPV6 => {
-            let request = if inner.protocol == proto::ICMP { 8 } else { 128 };
+            let request = if inner.protocol == proto::ICMP {
+                8
+            } else {
+                128
+            };
             if hdr[0] != request {
                 return false;
             }
@@ -641,7 +644,8 @@ fn lookup_one(best: &mut Decision, subject: u32, direction: u8, peer: u32, pkt: 
     if let Some(e) = POLICY.get(&key) {
         let better = !best.matched
             || e.precedence > best.precedence
-            || (e.precedence == best.precedence && action_rank(e.action) > action_rank(best.action));
+            || (e.precedence == best.precedence
+                && action_rank(e.action) > action_rank(best.action));
         if better {
             *best = Decision {
                 action: e.action,
@@ -790,7 +794,13 @@ fn new_flow_from_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -
 
     d.ct_flags |= CT_F_EGRESS_EVALUATED;
     if ep.flags & ENDPOINT_F_EGRESS_POLICY != 0 {
-        let e = evaluate(ep.identity, DIRECTION_EGRESS, &peer, &pkt.key, pkt.key.dport);
+        let e = evaluate(
+            ep.identity,
+            DIRECTION_EGRESS,
+            &peer,
+            &pkt.key,
+            pkt.key.dport,
+        );
         d.apply(&e, DIRECTION_EGRESS);
     }
 
@@ -802,7 +812,13 @@ fn new_flow_from_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -
         r.src_identity = peer.identity;
         r.dst_identity = ep.identity;
         if ep.flags & ENDPOINT_F_INGRESS_POLICY != 0 {
-            let i = evaluate(ep.identity, DIRECTION_INGRESS, &peer, &pkt.key, pkt.key.sport);
+            let i = evaluate(
+                ep.identity,
+                DIRECTION_INGRESS,
+                &peer,
+                &pkt.key,
+                pkt.key.sport,
+            );
             r.apply(&i, DIRECTION_INGRESS);
         }
         if r.verdict != Verdict::Dropped {
@@ -857,7 +873,13 @@ fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> 
     }
 
     if ep.flags & ENDPOINT_F_INGRESS_POLICY != 0 {
-        let i = evaluate(ep.identity, DIRECTION_INGRESS, &src, &pkt.key, pkt.key.dport);
+        let i = evaluate(
+            ep.identity,
+            DIRECTION_INGRESS,
+            &src,
+            &pkt.key,
+            pkt.key.dport,
+        );
         d.apply(&i, DIRECTION_INGRESS);
     }
 

@@ -38,9 +38,9 @@ pub use maps::{
     ipcache_key, policy_key,
 };
 use septum_datapath_common::{
-    COUNTER_COUNT, Counter, CtEntry, CtKey, DatapathConfig, EndpointInfo, FragEntry,
-    FragKey, IpCacheEntry, IpPrefixData, LAYOUT_VERSION, PolicyEntry, PolicyKeyData,
-    ServiceEntry, ServiceKey, map_names, map_sizes, program_names,
+    COUNTER_COUNT, Counter, CtEntry, CtKey, DatapathConfig, EndpointInfo, FragEntry, FragKey,
+    IpCacheEntry, IpPrefixData, LAYOUT_VERSION, PolicyEntry, PolicyKeyData, ServiceEntry,
+    ServiceKey, map_names, map_sizes, program_names,
 };
 
 /// The compiled eBPF object (`septum-tc`), built by build.rs.
@@ -66,11 +66,7 @@ impl AttachMode {
     /// TCX where the kernel has it, clsact otherwise.
     pub fn detect() -> Self {
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-        if tcx {
-            Self::Tcx
-        } else {
-            Self::Netlink
-        }
+        if tcx { Self::Tcx } else { Self::Netlink }
     }
 }
 
@@ -473,13 +469,13 @@ impl Datapath {
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
         opts.repeat = repeat.max(1);
-        let res = self
-            .program(program)?
-            .test_run(opts)
-            .map_err(|source| DatapathError::Program {
-                name: program,
-                source,
-            })?;
+        let res =
+            self.program(program)?
+                .test_run(opts)
+                .map_err(|source| DatapathError::Program {
+                    name: program,
+                    source,
+                })?;
         Ok((res.return_value as i32, res.duration))
     }
 
@@ -549,16 +545,17 @@ impl Datapath {
                     // there is none), else create it.
                     let id = match prog.attach_to_link(existing) {
                         Ok(id) => id,
-                        Err(_) => prog.attach_with_options(
-                            ifname,
-                            ty,
-                            TcAttachOptions::Netlink(NlOptions {
-                                priority: NL_PRIORITY,
-                                handle,
-                                classid: None,
-                            }),
-                        )
-                        .map_err(|e| attach_err(&e))?,
+                        Err(_) => prog
+                            .attach_with_options(
+                                ifname,
+                                ty,
+                                TcAttachOptions::Netlink(NlOptions {
+                                    priority: NL_PRIORITY,
+                                    handle,
+                                    classid: None,
+                                }),
+                            )
+                            .map_err(|e| attach_err(&e))?,
                     };
                     // The filter lives in the qdisc; forgetting the handle keeps it attached
                     // after this process exits.
@@ -650,7 +647,8 @@ fn check_pinned_layout(dir: &Path, migrate: bool) -> Result<bool, DatapathError>
         if !path.exists() {
             continue;
         }
-        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
+        let info =
+            MapInfo::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
         let found_ty = info.map_type().ok();
         let ok = found_ty == Some(ty)
             && info.key_size() == key

@@ -81,7 +81,9 @@ impl EndpointsMap {
     const NAME: &'static str = septum_datapath_common::map_names::ENDPOINTS;
 
     pub fn insert(&mut self, ifindex: u32, ep: EndpointInfo) -> Result<(), crate::DatapathError> {
-        self.0.insert(ifindex, ep, 0).map_err(map_error!(Self::NAME))
+        self.0
+            .insert(ifindex, ep, 0)
+            .map_err(map_error!(Self::NAME))
     }
 
     pub fn remove(&mut self, ifindex: u32) -> Result<(), crate::DatapathError> {
@@ -169,7 +171,11 @@ pub struct ServicesMap(pub(crate) HashMap<MapData, ServiceKey, ServiceEntry>);
 impl ServicesMap {
     const NAME: &'static str = septum_datapath_common::map_names::SERVICES;
 
-    pub fn insert(&mut self, key: ServiceKey, value: ServiceEntry) -> Result<(), crate::DatapathError> {
+    pub fn insert(
+        &mut self,
+        key: ServiceKey,
+        value: ServiceEntry,
+    ) -> Result<(), crate::DatapathError> {
         self.0.insert(key, value, 0).map_err(map_error!(Self::NAME))
     }
 
@@ -247,4 +253,10 @@ macro_rules! opaque_debug {
         }
     )*};
 }
-opaque_debug!(EndpointsMap, IpCacheMap, PolicyMap, ServicesMap, ConntrackMap);
+opaque_debug!(
+    EndpointsMap,
+    IpCacheMap,
+    PolicyMap,
+    ServicesMap,
+    ConntrackMap
+);

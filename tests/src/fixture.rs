@@ -37,12 +37,16 @@ pub fn topology_maps(topo: &Topology, identities: &[u32], flags: &[u8]) -> MapCo
             flags[i],
         );
         for (gw, bits) in [(IpAddr::V4(pod.gw4), 32), (IpAddr::V6(pod.gw6), 128)] {
-            maps.add_ip(gw, bits, IpCacheEntry {
-                identity: IDENTITY_HOST,
-                cidr_identity: 0,
-                kind: IPCACHE_KIND_HOST,
-                _pad: [0; 3],
-            });
+            maps.add_ip(
+                gw,
+                bits,
+                IpCacheEntry {
+                    identity: IDENTITY_HOST,
+                    cidr_identity: 0,
+                    kind: IPCACHE_KIND_HOST,
+                    _pad: [0; 3],
+                },
+            );
         }
     }
     maps

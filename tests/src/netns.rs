@@ -86,8 +86,7 @@ impl NetNs {
         let path = format!("/run/netns/{}", self.name);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let file = File::open(&path)
-                    .unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+                let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
                 setns(&file, CloneFlags::CLONE_NEWNET)
                     .unwrap_or_else(|e| panic!("setns {path}: {e}"));
                 f()
@@ -171,11 +170,22 @@ impl Topology {
                 Ipv4Addr::new(10, 200, i as u8, 1),
                 Ipv4Addr::new(10, 200, i as u8, 2),
             );
-            let gw6: Ipv6Addr = format!("fd00:200:{i}::1").parse().map_err(io::Error::other)?;
-            let ip6: Ipv6Addr = format!("fd00:200:{i}::2").parse().map_err(io::Error::other)?;
-            topo.node.ip(&["addr", "add", &format!("{gw4}/24"), "dev", &host_if])?;
+            let gw6: Ipv6Addr = format!("fd00:200:{i}::1")
+                .parse()
+                .map_err(io::Error::other)?;
+            let ip6: Ipv6Addr = format!("fd00:200:{i}::2")
+                .parse()
+                .map_err(io::Error::other)?;
             topo.node
-                .ip(&["addr", "add", &format!("{gw6}/64"), "dev", &host_if, "nodad"])?;
+                .ip(&["addr", "add", &format!("{gw4}/24"), "dev", &host_if])?;
+            topo.node.ip(&[
+                "addr",
+                "add",
+                &format!("{gw6}/64"),
+                "dev",
+                &host_if,
+                "nodad",
+            ])?;
             topo.node.ip(&["link", "set", &host_if, "up"])?;
             ns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
             ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
@@ -212,9 +222,13 @@ impl Topology {
                 host_if,
                 host_ifindex,
                 ip4: Ipv4Addr::new(10, 200, i as u8, 2),
-                ip6: format!("fd00:200:{i}::2").parse().map_err(io::Error::other)?,
+                ip6: format!("fd00:200:{i}::2")
+                    .parse()
+                    .map_err(io::Error::other)?,
                 gw4: Ipv4Addr::new(10, 200, i as u8, 1),
-                gw6: format!("fd00:200:{i}::1").parse().map_err(io::Error::other)?,
+                gw6: format!("fd00:200:{i}::1")
+                    .parse()
+                    .map_err(io::Error::other)?,
             });
         }
         Ok(Self {

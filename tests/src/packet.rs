@@ -131,7 +131,11 @@ fn l4_header(f: &Flow, o: &Options) -> Vec<u8> {
                 let ip_len = if q.is_v6() { 40 } else { 20 };
                 l4.extend_from_slice(&inner[14..14 + ip_len + 8]);
             } else {
-                let (id, ) = if matches!(f.icmp_type, 0 | 129) { (f.dport,) } else { (f.sport,) };
+                let (id,) = if matches!(f.icmp_type, 0 | 129) {
+                    (f.dport,)
+                } else {
+                    (f.sport,)
+                };
                 l4.extend_from_slice(&id.to_be_bytes());
                 l4.extend_from_slice(&1u16.to_be_bytes());
             }

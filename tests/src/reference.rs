@@ -7,10 +7,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 use septum_datapath::{Datapath, DatapathError};
 use septum_datapath_common::{
     ACTION_AUDIT, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_F_EGRESS_POLICY,
-    ENDPOINT_F_INGRESS_POLICY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, IDENTITY_ANY,
-    IDENTITY_HOST, IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD, IpCacheEntry,
-    IpPrefixData, MODE_AUDIT, POINT_FROM_POD, PolicyEntry, PolicyKeyData, STATE_READY,
-    ServiceEntry, ServiceKey, proto,
+    ENDPOINT_F_INGRESS_POLICY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, IDENTITY_ANY, IDENTITY_HOST,
+    IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD, IpCacheEntry, IpPrefixData, MODE_AUDIT,
+    POINT_FROM_POD, PolicyEntry, PolicyKeyData, STATE_READY, ServiceEntry, ServiceKey, proto,
 };
 
 use crate::packet::{ACK, Flow, SYN};
@@ -80,7 +79,10 @@ impl MapContents {
     pub fn add_ip(&mut self, ip: IpAddr, bits: u8, entry: IpCacheEntry) {
         let (family, addr) = addr16(ip);
         self.ipcache.insert(
-            (IpPrefixData::prefix_len(bits), IpPrefixData::new(family, addr)),
+            (
+                IpPrefixData::prefix_len(bits),
+                IpPrefixData::new(family, addr),
+            ),
             entry,
         );
     }
@@ -102,8 +104,17 @@ impl MapContents {
             })
     }
 
-    fn policy_lookup(&self, subject: u32, direction: u8, peer: u32, protocol: u8, port: u16) -> Option<PolicyEntry> {
-        let key = bytes_of(&PolicyKeyData::new(subject, direction, peer, protocol, port));
+    fn policy_lookup(
+        &self,
+        subject: u32,
+        direction: u8,
+        peer: u32,
+        protocol: u8,
+        port: u16,
+    ) -> Option<PolicyEntry> {
+        let key = bytes_of(&PolicyKeyData::new(
+            subject, direction, peer, protocol, port,
+        ));
         self.policy
             .iter()
             .filter(|((bits, data), _)| prefix_matches(&bytes_of(data), &key, *bits))
@@ -113,7 +124,14 @@ impl MapContents {
 
     /// The decision for `subject` in `direction` towards `peer` on (`protocol`, `port`):
     /// `Some(action)` if any entry matched, `None` if the direction is not policed.
-    pub fn decide(&self, subject: u32, direction: u8, peer: &IpCacheEntry, protocol: u8, port: u16) -> Option<u8> {
+    pub fn decide(
+        &self,
+        subject: u32,
+        direction: u8,
+        peer: &IpCacheEntry,
+        protocol: u8,
+        port: u16,
+    ) -> Option<u8> {
         let mut peers = vec![peer.identity];
         if peer.cidr_identity != 0 && peer.cidr_identity != peer.identity {
             peers.push(peer.cidr_identity);
@@ -163,7 +181,9 @@ impl MapContents {
             }
             if midstream {
                 let ingress = (ep.flags & ENDPOINT_F_INGRESS_POLICY != 0)
-                    .then(|| self.decide(ep.identity, DIRECTION_INGRESS, &peer, flow.protocol, sport))
+                    .then(|| {
+                        self.decide(ep.identity, DIRECTION_INGRESS, &peer, flow.protocol, sport)
+                    })
                     .flatten();
                 if !denied(ingress) {
                     return TC_ACT_OK;
@@ -221,7 +241,11 @@ impl MapContents {
         use std::fmt::Write as _;
         let mut s = String::new();
         for (k, v) in &self.endpoints {
-            let _ = writeln!(s, "endpoint if{k}: id {} flags {} mode {} state {}", v.identity, v.flags, v.mode, v.state);
+            let _ = writeln!(
+                s,
+                "endpoint if{k}: id {} flags {} mode {} state {}",
+                v.identity, v.flags, v.mode, v.state
+            );
         }
         for ((bits, d), v) in &self.ipcache {
             let addr: IpAddr = if d.family[3] == FAMILY_IPV4 {
@@ -229,17 +253,38 @@ impl MapContents {
             } else {
                 IpAddr::from(d.addr)
             };
-            let _ = writeln!(s, "ipcache {addr}/{} -> id {} cidr {} kind {}", bits - 32, v.identity, v.cidr_identity, v.kind);
+            let _ = writeln!(
+                s,
+                "ipcache {addr}/{} -> id {} cidr {} kind {}",
+                bits - 32,
+                v.identity,
+                v.cidr_identity,
+                v.kind
+            );
         }
         for ((bits, d), v) in &self.policy {
             let _ = writeln!(
                 s,
                 "policy subj {} dir {} peer {} proto {} port {}/{} -> action {} prec {} cookie {}",
-                d.subject(), d.direction, d.peer(), d.protocol, d.port(), bits.saturating_sub(80), v.action, v.precedence, v.cookie
+                d.subject(),
+                d.direction,
+                d.peer(),
+                d.protocol,
+                d.port(),
+                bits.saturating_sub(80),
+                v.action,
+                v.precedence,
+                v.cookie
             );
         }
         for k in self.services.keys() {
-            let _ = writeln!(s, "service {:?} port {} proto {}", &k.addr, u16::from_be_bytes(k.port), k.protocol);
+            let _ = writeln!(
+                s,
+                "service {:?} port {} proto {}",
+                &k.addr,
+                u16::from_be_bytes(k.port),
+                k.protocol
+            );
         }
         s
     }

@@ -200,7 +200,14 @@ fn sockaddr(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// Sends one SCTP-headed packet (`sport` -> `dport`, an INIT-like chunk) from `from` to `dst`
 /// and reports whether a raw SCTP socket in `to` received it within `timeout`.
-pub fn sctp_probe(from: &NetNs, to: &NetNs, dst: IpAddr, sport: u16, dport: u16, timeout: Duration) -> Outcome {
+pub fn sctp_probe(
+    from: &NetNs,
+    to: &NetNs,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    timeout: Duration,
+) -> Outcome {
     use std::os::fd::AsRawFd;
     let v6 = dst.is_ipv6();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -230,7 +237,11 @@ pub fn sctp_probe(from: &NetNs, to: &NetNs, dst: IpAddr, sport: u16, dport: u16,
                 continue;
             }
             // IPv4 raw sockets deliver the IP header; IPv6 ones do not.
-            let off = if v6 { 0 } else { ((buf[0] & 0x0f) as usize) * 4 };
+            let off = if v6 {
+                0
+            } else {
+                ((buf[0] & 0x0f) as usize) * 4
+            };
             let n = n as usize;
             if n >= off + 4 {
                 let sp = u16::from_be_bytes([buf[off], buf[off + 1]]);

@@ -63,11 +63,19 @@ fn random_world(rng: &mut StdRng) -> World {
         for (net, bits, id) in cidrs {
             let contains = match (net, ip) {
                 (IpAddr::V4(n), IpAddr::V4(x)) => {
-                    let m = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                    let m = if bits == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - bits)
+                    };
                     u32::from(n) & m == u32::from(x) & m
                 }
                 (IpAddr::V6(n), IpAddr::V6(x)) => {
-                    let m = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                    let m = if bits == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - bits)
+                    };
                     u128::from(n) & m == u128::from(x) & m
                 }
                 _ => false,
@@ -80,24 +88,32 @@ fn random_world(rng: &mut StdRng) -> World {
     };
     for (net, bits, id) in cidrs {
         if rng.gen_bool(0.7) {
-            maps.add_ip(net, bits, IpCacheEntry {
-                identity: id,
-                cidr_identity: id,
-                kind: IPCACHE_KIND_CIDR,
-                _pad: [0; 3],
-            });
+            maps.add_ip(
+                net,
+                bits,
+                IpCacheEntry {
+                    identity: id,
+                    cidr_identity: id,
+                    kind: IPCACHE_KIND_CIDR,
+                    _pad: [0; 3],
+                },
+            );
         }
     }
     for (i, id) in pods.iter().enumerate() {
         let octet = [1u8, 130, 201, 50, 140, 202][i % 6] + (i / 6) as u8;
         for ip in [v4(octet), v6(octet)] {
             let with_cidr = rng.gen_bool(0.6);
-            maps.add_ip(ip, if ip.is_ipv4() { 32 } else { 128 }, IpCacheEntry {
-                identity: *id,
-                cidr_identity: if with_cidr { cidr_of(ip) } else { 0 },
-                kind: IPCACHE_KIND_POD,
-                _pad: [0; 3],
-            });
+            maps.add_ip(
+                ip,
+                if ip.is_ipv4() { 32 } else { 128 },
+                IpCacheEntry {
+                    identity: *id,
+                    cidr_identity: if with_cidr { cidr_of(ip) } else { 0 },
+                    kind: IPCACHE_KIND_POD,
+                    _pad: [0; 3],
+                },
+            );
             addrs.push(ip);
             if *id == a {
                 a_ips.push(ip);
@@ -105,24 +121,48 @@ fn random_world(rng: &mut StdRng) -> World {
         }
     }
     for node in [v4(254), v6(254)] {
-        maps.add_ip(node, if node.is_ipv4() { 32 } else { 128 }, IpCacheEntry {
-            identity: IDENTITY_HOST,
-            cidr_identity: 0,
-            kind: IPCACHE_KIND_HOST,
-            _pad: [0; 3],
-        });
+        maps.add_ip(
+            node,
+            if node.is_ipv4() { 32 } else { 128 },
+            IpCacheEntry {
+                identity: IDENTITY_HOST,
+                cidr_identity: 0,
+                kind: IPCACHE_KIND_HOST,
+                _pad: [0; 3],
+            },
+        );
         addrs.push(node);
     }
-    addrs.extend([v4(129), v4(203), v6(129), v4(77), "8.8.8.8".parse().expect("ip"), "2001:db8::1".parse().expect("ip")]);
+    addrs.extend([
+        v4(129),
+        v4(203),
+        v6(129),
+        v4(77),
+        "8.8.8.8".parse().expect("ip"),
+        "2001:db8::1".parse().expect("ip"),
+    ]);
     // A on lo.
     maps.add_pod(LO, 1, a, &[], rng.gen_range(0..4));
     let ep = maps.endpoints.get_mut(&LO).expect("endpoint");
-    ep.mode = if rng.gen_bool(0.15) { MODE_AUDIT } else { MODE_ENFORCE };
-    ep.state = if rng.gen_bool(0.1) { STATE_INIT_DENY } else { STATE_READY };
+    ep.mode = if rng.gen_bool(0.15) {
+        MODE_AUDIT
+    } else {
+        MODE_ENFORCE
+    };
+    ep.state = if rng.gen_bool(0.1) {
+        STATE_INIT_DENY
+    } else {
+        STATE_READY
+    };
     // Services.
     for _ in 0..rng.gen_range(0..3) {
         let vip = *addrs.choose(rng).expect("addrs");
-        maps.add_service(vip, [80u16, 443, 53][rng.gen_range(0..3)], [proto::TCP, proto::UDP][rng.gen_range(0..2)], 1);
+        maps.add_service(
+            vip,
+            [80u16, 443, 53][rng.gen_range(0..3)],
+            [proto::TCP, proto::UDP][rng.gen_range(0..2)],
+            1,
+        );
     }
     // Rules.
     let mut peers: Vec<u32> = pods.clone();
@@ -153,7 +193,8 @@ fn random_world(rng: &mut StdRng) -> World {
                     peer: *peers.choose(rng).expect("peers"),
                     protocol,
                     ports,
-                    action: [ACTION_ALLOW, ACTION_ALLOW, ACTION_DENY, ACTION_AUDIT][rng.gen_range(0..4)],
+                    action: [ACTION_ALLOW, ACTION_ALLOW, ACTION_DENY, ACTION_AUDIT]
+                        [rng.gen_range(0..4)],
                     precedence: [10u16, 100, 100, 1000][rng.gen_range(0..4)],
                     cookie: rng.r#gen(),
                 });
@@ -166,19 +207,43 @@ fn random_world(rng: &mut StdRng) -> World {
 fn random_flow(rng: &mut StdRng, w: &World, point: u8) -> Flow {
     let v6 = rng.gen_bool(0.5);
     let pick = |rng: &mut StdRng, list: &[IpAddr]| -> IpAddr {
-        *list.iter().filter(|a| a.is_ipv6() == v6).collect::<Vec<_>>().choose(rng).copied().expect("addr")
+        *list
+            .iter()
+            .filter(|a| a.is_ipv6() == v6)
+            .collect::<Vec<_>>()
+            .choose(rng)
+            .copied()
+            .expect("addr")
     };
     let me = pick(rng, &w.a_ips);
     let other = pick(rng, &w.addrs);
-    let (src, dst) = if point == POINT_FROM_POD { (me, other) } else { (other, me) };
+    let (src, dst) = if point == POINT_FROM_POD {
+        (me, other)
+    } else {
+        (other, me)
+    };
     let protocol = match rng.gen_range(0..7) {
         0..=2 => proto::TCP,
         3 | 4 => proto::UDP,
         5 => proto::SCTP,
-        _ => if v6 { proto::ICMPV6 } else { proto::ICMP },
+        _ => {
+            if v6 {
+                proto::ICMPV6
+            } else {
+                proto::ICMP
+            }
+        }
     };
-    let ports = [53u16, 80, 81, 443, 444, 8000, 8003, 8007, 8008, 1, 100, 101, 40000];
-    let mut f = Flow::tcp(src, dst, *ports.choose(rng).expect("p"), *ports.choose(rng).expect("p")).with_protocol(protocol);
+    let ports = [
+        53u16, 80, 81, 443, 444, 8000, 8003, 8007, 8008, 1, 100, 101, 40000,
+    ];
+    let mut f = Flow::tcp(
+        src,
+        dst,
+        *ports.choose(rng).expect("p"),
+        *ports.choose(rng).expect("p"),
+    )
+    .with_protocol(protocol);
     if protocol == proto::TCP && rng.gen_bool(0.3) {
         f.tcp_flags = ACK;
     } else {
@@ -189,18 +254,36 @@ fn random_flow(rng: &mut StdRng, w: &World, point: u8) -> Flow {
 
 fn check_world(seed: u64) -> Result<(), TestCaseError> {
     let mut guard = DATAPATH.lock().unwrap_or_else(|p| p.into_inner());
-    let dp = guard.get_or_insert_with(|| Datapath::load(&DatapathOptions::unpinned()).expect("load the datapath"));
+    let dp = guard.get_or_insert_with(|| {
+        Datapath::load(&DatapathOptions::unpinned()).expect("load the datapath")
+    });
     let mut rng = StdRng::seed_from_u64(seed);
     let w = random_world(&mut rng);
     w.maps.write_to(dp).expect("write maps");
     for _ in 0..PACKETS_PER_WORLD {
-        let point = if rng.gen_bool(0.5) { POINT_FROM_POD } else { POINT_TO_POD };
+        let point = if rng.gen_bool(0.5) {
+            POINT_FROM_POD
+        } else {
+            POINT_TO_POD
+        };
         let f = random_flow(&mut rng, &w, point);
         dp.conntrack.flush().expect("flush conntrack");
-        let prog = if point == POINT_FROM_POD { "from_pod" } else { "to_pod" };
+        let prog = if point == POINT_FROM_POD {
+            "from_pod"
+        } else {
+            "to_pod"
+        };
         let got = dp.test_run(prog, &f.build(), LO, 1).expect("test run").0;
         let want = w.maps.expected_verdict(point, LO, &f);
-        prop_assert_eq!(got, want, "seed {} point {} flow {:?}\nmaps:\n{}", seed, point, f, w.maps.describe());
+        prop_assert_eq!(
+            got,
+            want,
+            "seed {} point {} flow {:?}\nmaps:\n{}",
+            seed,
+            point,
+            f,
+            w.maps.describe()
+        );
     }
     Ok(())
 }
@@ -212,4 +295,3 @@ proptest! {
         check_world(seed)?;
     }
 }
-

@@ -48,26 +48,66 @@ fn allowed_and_denied(mode: AttachMode) {
     let _udp = udp_echo_server(&p1.ns, 5353);
     for v6 in [false, true] {
         let dst = p1.ip(v6);
-        assert_eq!(tcp_probe(&p2.ns, dst, 8080, T), Outcome::Ok, "before enforcement, v6={v6}");
+        assert_eq!(
+            tcp_probe(&p2.ns, dst, 8080, T),
+            Outcome::Ok,
+            "before enforcement, v6={v6}"
+        );
     }
     let dp = enforce(&topo, &maps, mode, &pins).expect("enforce");
     for v6 in [false, true] {
         let dst = p1.ip(v6);
-        assert_eq!(tcp_probe(&p0.ns, dst, 8080, T), Outcome::Ok, "tcp allowed, echo replies pass, v6={v6}");
-        assert_eq!(tcp_probe(&p0.ns, dst, 8081, T), Outcome::Timeout, "tcp other port: silent drop, v6={v6}");
-        assert_eq!(tcp_probe(&p2.ns, dst, 8080, T), Outcome::Timeout, "tcp other peer: silent drop, v6={v6}");
-        assert_eq!(udp_probe(&p0.ns, dst, 5353, T), Outcome::Ok, "udp allowed, v6={v6}");
-        assert_eq!(udp_probe(&p2.ns, dst, 5353, T), Outcome::Timeout, "udp other peer, v6={v6}");
-        assert_eq!(sctp_probe(&p0.ns, &p1.ns, dst, 4000, 9999, T), Outcome::Ok, "sctp allowed, v6={v6}");
-        assert_eq!(sctp_probe(&p0.ns, &p1.ns, dst, 4001, 9998, T), Outcome::Timeout, "sctp other port, v6={v6}");
-        assert_eq!(sctp_probe(&p2.ns, &p1.ns, dst, 4002, 9999, T), Outcome::Timeout, "sctp other peer, v6={v6}");
+        assert_eq!(
+            tcp_probe(&p0.ns, dst, 8080, T),
+            Outcome::Ok,
+            "tcp allowed, echo replies pass, v6={v6}"
+        );
+        assert_eq!(
+            tcp_probe(&p0.ns, dst, 8081, T),
+            Outcome::Timeout,
+            "tcp other port: silent drop, v6={v6}"
+        );
+        assert_eq!(
+            tcp_probe(&p2.ns, dst, 8080, T),
+            Outcome::Timeout,
+            "tcp other peer: silent drop, v6={v6}"
+        );
+        assert_eq!(
+            udp_probe(&p0.ns, dst, 5353, T),
+            Outcome::Ok,
+            "udp allowed, v6={v6}"
+        );
+        assert_eq!(
+            udp_probe(&p2.ns, dst, 5353, T),
+            Outcome::Timeout,
+            "udp other peer, v6={v6}"
+        );
+        assert_eq!(
+            sctp_probe(&p0.ns, &p1.ns, dst, 4000, 9999, T),
+            Outcome::Ok,
+            "sctp allowed, v6={v6}"
+        );
+        assert_eq!(
+            sctp_probe(&p0.ns, &p1.ns, dst, 4001, 9998, T),
+            Outcome::Timeout,
+            "sctp other port, v6={v6}"
+        );
+        assert_eq!(
+            sctp_probe(&p2.ns, &p1.ns, dst, 4002, 9999, T),
+            Outcome::Timeout,
+            "sctp other peer, v6={v6}"
+        );
         // The node may always reach its pods.
         let node_probe = topo.node.run(|| {
             std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(dst, 8081), T).is_ok()
         });
         assert!(node_probe, "node to pod, v6={v6}");
         // Unpoliced pods are untouched.
-        assert_eq!(tcp_probe(&p1.ns, p2.ip(v6), 1, T), Outcome::Refused, "unpoliced peer answers with a reset, v6={v6}");
+        assert_eq!(
+            tcp_probe(&p1.ns, p2.ip(v6), 1, T),
+            Outcome::Refused,
+            "unpoliced peer answers with a reset, v6={v6}"
+        );
     }
     assert!(dp.counter(Counter::Dropped).expect("counter") > 0);
     assert!(dp.counter(Counter::ConntrackHit).expect("counter") > 0);
@@ -91,11 +131,19 @@ fn a_connection_opened_before_enforcement_keeps_working() {
     let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
     let dst = std::net::SocketAddr::new(IpAddr::V4(p1.ip4), 7070);
     // A server that greets first: after enforcement starts, the first packet is the server's.
-    let listener = p1.ns.run(|| std::net::TcpListener::bind(dst).expect("bind"));
-    let mut client = p0.ns.run(|| std::net::TcpStream::connect(dst).expect("connect"));
+    let listener = p1
+        .ns
+        .run(|| std::net::TcpListener::bind(dst).expect("bind"));
+    let mut client = p0
+        .ns
+        .run(|| std::net::TcpStream::connect(dst).expect("connect"));
     let (mut server, _) = listener.accept().expect("accept");
-    client.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-    server.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
 
     // Both pods isolated both ways; only p0 -> p1:7070 is allowed (egress of p0, ingress of p1).
     let mut maps = topology_maps(&topo, &[P0, P1, P2], &[BOTH, BOTH, 0]);
@@ -109,12 +157,19 @@ fn a_connection_opened_before_enforcement_keeps_working() {
 
     let mut buf = [0u8; 5];
     server.write_all(b"hello").expect("server writes first");
-    client.read_exact(&mut buf).expect("the pre-existing connection's reply arrives");
+    client
+        .read_exact(&mut buf)
+        .expect("the pre-existing connection's reply arrives");
     assert_eq!(&buf, b"hello");
     client.write_all(b"world").expect("client writes");
-    server.read_exact(&mut buf).expect("the client's data arrives");
+    server
+        .read_exact(&mut buf)
+        .expect("the client's data arrives");
     assert_eq!(&buf, b"world");
-    assert!(dp.counter(Counter::ConntrackPickup).expect("counter") >= 1, "picked up mid-stream");
+    assert!(
+        dp.counter(Counter::ConntrackPickup).expect("counter") >= 1,
+        "picked up mid-stream"
+    );
     // New connections still obey policy.
     let _srv = tcp_echo_server(&p1.ns, 7071);
     assert_eq!(tcp_probe(&p2.ns, p1.ip(false), 7071, T), Outcome::Timeout);
@@ -126,12 +181,21 @@ fn service_vip_is_enforced_on_the_backend_identity_and_port_after_dnat() {
     let pins = PinRoot::new(&topo.tag);
     let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
     let vip: std::net::Ipv4Addr = "10.96.0.10".parse().expect("vip");
-    topo.add_service(vip, 80, "tcp", p1.ip4, 8080).expect("nftables DNAT rule");
+    topo.add_service(vip, 80, "tcp", p1.ip4, 8080)
+        .expect("nftables DNAT rule");
     let _srv = tcp_echo_server(&p1.ns, 8080);
-    assert_eq!(tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T), Outcome::Ok, "DNAT works before enforcement");
+    assert_eq!(
+        tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T),
+        Outcome::Ok,
+        "DNAT works before enforcement"
+    );
 
     // p0's egress allows the backend's identity on the target port; p2's only on another port.
-    let mut maps = topology_maps(&topo, &[P0, P1, P2], &[ENDPOINT_F_EGRESS_POLICY, 0, ENDPOINT_F_EGRESS_POLICY]);
+    let mut maps = topology_maps(
+        &topo,
+        &[P0, P1, P2],
+        &[ENDPOINT_F_EGRESS_POLICY, 0, ENDPOINT_F_EGRESS_POLICY],
+    );
     maps.isolate(P0, DIRECTION_EGRESS, 1);
     maps.isolate(P2, DIRECTION_EGRESS, 1);
     maps.add_rule(&allow(P0, DIRECTION_EGRESS, P1, proto::TCP, 8080, 30));
@@ -139,10 +203,26 @@ fn service_vip_is_enforced_on_the_backend_identity_and_port_after_dnat() {
     maps.add_service(IpAddr::V4(vip), 80, proto::TCP, 1);
     let dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
 
-    assert_eq!(tcp_probe(&p0.ns, IpAddr::V4(vip), 80, T), Outcome::Ok, "allowed through the VIP");
-    assert_eq!(tcp_probe(&p0.ns, p1.ip(false), 8080, T), Outcome::Ok, "allowed directly");
-    assert_eq!(tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T), Outcome::Timeout, "denied through the VIP");
-    assert_eq!(tcp_probe(&p2.ns, p1.ip(false), 8080, T), Outcome::Timeout, "denied directly");
+    assert_eq!(
+        tcp_probe(&p0.ns, IpAddr::V4(vip), 80, T),
+        Outcome::Ok,
+        "allowed through the VIP"
+    );
+    assert_eq!(
+        tcp_probe(&p0.ns, p1.ip(false), 8080, T),
+        Outcome::Ok,
+        "allowed directly"
+    );
+    assert_eq!(
+        tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T),
+        Outcome::Timeout,
+        "denied through the VIP"
+    );
+    assert_eq!(
+        tcp_probe(&p2.ns, p1.ip(false), 8080, T),
+        Outcome::Timeout,
+        "denied directly"
+    );
     assert!(dp.counter(Counter::EgressDeferred).expect("counter") >= 2);
 }
 
@@ -157,15 +237,25 @@ fn flow_events_arrive_in_user_space_with_the_right_fields() {
     let _srv = tcp_echo_server(&p1.ns, 8080);
     let mut dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
     let reader = dp.take_events().expect("reader");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let mut reader = rt.block_on(async { reader.into_async() }).expect("async reader");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut reader = rt
+        .block_on(async { reader.into_async() })
+        .expect("async reader");
 
     assert_eq!(tcp_probe(&p0.ns, p1.ip(false), 8080, T), Outcome::Ok);
     assert_eq!(tcp_probe(&p2.ns, p1.ip(false), 8080, T), Outcome::Timeout);
     let events = rt.block_on(async {
         let mut all = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while all.iter().filter(|e: &&septum_datapath_common::FlowEvent| e.verdict == Verdict::Dropped as u8).count() == 0 {
+        while all
+            .iter()
+            .filter(|e: &&septum_datapath_common::FlowEvent| e.verdict == Verdict::Dropped as u8)
+            .count()
+            == 0
+        {
             match tokio::time::timeout_at(deadline, reader.next_batch()).await {
                 Ok(Ok(batch)) => all.extend(batch),
                 _ => break,
@@ -175,7 +265,12 @@ fn flow_events_arrive_in_user_space_with_the_right_fields() {
     });
     let allowed = events
         .iter()
-        .find(|e| e.point == POINT_TO_POD && e.src_identity == P0 && e.dst_identity == P1 && e.dport == 8080)
+        .find(|e| {
+            e.point == POINT_TO_POD
+                && e.src_identity == P0
+                && e.dst_identity == P1
+                && e.dport == 8080
+        })
         .unwrap_or_else(|| panic!("no forwarded to_pod event for p0 -> p1:8080 in {events:#?}"));
     assert_eq!(allowed.verdict, Verdict::Forwarded as u8);
     assert_eq!(allowed.ingress_cookie, 40);

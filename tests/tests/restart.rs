@@ -28,7 +28,11 @@ use septum_tests::{
 const CHILD_ENV: &str = "SEPTUM_RESTART_CHILD";
 
 fn maps_for(topo: &Topology) -> MapContents {
-    let mut maps = topology_maps(topo, &[3000, 3001, 3002], &[0, ENDPOINT_F_INGRESS_POLICY, 0]);
+    let mut maps = topology_maps(
+        topo,
+        &[3000, 3001, 3002],
+        &[0, ENDPOINT_F_INGRESS_POLICY, 0],
+    );
     maps.isolate(3001, DIRECTION_INGRESS, 1);
     maps.add_rule(&Rule {
         subject: 3001,
@@ -47,14 +51,16 @@ fn maps_for(topo: &Topology) -> MapContents {
 #[test]
 #[ignore = "the loader child process of the restart tests, run by them"]
 fn restart_child() {
-    let spec = std::env::var(CHILD_ENV).expect("run by the restart tests, with SEPTUM_RESTART_CHILD");
+    let spec =
+        std::env::var(CHILD_ENV).expect("run by the restart tests, with SEPTUM_RESTART_CHILD");
     let mut parts = spec.split(';');
     let (node, pin_root, mode) = (
         parts.next().expect("node"),
         parts.next().expect("pins"),
         parts.next().expect("mode"),
     );
-    let topo = Topology::adopt(node, parts.map(|p| p.to_string()).collect()).expect("adopt topology");
+    let topo =
+        Topology::adopt(node, parts.map(|p| p.to_string()).collect()).expect("adopt topology");
     let maps = maps_for(&topo);
     let pins = PinRoot(pin_root.into());
     let dp = enforce(&topo, &maps, mode.parse().expect("mode"), &pins).expect("enforce");
@@ -66,14 +72,30 @@ fn restart_child() {
 
 fn run_child(topo: &Topology, pins: &PinRoot, mode: &str) -> bool {
     let pods: Vec<String> = topo.pods.iter().map(|p| p.ns.name.clone()).collect();
-    let spec = format!("{};{};{};{}", topo.node.name, pins.0.display(), mode, pods.join(";"));
+    let spec = format!(
+        "{};{};{};{}",
+        topo.node.name,
+        pins.0.display(),
+        mode,
+        pods.join(";")
+    );
     let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "restart_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "restart_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, spec)
         .output()
         .expect("run the child loader");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "child loader failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "child loader failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout.contains("SEPTUM-CHILD adopted=true")
 }
 
@@ -81,17 +103,26 @@ fn restart_keeps_enforcing(mode: &str) {
     let topo = Topology::new(3).expect("topology");
     let pins = PinRoot::new(&topo.tag);
     let _srv = tcp_echo_server(&topo.pods[1].ns, 8080);
-    assert!(!run_child(&topo, &pins, mode), "the first loader creates the pins");
+    assert!(
+        !run_child(&topo, &pins, mode),
+        "the first loader creates the pins"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new([AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)]);
+    let counts = Arc::new([
+        AtomicU32::new(0),
+        AtomicU32::new(0),
+        AtomicU32::new(0),
+        AtomicU32::new(0),
+    ]);
     std::thread::scope(|s| {
         for (client, expect) in [(0usize, Outcome::Ok), (2usize, Outcome::Timeout)] {
             let (stop, counts, topo) = (stop.clone(), counts.clone(), &topo);
             s.spawn(move || {
                 let dst = topo.pods[1].ip(false);
                 while !stop.load(Ordering::Relaxed) {
-                    let got = tcp_probe(&topo.pods[client].ns, dst, 8080, Duration::from_millis(400));
+                    let got =
+                        tcp_probe(&topo.pods[client].ns, dst, 8080, Duration::from_millis(400));
                     let slot = if client == 0 { 0 } else { 2 };
                     counts[slot + usize::from(got != expect)].fetch_add(1, Ordering::Relaxed);
                 }
@@ -103,16 +134,45 @@ fn restart_keeps_enforcing(mode: &str) {
         let adopted_again = run_child(&topo, &pins, mode);
         std::thread::sleep(Duration::from_millis(600));
         stop.store(true, Ordering::Relaxed);
-        assert!(adopted && adopted_again, "later loaders adopt the pinned maps");
+        assert!(
+            adopted && adopted_again,
+            "later loaders adopt the pinned maps"
+        );
     });
-    let [ok, allowed_failed, denied, denied_passed] = [0, 1, 2, 3].map(|i| counts[i].load(Ordering::Relaxed));
+    let [ok, allowed_failed, denied, denied_passed] =
+        [0, 1, 2, 3].map(|i| counts[i].load(Ordering::Relaxed));
     assert!(ok >= 5, "the allowed probe ran throughout ({ok} successes)");
-    assert!(denied >= 2, "the denied probe ran throughout ({denied} timeouts)");
-    assert_eq!(allowed_failed, 0, "an allowed connection failed across the restart");
-    assert_eq!(denied_passed, 0, "a denied connection got through across the restart");
+    assert!(
+        denied >= 2,
+        "the denied probe ran throughout ({denied} timeouts)"
+    );
+    assert_eq!(
+        allowed_failed, 0,
+        "an allowed connection failed across the restart"
+    );
+    assert_eq!(
+        denied_passed, 0,
+        "a denied connection got through across the restart"
+    );
     // With no loader running at all, enforcement still holds.
-    assert_eq!(tcp_probe(&topo.pods[2].ns, topo.pods[1].ip(false), 8080, Duration::from_millis(400)), Outcome::Timeout);
-    assert_eq!(tcp_probe(&topo.pods[0].ns, topo.pods[1].ip(false), 8080, Duration::from_millis(400)), Outcome::Ok);
+    assert_eq!(
+        tcp_probe(
+            &topo.pods[2].ns,
+            topo.pods[1].ip(false),
+            8080,
+            Duration::from_millis(400)
+        ),
+        Outcome::Timeout
+    );
+    assert_eq!(
+        tcp_probe(
+            &topo.pods[0].ns,
+            topo.pods[1].ip(false),
+            8080,
+            Duration::from_millis(400)
+        ),
+        Outcome::Ok
+    );
 }
 
 #[test]
@@ -129,7 +189,9 @@ fn enforcement_holds_across_a_loader_restart_clsact() {
 fn a_pinned_map_with_another_layout_is_refused_not_reused() {
     let tag = septum_tests::netns::unique_tag();
     let pins = PinRoot::new(&tag);
-    let dir = pins.0.join(format!("v{}", septum_datapath_common::LAYOUT_VERSION));
+    let dir = pins
+        .0
+        .join(format!("v{}", septum_datapath_common::LAYOUT_VERSION));
     std::fs::create_dir_all(&dir).expect("pin dir");
     // A stale "policy" map: a map of another shape (the endpoints hash) pinned under the
     // policy map's name, as an older layout would have left it.
@@ -137,7 +199,9 @@ fn a_pinned_map_with_another_layout_is_refused_not_reused() {
         .map_max_entries(septum_datapath_common::map_names::CONNTRACK, 1024)
         .load(septum_datapath::OBJECT)
         .expect("load the object's maps");
-    let stale = ebpf.take_map(septum_datapath_common::map_names::ENDPOINTS).expect("endpoints map");
+    let stale = ebpf
+        .take_map(septum_datapath_common::map_names::ENDPOINTS)
+        .expect("endpoints map");
     stale
         .pin(dir.join(septum_datapath_common::map_names::POLICY))
         .expect("pin the stale map");

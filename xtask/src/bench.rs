@@ -33,9 +33,33 @@ fn ip(s: &str) -> IpAddr {
 
 fn maps(entries: usize) -> MapContents {
     let mut m = MapContents::default();
-    m.add_pod(LO, 1, A, &[ip("10.0.0.1"), ip("fd00::1")], ENDPOINT_F_EGRESS_POLICY | ENDPOINT_F_INGRESS_POLICY);
-    m.add_ip(ip("10.0.0.2"), 32, septum_datapath_common::IpCacheEntry { identity: B, cidr_identity: 0, kind: septum_datapath_common::IPCACHE_KIND_POD, _pad: [0; 3] });
-    m.add_ip(ip("fd00::2"), 128, septum_datapath_common::IpCacheEntry { identity: B, cidr_identity: 0, kind: septum_datapath_common::IPCACHE_KIND_POD, _pad: [0; 3] });
+    m.add_pod(
+        LO,
+        1,
+        A,
+        &[ip("10.0.0.1"), ip("fd00::1")],
+        ENDPOINT_F_EGRESS_POLICY | ENDPOINT_F_INGRESS_POLICY,
+    );
+    m.add_ip(
+        ip("10.0.0.2"),
+        32,
+        septum_datapath_common::IpCacheEntry {
+            identity: B,
+            cidr_identity: 0,
+            kind: septum_datapath_common::IPCACHE_KIND_POD,
+            _pad: [0; 3],
+        },
+    );
+    m.add_ip(
+        ip("fd00::2"),
+        128,
+        septum_datapath_common::IpCacheEntry {
+            identity: B,
+            cidr_identity: 0,
+            kind: septum_datapath_common::IPCACHE_KIND_POD,
+            _pad: [0; 3],
+        },
+    );
     m.isolate(A, DIRECTION_EGRESS, 1);
     m.isolate(A, DIRECTION_INGRESS, 1);
     let rule = |peer, port: u16, action| Rule {
@@ -55,7 +79,11 @@ fn maps(entries: usize) -> MapContents {
     while m.policy.len() < entries {
         let filler = Rule {
             subject: 2000 + rng.gen_range(0..(entries as u32 / 10).max(1)),
-            direction: if rng.gen_bool(0.5) { DIRECTION_EGRESS } else { DIRECTION_INGRESS },
+            direction: if rng.gen_bool(0.5) {
+                DIRECTION_EGRESS
+            } else {
+                DIRECTION_INGRESS
+            },
             peer: 2000 + rng.gen_range(0..10_000),
             protocol: Some(proto::TCP),
             ports: Some({
@@ -94,13 +122,22 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     })
     .context("loading the datapath (run as root)")?;
     let mut events = dp.take_events().context("events")?;
-    println!("BPF_PROG_TEST_RUN, kernel-measured; repeat {repeat} for repeatable packets, {distinct} distinct packets for new flows");
-    println!("{:<22} {:<6} {:>8} {:>10} {:>10} {:>9}", "case", "family", "entries", "ns/packet", "empty", "delta");
+    println!(
+        "BPF_PROG_TEST_RUN, kernel-measured; repeat {repeat} for repeatable packets, {distinct} distinct packets for new flows"
+    );
+    println!(
+        "{:<22} {:<6} {:>8} {:>10} {:>10} {:>9}",
+        "case", "family", "entries", "ns/packet", "empty", "delta"
+    );
     let mut rows = Vec::new();
     for entries in [10usize, 1_000, 100_000] {
         maps(entries).write_to(&mut dp)?;
         for v6 in [false, true] {
-            let (a, b) = if v6 { (ip("fd00::1"), ip("fd00::2")) } else { (ip("10.0.0.1"), ip("10.0.0.2")) };
+            let (a, b) = if v6 {
+                (ip("fd00::1"), ip("fd00::2"))
+            } else {
+                (ip("10.0.0.1"), ip("10.0.0.2"))
+            };
             let family = if v6 { "ipv6" } else { "ipv4" };
             dp.conntrack.flush()?;
             // Established: create the flow once, then replay a mid-connection ACK.
@@ -109,10 +146,19 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             let ack = est.with_flags(ACK).build();
             let empty_rep = repeated(&dp, program_names::BENCH_EMPTY, &ack, repeat)?;
             let established = repeated(&dp, program_names::FROM_POD, &ack, repeat)?;
-            let repeated_deny = repeated(&dp, program_names::FROM_POD, &Flow::tcp(a, b, 40001, 81).build(), repeat)?;
+            let repeated_deny = repeated(
+                &dp,
+                program_names::FROM_POD,
+                &Flow::tcp(a, b, 40001, 81).build(),
+                repeat,
+            )?;
             // New flows: a fresh source port per packet.
-            let allow: Vec<Vec<u8>> = (0..distinct).map(|i| Flow::tcp(a, b, 1024 + (i % 60000) as u16, 80).build()).collect();
-            let deny: Vec<Vec<u8>> = (0..distinct).map(|i| Flow::tcp(a, b, 1024 + (i % 60000) as u16, 81).build()).collect();
+            let allow: Vec<Vec<u8>> = (0..distinct)
+                .map(|i| Flow::tcp(a, b, 1024 + (i % 60000) as u16, 80).build())
+                .collect();
+            let deny: Vec<Vec<u8>> = (0..distinct)
+                .map(|i| Flow::tcp(a, b, 1024 + (i % 60000) as u16, 81).build())
+                .collect();
             let empty_one = one_each(&dp, program_names::BENCH_EMPTY, &allow)?;
             dp.conntrack.flush()?;
             let new_allow = one_each(&dp, program_names::FROM_POD, &allow)?;
@@ -125,7 +171,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 ("new flow, allow", new_allow, empty_one),
                 ("new flow, deny", new_deny, empty_one),
             ] {
-                println!("{case:<22} {family:<6} {entries:>8} {ns:>10.1} {base:>10.1} {:>+9.1}", ns - base);
+                println!(
+                    "{case:<22} {family:<6} {entries:>8} {ns:>10.1} {base:>10.1} {:>+9.1}",
+                    ns - base
+                );
                 rows.push((case, family, entries, ns, base));
             }
         }
@@ -133,7 +182,12 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     println!("\nscaling (100,000 entries / 10 entries):");
     for case in ["established", "new flow, allow", "new flow, deny"] {
         for family in ["ipv4", "ipv6"] {
-            let get = |n| rows.iter().find(|r| r.0 == case && r.1 == family && r.2 == n).map(|r| r.3).unwrap_or(f64::NAN);
+            let get = |n| {
+                rows.iter()
+                    .find(|r| r.0 == case && r.1 == family && r.2 == n)
+                    .map(|r| r.3)
+                    .unwrap_or(f64::NAN)
+            };
             println!("  {case:<18} {family}: {:.2}x", get(100_000) / get(10));
         }
     }

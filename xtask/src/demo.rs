@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use anyhow::Context as _;
 use septum_datapath::AttachMode;
 use septum_datapath_common::{
-    ACTION_ALLOW, DIRECTION_INGRESS, DropReason, ENDPOINT_F_INGRESS_POLICY, FAMILY_IPV4,
-    FlowEvent, IDENTITY_HOST, POINT_FROM_POD, Verdict, proto,
+    ACTION_ALLOW, DIRECTION_INGRESS, DropReason, ENDPOINT_F_INGRESS_POLICY, FAMILY_IPV4, FlowEvent,
+    IDENTITY_HOST, POINT_FROM_POD, Verdict, proto,
 };
 use septum_tests::{
     fixture::{PinRoot, enforce, topology_maps},
@@ -27,9 +27,16 @@ pub fn run() -> anyhow::Result<()> {
     let topo = Topology::new(3).context("creating network namespaces (run as root)")?;
     let pins = PinRoot::new(&topo.tag);
     for (pod, name) in topo.pods.iter().zip(names) {
-        println!("  pod {name:<9} {} / {}  (netns {}, host veth {})", pod.ip4, pod.ip6, pod.ns.name, pod.host_if);
+        println!(
+            "  pod {name:<9} {} / {}  (netns {}, host veth {})",
+            pod.ip4, pod.ip6, pod.ns.name, pod.host_if
+        );
     }
-    let mut maps = topology_maps(&topo, &[FRONTEND, BACKEND, INTRUDER], &[0, ENDPOINT_F_INGRESS_POLICY, 0]);
+    let mut maps = topology_maps(
+        &topo,
+        &[FRONTEND, BACKEND, INTRUDER],
+        &[0, ENDPOINT_F_INGRESS_POLICY, 0],
+    );
     maps.isolate(BACKEND, DIRECTION_INGRESS, 1);
     maps.add_rule(&Rule {
         subject: BACKEND,
@@ -41,21 +48,35 @@ pub fn run() -> anyhow::Result<()> {
         precedence: 100,
         cookie: 2,
     });
-    println!("\npolicy: backend accepts TCP 8080 from frontend only (rule cookie 2; isolation cookie 1)");
+    println!(
+        "\npolicy: backend accepts TCP 8080 from frontend only (rule cookie 2; isolation cookie 1)"
+    );
     let _servers = [
         tcp_echo_server(&topo.pods[1].ns, 8080),
         tcp_echo_server(&topo.pods[1].ns, 9090),
     ];
     let _udp = udp_echo_server(&topo.pods[1].ns, 5353);
     let mode = AttachMode::detect();
-    let mut dp = enforce(&topo, &maps, mode, &pins).context("loading and attaching the datapath")?;
-    println!("datapath: programs attached with {mode:?}, pinned under {}\n", pins.0.display());
+    let mut dp =
+        enforce(&topo, &maps, mode, &pins).context("loading and attaching the datapath")?;
+    println!(
+        "datapath: programs attached with {mode:?}, pinned under {}\n",
+        pins.0.display()
+    );
     let mut events = dp.take_events().context("event reader")?;
 
     let t = Duration::from_millis(600);
     println!("reachability (ok = echo came back; timeout = silently dropped):");
-    println!("  {:<10} {:<10} {:<14} {:<8} result", "from", "to", "port", "family");
-    for (from, port, udp) in [(0usize, 8080u16, false), (2, 8080, false), (0, 9090, false), (0, 5353, true)] {
+    println!(
+        "  {:<10} {:<10} {:<14} {:<8} result",
+        "from", "to", "port", "family"
+    );
+    for (from, port, udp) in [
+        (0usize, 8080u16, false),
+        (2, 8080, false),
+        (0, 9090, false),
+        (0, 5353, true),
+    ] {
         for v6 in [false, true] {
             let dst = topo.pods[1].ip(v6);
             let out = if udp {
@@ -79,9 +100,24 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     let node_ok = topo.node.run(|| {
-        std::net::TcpStream::connect_timeout(&std::net::SocketAddr::new(topo.pods[1].ip(false), 9090), t).is_ok()
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(topo.pods[1].ip(false), 9090),
+            t,
+        )
+        .is_ok()
     });
-    println!("  {:<10} {:<10} {:<14} {:<8} {}", "node", "backend", "tcp/9090", "ipv4", if node_ok { "ok (the node may always reach its pods)" } else { "FAILED" });
+    println!(
+        "  {:<10} {:<10} {:<14} {:<8} {}",
+        "node",
+        "backend",
+        "tcp/9090",
+        "ipv4",
+        if node_ok {
+            "ok (the node may always reach its pods)"
+        } else {
+            "FAILED"
+        }
+    );
 
     let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
     ids.insert(FRONTEND, "frontend");
@@ -111,7 +147,10 @@ fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
 }
 
 fn describe(ev: &FlowEvent, ids: &BTreeMap<u32, &str>) -> String {
-    let who = |id: u32| ids.get(&id).map_or_else(|| format!("identity {id}"), |s| s.to_string());
+    let who = |id: u32| {
+        ids.get(&id)
+            .map_or_else(|| format!("identity {id}"), |s| s.to_string())
+    };
     let proto = match ev.protocol {
         proto::TCP => "tcp",
         proto::UDP => "udp",
@@ -127,7 +166,11 @@ fn describe(ev: &FlowEvent, ids: &BTreeMap<u32, &str>) -> String {
     format!(
         "{:<9} {:<8} {} -> {}  {proto} {}:{} -> {}:{}  cookies egress={} ingress={}{reason}",
         verdict,
-        if ev.point == POINT_FROM_POD { "from_pod" } else { "to_pod" },
+        if ev.point == POINT_FROM_POD {
+            "from_pod"
+        } else {
+            "to_pod"
+        },
         who(ev.src_identity),
         who(ev.dst_identity),
         addr(ev.family, &ev.saddr),
