@@ -1095,7 +1095,8 @@ impl<S: AllocationStore> Engine<S> {
         let svc_keys: Vec<ObjectKey> = self.cluster.services.keys().cloned().collect();
         for k in svc_keys {
             for (vip, e) in self.service_entries(&k) {
-                st.services.insert(vip, e);
+                // Two Services claiming one VIP: the first by key owns it.
+                st.services.entry(vip).or_insert(e);
             }
         }
         st.rules = self.ruleset.descriptions();
@@ -1159,6 +1160,23 @@ impl<S: AllocationStore> Engine<S> {
             }
         }
         out
+    }
+
+    /// The owner of a VIP: the first Service (by key) exposing it.
+    fn service_vip_entry(&mut self, vip: &ServiceVip) -> Option<ServiceEntry> {
+        let owner = self
+            .cluster
+            .services
+            .values()
+            .find(|s| {
+                s.cluster_ips.contains(&vip.addr)
+                    && s.ports
+                        .iter()
+                        .any(|p| p.port == vip.port && p.protocol == vip.protocol)
+            })?
+            .key();
+        let id = self.store.allocate(&AllocationKey::Service(owner));
+        Some(ServiceEntry { service_id: id })
     }
 
     fn ipcache_host_entry(&self, ip: IpAddr) -> Option<IpCacheEntry> {
@@ -1474,22 +1492,18 @@ impl<S: AllocationStore> Engine<S> {
             .collect();
         self.recompile_subjects(&affected, &mut policy, &mut endpoints);
         for k in services {
-            let old: Vec<ServiceVip> = self
+            let id = self.store.get(&AllocationKey::Service(k.clone()));
+            let mut vips: BTreeSet<ServiceVip> = self
                 .state
                 .services
                 .iter()
-                .filter(|(_, e)| Some(e.service_id) == self.store.get(&AllocationKey::Service(k.clone())))
+                .filter(|(_, e)| Some(e.service_id) == id)
                 .map(|(v, _)| *v)
                 .collect();
-            let new = self.service_entries(&k);
-            let new_keys: BTreeSet<ServiceVip> = new.iter().map(|(v, _)| *v).collect();
-            for v in old {
-                if !new_keys.contains(&v) {
-                    svc.set(&mut self.state.services, v, None);
-                }
-            }
-            for (v, e) in new {
-                svc.set(&mut self.state.services, v, Some(e));
+            vips.extend(self.service_entries(&k).into_iter().map(|(v, _)| v));
+            for v in vips {
+                let e = self.service_vip_entry(&v);
+                svc.set(&mut self.state.services, v, e);
             }
         }
         StateDiff {

@@ -1,0 +1,473 @@
+//! An independent evaluator written straight from the specifications (Kubernetes NetworkPolicy,
+//! the ClusterNetworkPolicy tiers, FlowPolicy), over the model objects, for one concrete flow.
+//! It shares nothing with the compiler but the model types and the cookie naming (RuleId).
+
+use std::net::IpAddr;
+
+use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
+use septum_policy::identity::{AllocationKey, AllocationStore, RuleId};
+use septum_policy::model::*;
+use septum_policy::selector::LabelSelector;
+
+/// One end of a concrete flow.
+#[derive(Clone, Debug)]
+pub enum End {
+    Pod(ObjectKey, IpAddr),
+    Node(String, IpAddr),
+    External(IpAddr),
+}
+
+impl End {
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            End::Pod(_, ip) | End::Node(_, ip) | End::External(ip) => *ip,
+        }
+    }
+}
+
+/// (action, rule that decided) — `None` rule means not policed.
+pub type Verdict = (u8, Option<RuleId>);
+
+fn rid(kind: &'static str, object: ObjectKey, section: &'static str, index: usize) -> RuleId {
+    RuleId {
+        kind,
+        object,
+        section,
+        index: index as u32,
+    }
+}
+
+pub fn cookie_of(store: &dyn AllocationStore, v: &Verdict) -> u32 {
+    match &v.1 {
+        None => 0,
+        Some(r) if r.kind == "builtin" => septum_policy::rules::COOKIE_HOST,
+        Some(r) => store
+            .get(&AllocationKey::Rule(r.clone()))
+            .unwrap_or_else(|| panic!("no cookie allocated for {r:?}")),
+    }
+}
+
+fn peer_pod<'a>(c: &'a Cluster, e: &End) -> Option<&'a Pod> {
+    match e {
+        End::Pod(k, _) => c.pods.get(k).filter(|p| !p.host_network),
+        _ => None,
+    }
+}
+
+fn ns_sel_matches(c: &Cluster, sel: &LabelSelector, ns: &str) -> bool {
+    sel.matches(&c.namespace_labels(ns))
+}
+
+fn in_block(
+    ip: IpAddr,
+    cidr: &septum_policy::cidr::Cidr,
+    except: &[septum_policy::cidr::Cidr],
+) -> bool {
+    cidr.contains_ip(ip) && !except.iter().any(|e| e.contains_ip(ip))
+}
+
+/// Port entry of a NetworkPolicy (or FlowPolicy without Service) vs the flow, resolving names
+/// on the destination pod.
+fn np_port_matches(p: &NetworkPolicyPort, dest: Option<&Pod>, proto: u8, port: u16) -> bool {
+    let want = p.protocol.unwrap_or(Protocol::Tcp);
+    if want.number() != proto {
+        return false;
+    }
+    match (&p.port, p.end_port) {
+        (None, None) => true,
+        (None, Some(_)) => false,
+        (Some(PortRef::Number(0)), _) => false,
+        (Some(PortRef::Number(n)), None) => *n == port,
+        (Some(PortRef::Number(n)), Some(e)) => e >= *n && *n <= port && port <= e,
+        (Some(PortRef::Name(name)), None) => dest.is_some_and(|d| {
+            d.ports.iter().any(|cp| {
+                cp.name.as_deref() == Some(name) && cp.protocol == want && cp.port == port
+            })
+        }),
+        (Some(PortRef::Name(_)), Some(_)) => false,
+    }
+}
+
+fn target_matches(
+    target: &PortRef,
+    sp_proto: Protocol,
+    dest: Option<&Pod>,
+    proto: u8,
+    port: u16,
+) -> bool {
+    if sp_proto.number() != proto {
+        return false;
+    }
+    match target {
+        PortRef::Number(t) => *t == port,
+        PortRef::Name(n) => dest.is_some_and(|d| {
+            d.ports.iter().any(|cp| {
+                cp.name.as_deref() == Some(n) && cp.protocol == sp_proto && cp.port == port
+            })
+        }),
+    }
+}
+
+fn flow_port_matches(
+    p: &FlowPort,
+    svc: Option<&Service>,
+    dest: Option<&Pod>,
+    proto: u8,
+    port: u16,
+) -> bool {
+    match (svc, &p.port) {
+        (Some(svc), Some(pr)) => svc
+            .ports
+            .iter()
+            .find(|sp| match pr {
+                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
+                PortRef::Number(x) => sp.port == *x,
+            })
+            .is_some_and(|sp| target_matches(&sp.target(), sp.protocol, dest, proto, port)),
+        _ => np_port_matches(
+            &NetworkPolicyPort {
+                protocol: p.protocol,
+                port: p.port.clone(),
+                end_port: p.end_port,
+            },
+            dest,
+            proto,
+            port,
+        ),
+    }
+}
+
+fn np_selects(np: &NetworkPolicy, pod: &Pod) -> bool {
+    np.namespace == pod.namespace && np.pod_selector.matches(&pod.labels)
+}
+
+fn fp_subject_service<'a>(c: &'a Cluster, fp: &FlowPolicy) -> Option<&'a Service> {
+    match &fp.subject {
+        FlowSubject::Service(n) => c.services.get(&ObjectKey::new(&fp.namespace, n)),
+        _ => None,
+    }
+}
+
+fn fp_selects(c: &Cluster, fp: &FlowPolicy, pod: &Pod) -> bool {
+    if fp.namespace != pod.namespace {
+        return false;
+    }
+    match &fp.subject {
+        FlowSubject::Service(_) => fp_subject_service(c, fp).is_some_and(|s| s.selects(pod)),
+        FlowSubject::Pods(sel) => sel.matches(&pod.labels),
+        FlowSubject::ServiceAccount(sa) => &pod.service_account == sa,
+    }
+}
+
+fn cnp_pod_matches(
+    c: &Cluster,
+    ns_sel: &LabelSelector,
+    pod_sel: &LabelSelector,
+    pod: &Pod,
+) -> bool {
+    ns_sel_matches(c, ns_sel, &pod.namespace) && pod_sel.matches(&pod.labels)
+}
+
+fn cnp_selects(c: &Cluster, cnp: &ClusterNetworkPolicy, pod: &Pod) -> bool {
+    match &cnp.subject {
+        CnpSubject::Namespaces(s) => ns_sel_matches(c, s, &pod.namespace),
+        CnpSubject::Pods {
+            namespace_selector,
+            pod_selector,
+        } => cnp_pod_matches(c, namespace_selector, pod_selector, pod),
+    }
+}
+
+/// Decision of one side. `subject` is the pod whose policies apply; `peer` the other end;
+/// `dest` the destination pod (for named ports).
+pub fn side(
+    c: &Cluster,
+    subject: &Pod,
+    ingress: bool,
+    peer: &End,
+    proto: u8,
+    port: u16,
+) -> Verdict {
+    let dest: Option<&Pod> = if ingress {
+        Some(subject)
+    } else {
+        peer_pod(c, peer)
+    };
+    let section = if ingress { "ingress" } else { "egress" };
+    // The node may always reach its own pods.
+    if ingress {
+        if let End::Node(n, _) = peer {
+            if subject.node.as_deref() == Some(n.as_str()) {
+                return (
+                    ACTION_ALLOW,
+                    Some(rid(
+                        "builtin",
+                        ObjectKey::new("", "node-to-pod"),
+                        "ingress",
+                        0,
+                    )),
+                );
+            }
+        }
+    }
+    let ppod = peer_pod(c, peer);
+    let pip = peer.ip();
+
+    // Tier 1: Admin.
+    let mut admins: Vec<&ClusterNetworkPolicy> = c
+        .cluster_network_policies
+        .values()
+        .filter(|p| p.tier == CnpTier::Admin && cnp_selects(c, p, subject))
+        .collect();
+    admins.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+    let cnp_rule_matches = |r: &CnpRule| -> bool {
+        let peer_ok = r.peers.iter().any(|p| match p {
+            CnpPeer::Namespaces(s) => ppod.is_some_and(|pp| ns_sel_matches(c, s, &pp.namespace)),
+            CnpPeer::Pods {
+                namespace_selector,
+                pod_selector,
+            } => ppod.is_some_and(|pp| cnp_pod_matches(c, namespace_selector, pod_selector, pp)),
+            CnpPeer::Networks(cidrs) => cidrs.iter().any(|x| x.contains_ip(pip)),
+        });
+        let port_ok = r.ports.is_empty()
+            || r.ports.iter().any(|p| match p {
+                CnpPort::AnyPort(pr) => pr.number() == proto,
+                CnpPort::Range {
+                    protocol,
+                    start,
+                    end,
+                } => protocol.number() == proto && *start <= port && port <= *end,
+                CnpPort::Named(n) => dest.is_some_and(|d| {
+                    d.ports.iter().any(|cp| {
+                        cp.name.as_deref() == Some(n)
+                            && cp.protocol.number() == proto
+                            && cp.port == port
+                    })
+                }),
+            });
+        peer_ok && port_ok
+    };
+    'admin: for p in &admins {
+        let rules = if ingress { &p.ingress } else { &p.egress };
+        for (i, r) in rules.iter().enumerate() {
+            if cnp_rule_matches(r) {
+                let id = Some(rid(
+                    "ClusterNetworkPolicy",
+                    ObjectKey::new("", &p.name),
+                    section,
+                    i,
+                ));
+                match r.action {
+                    CnpAction::Accept => return (ACTION_ALLOW, id),
+                    CnpAction::Deny => return (ACTION_DENY, id),
+                    CnpAction::Pass => break 'admin,
+                }
+            }
+        }
+    }
+
+    // Tier 3 (computed first; used when the namespaced tier does not isolate): Baseline.
+    let mut baselines: Vec<&ClusterNetworkPolicy> = c
+        .cluster_network_policies
+        .values()
+        .filter(|p| p.tier == CnpTier::Baseline && cnp_selects(c, p, subject))
+        .collect();
+    baselines.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+    let mut baseline: Verdict = (ACTION_ALLOW, None);
+    'base: for p in &baselines {
+        let rules = if ingress { &p.ingress } else { &p.egress };
+        for (i, r) in rules.iter().enumerate() {
+            if r.action == CnpAction::Pass {
+                continue;
+            }
+            if cnp_rule_matches(r) {
+                let id = Some(rid(
+                    "ClusterNetworkPolicy",
+                    ObjectKey::new("", &p.name),
+                    section,
+                    i,
+                ));
+                baseline = match r.action {
+                    CnpAction::Deny => (ACTION_DENY, id),
+                    _ => (ACTION_ALLOW, id),
+                };
+                break 'base;
+            }
+        }
+    }
+
+    // Tier 2: NetworkPolicy + FlowPolicy. (isolating policy id, allowing rule id) with/without audit.
+    let mut iso_enf: Option<RuleId> = None;
+    let mut iso_all: Option<RuleId> = None;
+    let mut allow_enf: Option<RuleId> = None;
+    let mut allow_all: Option<RuleId> = None;
+    let iso_section = if ingress {
+        "ingress-isolation"
+    } else {
+        "egress-isolation"
+    };
+    for np in c.network_policies.values() {
+        if !np_selects(np, subject) {
+            continue;
+        }
+        let types_in = match &np.policy_types {
+            Some(t) => t.contains(&PolicyType::Ingress),
+            None => true,
+        };
+        let types_out = match &np.policy_types {
+            Some(t) => t.contains(&PolicyType::Egress),
+            None => !np.egress.is_empty(),
+        };
+        let isolates = if ingress { types_in } else { types_out };
+        if !isolates {
+            continue;
+        }
+        let iso = rid("NetworkPolicy", np.key(), iso_section, 0);
+        iso_enf.get_or_insert(iso.clone());
+        iso_all.get_or_insert(iso);
+        let rules = if ingress { &np.ingress } else { &np.egress };
+        for (i, r) in rules.iter().enumerate() {
+            let peer_ok = r.peers.is_empty()
+                || r.peers.iter().any(|p| match p {
+                    NetworkPolicyPeer::Pods {
+                        pod_selector: None,
+                        namespace_selector: None,
+                    } => false,
+                    NetworkPolicyPeer::Pods {
+                        pod_selector,
+                        namespace_selector,
+                    } => ppod.is_some_and(|pp| {
+                        let ns_ok = match namespace_selector {
+                            None => pp.namespace == np.namespace,
+                            Some(s) => ns_sel_matches(c, s, &pp.namespace),
+                        };
+                        ns_ok && pod_selector.as_ref().is_none_or(|s| s.matches(&pp.labels))
+                    }),
+                    NetworkPolicyPeer::IpBlock { cidr, except } => in_block(pip, cidr, except),
+                });
+            let port_ok = r.ports.is_empty()
+                || r.ports
+                    .iter()
+                    .any(|p| np_port_matches(p, dest, proto, port));
+            if peer_ok && port_ok {
+                let id = rid("NetworkPolicy", np.key(), section, i);
+                allow_enf.get_or_insert(id.clone());
+                allow_all.get_or_insert(id);
+            }
+        }
+    }
+    for fp in c.flow_policies.values() {
+        if !fp_selects(c, fp, subject) {
+            continue;
+        }
+        let Some(rules) = (if ingress { &fp.ingress } else { &fp.egress }) else {
+            continue;
+        };
+        let enforce = fp.mode == FlowMode::Enforce;
+        let iso = rid("FlowPolicy", fp.key(), iso_section, 0);
+        if enforce {
+            iso_enf.get_or_insert(iso.clone());
+        }
+        iso_all.get_or_insert(iso);
+        let subject_svc = fp_subject_service(c, fp);
+        for (i, r) in rules.iter().enumerate() {
+            let mut hit = false;
+            if r.peers.is_empty() {
+                let svc = if ingress { subject_svc } else { None };
+                hit = r.ports.is_empty()
+                    || r.ports
+                        .iter()
+                        .any(|p| flow_port_matches(p, svc, dest, proto, port));
+            }
+            for p in &r.peers {
+                let (peer_ok, svc): (bool, Option<&Service>) = match p {
+                    FlowPeer::Service { namespace, name } => {
+                        let s = c.services.get(&ObjectKey::new(
+                            namespace.as_deref().unwrap_or(&fp.namespace),
+                            name,
+                        ));
+                        (
+                            ppod.is_some_and(|pp| s.is_some_and(|s| s.selects(pp))),
+                            if ingress { subject_svc } else { s },
+                        )
+                    }
+                    FlowPeer::Pods {
+                        namespace_selector,
+                        pod_selector,
+                    } => (
+                        ppod.is_some_and(|pp| {
+                            let ns_ok = match namespace_selector {
+                                None => pp.namespace == fp.namespace,
+                                Some(s) => ns_sel_matches(c, s, &pp.namespace),
+                            };
+                            ns_ok && pod_selector.as_ref().is_none_or(|s| s.matches(&pp.labels))
+                        }),
+                        if ingress { subject_svc } else { None },
+                    ),
+                    FlowPeer::ServiceAccount { namespace, name } => (
+                        ppod.is_some_and(|pp| {
+                            pp.namespace == namespace.as_deref().unwrap_or(&fp.namespace)
+                                && &pp.service_account == name
+                        }),
+                        if ingress { subject_svc } else { None },
+                    ),
+                    FlowPeer::Cidr { cidr, except } => (
+                        in_block(pip, cidr, except),
+                        if ingress { subject_svc } else { None },
+                    ),
+                };
+                // A Service that does not exist (or selects nothing) resolves no port.
+                let port_ok = r.ports.is_empty()
+                    || r.ports
+                        .iter()
+                        .any(|pt| flow_port_matches(pt, svc, dest, proto, port));
+                let svc_missing =
+                    matches!(p, FlowPeer::Service { .. }) && !ingress && svc.is_none();
+                if peer_ok && port_ok && !svc_missing {
+                    hit = true;
+                }
+            }
+            if hit {
+                let id = rid("FlowPolicy", fp.key(), section, i);
+                if enforce {
+                    allow_enf.get_or_insert(id.clone());
+                }
+                allow_all.get_or_insert(id);
+            }
+        }
+    }
+    let enforced: Verdict = match &iso_enf {
+        None => baseline.clone(),
+        Some(iso) => match allow_enf {
+            Some(a) => (ACTION_ALLOW, Some(a)),
+            None => (ACTION_DENY, Some(iso.clone())),
+        },
+    };
+    let hypothetical: Verdict = match &iso_all {
+        None => baseline.clone(),
+        Some(iso) => match allow_all {
+            Some(a) => (ACTION_ALLOW, Some(a)),
+            None => (ACTION_DENY, Some(iso.clone())),
+        },
+    };
+    if enforced.0 == ACTION_DENY {
+        enforced
+    } else if hypothetical.0 == ACTION_DENY {
+        (ACTION_AUDIT, hypothetical.1)
+    } else {
+        enforced
+    }
+}
+
+/// Both sides of a flow: (egress verdict, ingress verdict); `None` where that end is not a pod.
+pub fn flow(
+    c: &Cluster,
+    src: &End,
+    dst: &End,
+    proto: u8,
+    port: u16,
+) -> (Option<Verdict>, Option<Verdict>) {
+    let eg = peer_pod(c, src).map(|s| side(c, s, false, dst, proto, port));
+    let ing = peer_pod(c, dst).map(|d| side(c, d, true, src, proto, port));
+    (eg, ing)
+}
