@@ -174,6 +174,23 @@ fn load<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
     ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
+/// L4 headers: direct access at the two common offsets (IPv4 without options, IPv6 without
+/// extension headers), which the verifier can check, else the helper.
+#[inline(always)]
+fn load_l4<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    const V4: usize = ETH_HLEN + 20;
+    const V6: usize = ETH_HLEN + IPV6_HLEN;
+    let direct = if offset == V4 {
+        load::<T>(ctx, V4)
+    } else if offset == V6 {
+        load::<T>(ctx, V6)
+    } else {
+        None
+    };
+    // The helper also reaches data outside the linear area.
+    direct.or_else(|| load_at(ctx, offset))
+}
+
 /// `bpf_skb_load_bytes`, for variable offsets (behind IPv4 options or IPv6 extension headers):
 /// LLVM folds direct-access bounds checks at variable offsets into forms the verifier rejects.
 #[inline(always)]
@@ -375,7 +392,7 @@ enum L4 {
 fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> L4 {
     match pkt.key.protocol {
         proto::TCP => {
-            let Some(hdr) = load_at::<[u8; 14]>(ctx, off) else {
+            let Some(hdr) = load_l4::<[u8; 14]>(ctx, off) else {
                 return L4::Truncated;
             };
             pkt.key.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
@@ -383,14 +400,14 @@ fn parse_l4(ctx: &TcContext, off: usize, pkt: &mut Packet) -> L4 {
             pkt.tcp_flags = hdr[13];
         }
         proto::UDP | proto::SCTP => {
-            let Some(ports) = load_at::<[u8; 4]>(ctx, off) else {
+            let Some(ports) = load_l4::<[u8; 4]>(ctx, off) else {
                 return L4::Truncated;
             };
             pkt.key.sport = u16::from_be_bytes([ports[0], ports[1]]);
             pkt.key.dport = u16::from_be_bytes([ports[2], ports[3]]);
         }
         proto::ICMP | proto::ICMPV6 => {
-            let Some(hdr) = load_at::<[u8; 8]>(ctx, off) else {
+            let Some(hdr) = load_l4::<[u8; 8]>(ctx, off) else {
                 return L4::Truncated;
             };
             let ty = hdr[0];
@@ -567,7 +584,9 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
 
 #[inline(always)]
 fn touch(entry: &mut CtEntry, pkt: &Packet) {
-    entry.last_seen_ns = now_ns();
+    // Coarse clock: last-seen needs jiffy precision, not a precise clock read per packet.
+    // SAFETY: helper without preconditions.
+    entry.last_seen_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
     // Not atomic (core has no atomics for BPF): two CPUs counting one flow at the same instant
     // may lose an increment. These are statistics, never policy.
     entry.packets += 1;
