@@ -1,1 +1,20 @@
-//! septum CRD types (under construction).
+//! septum's own CustomResourceDefinitions and the Kubernetes objects policy reads, as Rust types:
+//!
+//! - [`flow_policy`]: `FlowPolicy` (septum.dev/v1alpha1), ours, with its schema and CEL rules,
+//!   its conversion into the policy model and status conditions;
+//! - [`cluster_network_policy`]: the upstream `ClusterNetworkPolicy`
+//!   (policy.networking.k8s.io/v1alpha2) types we read (upstream installs its CRD, not us);
+//! - [`manifest`]: loading multi-document YAML (Namespaces, Pods, Nodes, Services,
+//!   NetworkPolicies, FlowPolicies, ClusterNetworkPolicies) into a [`septum_policy::Cluster`],
+//!   with an error naming file, document, object and field for every problem;
+//! - [`generate`]: the CRD YAML printed into `manifests/crds` (drift-checked by a test).
+//!
+//! Only types and pure conversions live here: no client, no I/O.
+
+pub mod cluster_network_policy;
+pub mod flow_policy;
+pub mod generate;
+pub mod manifest;
+
+pub use cluster_network_policy::ClusterNetworkPolicy;
+pub use flow_policy::FlowPolicy;
