@@ -1,1 +1,47 @@
-fn main() {}
+//! The `septum` command. Each subcommand lives in its own module; add new ones (run, lab,
+//! flows, datapath demo, ...) as a variant of [`Command`] plus a module.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod crd;
+mod explain;
+mod manifest_files;
+mod policy;
+
+/// septum: Kubernetes micro-segmentation.
+#[derive(Debug, Parser)]
+#[command(name = "septum", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with policies offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Explain which rules decide a flow, over manifests.
+    Explain(explain::ExplainArgs),
+    /// septum's CustomResourceDefinitions.
+    #[command(subcommand)]
+    Crd(crd::CrdCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(c) => policy::run(c),
+        Command::Explain(a) => explain::run(a),
+        Command::Crd(c) => crd::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

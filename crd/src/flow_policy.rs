@@ -164,7 +164,8 @@ impl From<Protocol> for m::Protocol {
 pub struct Port {
     /// TCP (default), UDP or SCTP. Ignored for Service ports, which carry their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<Protocol>,
+    #[schemars(extend("enum" = ["TCP", "UDP", "SCTP"]))]
+    pub protocol: Option<String>,
     /// Number or name. Toward a Service: a Service port (name or number), meaning its
     /// targetPort. Otherwise a container port number or name. Omitted: every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -307,8 +308,13 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str) -> Result<Vec<m::FlowPo
                 }
             }
         };
+        let protocol = p
+            .protocol
+            .as_deref()
+            .map(|x| septum_policy::k8s::protocol(Some(x), &format!("{f}.protocol")))
+            .transpose()?;
         out.push(m::FlowPort {
-            protocol: p.protocol.map(Into::into),
+            protocol,
             port,
             end_port,
         });
