@@ -55,8 +55,12 @@ fn parse_end(s: &str, destination: bool) -> Result<FlowEnd> {
         ["service", ns, name] | ["svc", ns, name] if destination => {
             Ok(FlowEnd::Service(ObjectKey::new(*ns, *name)))
         }
-        ["service", ..] | ["svc", ..] if !destination => bail!("a Service can only be a destination: {s:?}"),
-        [ns, name] if !ns.is_empty() && !name.is_empty() => Ok(FlowEnd::Pod(ObjectKey::new(*ns, *name))),
+        ["service", ..] | ["svc", ..] if !destination => {
+            bail!("a Service can only be a destination: {s:?}")
+        }
+        [ns, name] if !ns.is_empty() && !name.is_empty() => {
+            Ok(FlowEnd::Pod(ObjectKey::new(*ns, *name)))
+        }
         _ => bail!("{s:?} is not NS/POD, service/NS/NAME or an IP address"),
     }
 }
@@ -83,7 +87,10 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
         for e in &errors {
             eprintln!("error: {e}");
         }
-        bail!("{} error(s) in the manifests; fix them first (see `septum policy check`)", errors.len());
+        bail!(
+            "{} error(s) in the manifests; fix them first (see `septum policy check`)",
+            errors.len()
+        );
     }
     let engine = Engine::new(m.cluster, InMemoryAllocations::new());
     let flows = explain(&engine, &query).context("cannot explain this flow")?;
@@ -92,7 +99,11 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
             let v = if flows.len() == 1 {
                 flow_json(&flows[0])
             } else {
-                let verdict = if flows.iter().all(|f| f.verdict == "allow") { "allow" } else { "deny" };
+                let verdict = if flows.iter().all(|f| f.verdict == "allow") {
+                    "allow"
+                } else {
+                    "deny"
+                };
                 let first = &flows[0];
                 json!({
                     "verdict": verdict,
@@ -162,7 +173,10 @@ fn print_side(s: &SideReport) {
         println!("    {:<10} {}", t.tier, t.outcome);
         for r in &t.rules {
             let mark = if r.decisive { "*" } else { " " };
-            println!("      {mark} [{}] {} ({})", r.cookie, r.description, r.action);
+            println!(
+                "      {mark} [{}] {} ({})",
+                r.cookie, r.description, r.action
+            );
         }
     }
     if let Some(d) = &s.decisive_rule {
@@ -171,8 +185,16 @@ fn print_side(s: &SideReport) {
 }
 
 fn print_text(f: &FlowExplanation) {
-    let via = f.service.as_deref().map(|s| format!(" via {s}")).unwrap_or_default();
-    let audit = if f.audit { " (audit: an Audit-mode FlowPolicy would deny it)" } else { "" };
+    let via = f
+        .service
+        .as_deref()
+        .map(|s| format!(" via {s}"))
+        .unwrap_or_default();
+    let audit = if f.audit {
+        " (audit: an Audit-mode FlowPolicy would deny it)"
+    } else {
+        ""
+    };
     println!(
         "{} ({}) -> {} ({}){via} {}/{}: {}{audit}",
         f.from,

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use septum_crd::manifest::Manifests;
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.is_dir() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("cannot list {}", path.display()))?
@@ -37,7 +38,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests> {
     }
     let mut m = Manifests::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
         m.load_str(&f.display().to_string(), &text);
     }
     Ok(m)

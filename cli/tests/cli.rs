@@ -49,7 +49,11 @@ fn check_reports_unreadable_yaml_without_panicking() {
     let dir = std::env::temp_dir().join(format!("septum-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let f = dir.join("broken.yaml");
-    std::fs::write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n").expect("write");
+    std::fs::write(
+        &f,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n",
+    )
+    .expect("write");
     let (code, _, err) = septum(&["policy", "check", f.to_str().expect("utf8 path")]);
     assert_ne!(code, 0);
     assert!(err.contains("invalid YAML"), "{err}");
@@ -61,14 +65,28 @@ fn check_reports_unreadable_yaml_without_panicking() {
 #[test]
 fn explain_service_reports_every_backend() {
     let v = json(&[
-        "explain", "--manifests", "tests/data/shop.yaml", "--from", "shop/frontend-1", "--to",
-        "service/shop/backend", "--port", "http", "--protocol", "TCP", "--output", "json",
+        "explain",
+        "--manifests",
+        "tests/data/shop.yaml",
+        "--from",
+        "shop/frontend-1",
+        "--to",
+        "service/shop/backend",
+        "--port",
+        "http",
+        "--protocol",
+        "TCP",
+        "--output",
+        "json",
     ]);
     assert_eq!(v["verdict"], "allow", "{v:#}");
     let backends = v["backends"].as_array().expect("backends");
     assert_eq!(backends.len(), 2, "{v:#}");
     for b in backends {
-        assert_eq!(b["port"], 9000, "targetPort api resolved on the backend: {b:#}");
+        assert_eq!(
+            b["port"], 9000,
+            "targetPort api resolved on the backend: {b:#}"
+        );
         assert_eq!(b["ingress"]["action"], "allow");
         assert_eq!(b["ingress"]["datapath"]["action"], "allow");
         assert!(
@@ -83,16 +101,34 @@ fn explain_service_reports_every_backend() {
 #[test]
 fn explain_denied_flow_names_the_isolating_policy() {
     let v = json(&[
-        "explain", "--manifests", "tests/data/shop.yaml", "--from", "shop/frontend-1", "--to",
-        "shop/backend-1", "--port", "metrics", "--output", "json",
+        "explain",
+        "--manifests",
+        "tests/data/shop.yaml",
+        "--from",
+        "shop/frontend-1",
+        "--to",
+        "shop/backend-1",
+        "--port",
+        "metrics",
+        "--output",
+        "json",
     ]);
     assert_eq!(v["verdict"], "deny");
     assert_eq!(v["ingress"]["action"], "deny");
     assert_eq!(v["ingress"]["datapath"]["action"], "deny");
     assert_eq!(v["egress"]["action"], "allow");
     let v = json(&[
-        "explain", "--manifests", "tests/data/shop.yaml", "--from", "monitoring/prometheus", "--to",
-        "shop/backend-2", "--port", "9090", "--output", "json",
+        "explain",
+        "--manifests",
+        "tests/data/shop.yaml",
+        "--from",
+        "monitoring/prometheus",
+        "--to",
+        "shop/backend-2",
+        "--port",
+        "9090",
+        "--output",
+        "json",
     ]);
     assert_eq!(v["verdict"], "allow", "{v:#}");
 }
@@ -100,22 +136,88 @@ fn explain_denied_flow_names_the_isolating_policy() {
 #[test]
 fn explain_admin_deny_to_a_network() {
     let v = json(&[
-        "explain", "--manifests", "tests/data/shop.yaml", "--from", "shop/frontend-1", "--to",
-        "169.254.169.254", "--port", "80", "--output", "json",
+        "explain",
+        "--manifests",
+        "tests/data/shop.yaml",
+        "--from",
+        "shop/frontend-1",
+        "--to",
+        "169.254.169.254",
+        "--port",
+        "80",
+        "--output",
+        "json",
     ]);
     assert_eq!(v["verdict"], "deny");
     assert_eq!(v["egress"]["tiers"][0]["tier"], "admin");
-    assert!(v["egress"]["decisiveRule"].as_str().is_some_and(|r| r.contains("no-cloud-metadata")), "{v:#}");
+    assert!(
+        v["egress"]["decisiveRule"]
+            .as_str()
+            .is_some_and(|r| r.contains("no-cloud-metadata")),
+        "{v:#}"
+    );
 }
 
 #[test]
 fn explain_rejects_bad_arguments_cleanly() {
     for args in [
-        &["explain", "--manifests", "tests/data/shop.yaml", "--from", "shop/nope", "--to", "shop/backend-1", "--port", "80"][..],
-        &["explain", "--manifests", "tests/data/shop.yaml", "--from", "shop/frontend-1", "--to", "shop/backend-1", "--port", "80", "--protocol", "ICMP"][..],
-        &["explain", "--manifests", "tests/data/shop.yaml", "--from", "shop/frontend-1", "--to", "service/shop/backend", "--port", "nope"][..],
-        &["explain", "--manifests", "tests/data/shop.yaml", "--from", "service/shop/backend", "--to", "shop/backend-1", "--port", "80"][..],
-        &["explain", "--manifests", "tests/data/bad.yaml", "--from", "a/p", "--to", "a/p", "--port", "80"][..],
+        &[
+            "explain",
+            "--manifests",
+            "tests/data/shop.yaml",
+            "--from",
+            "shop/nope",
+            "--to",
+            "shop/backend-1",
+            "--port",
+            "80",
+        ][..],
+        &[
+            "explain",
+            "--manifests",
+            "tests/data/shop.yaml",
+            "--from",
+            "shop/frontend-1",
+            "--to",
+            "shop/backend-1",
+            "--port",
+            "80",
+            "--protocol",
+            "ICMP",
+        ][..],
+        &[
+            "explain",
+            "--manifests",
+            "tests/data/shop.yaml",
+            "--from",
+            "shop/frontend-1",
+            "--to",
+            "service/shop/backend",
+            "--port",
+            "nope",
+        ][..],
+        &[
+            "explain",
+            "--manifests",
+            "tests/data/shop.yaml",
+            "--from",
+            "service/shop/backend",
+            "--to",
+            "shop/backend-1",
+            "--port",
+            "80",
+        ][..],
+        &[
+            "explain",
+            "--manifests",
+            "tests/data/bad.yaml",
+            "--from",
+            "a/p",
+            "--to",
+            "a/p",
+            "--port",
+            "80",
+        ][..],
     ] {
         let (code, _, err) = septum(args);
         assert_ne!(code, 0, "{args:?} should fail");
@@ -128,7 +230,10 @@ fn explain_rejects_bad_arguments_cleanly() {
 fn crd_print_matches_the_committed_manifest() {
     let (code, out, _) = septum(&["crd", "print"]);
     assert_eq!(code, 0);
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crds/flowpolicies.septum.dev.yaml"))
-        .expect("committed CRD");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/crds/flowpolicies.septum.dev.yaml"
+    ))
+    .expect("committed CRD");
     assert_eq!(out, committed);
 }

@@ -182,7 +182,10 @@ fn pods(p: &NamespacedPods, field: &str) -> Result<(m::Protocol, m::CnpPeer), Co
     Ok((
         m::Protocol::Tcp,
         m::CnpPeer::Pods {
-            namespace_selector: selector(&p.namespace_selector, &format!("{field}.namespaceSelector"))?,
+            namespace_selector: selector(
+                &p.namespace_selector,
+                &format!("{field}.namespaceSelector"),
+            )?,
             pod_selector: selector(&p.pod_selector, &format!("{field}.podSelector"))?,
         },
     ))
@@ -192,7 +195,10 @@ fn one_of(count: usize, field: &str, what: &str) -> Result<(), ConversionError> 
     if count == 1 {
         Ok(())
     } else {
-        Err(cerr(field, format!("set exactly one of {what} (found {count})")))
+        Err(cerr(
+            field,
+            format!("set exactly one of {what} (found {count})"),
+        ))
     }
 }
 
@@ -203,14 +209,22 @@ fn port_u16(n: i32, field: &str) -> Result<u16, ConversionError> {
         .ok_or_else(|| cerr(field, format!("port {n} is outside 1-65535")))
 }
 
-fn protocols(list: Option<&Vec<ProtocolEntry>>, field: &str) -> Result<Vec<m::CnpPort>, ConversionError> {
+fn protocols(
+    list: Option<&Vec<ProtocolEntry>>,
+    field: &str,
+) -> Result<Vec<m::CnpPort>, ConversionError> {
     let mut out = Vec::new();
     for (i, e) in list.into_iter().flatten().enumerate() {
         let f = format!("{field}.protocols[{i}]");
-        let count = [e.tcp.is_some(), e.udp.is_some(), e.sctp.is_some(), e.destination_named_port.is_some()]
-            .into_iter()
-            .filter(|x| *x)
-            .count();
+        let count = [
+            e.tcp.is_some(),
+            e.udp.is_some(),
+            e.sctp.is_some(),
+            e.destination_named_port.is_some(),
+        ]
+        .into_iter()
+        .filter(|x| *x)
+        .count();
         one_of(count, &f, "tcp, udp, sctp, destinationNamedPort")?;
         if let Some(n) = &e.destination_named_port {
             out.push(m::CnpPort::Named(n.clone()));
@@ -225,17 +239,34 @@ fn protocols(list: Option<&Vec<ProtocolEntry>>, field: &str) -> Result<Vec<m::Cn
         let pf = format!("{f}.{name}.destinationPort");
         match &pp.destination_port {
             None => out.push(m::CnpPort::AnyPort(proto)),
-            Some(Port { number: Some(n), range: None }) => {
+            Some(Port {
+                number: Some(n),
+                range: None,
+            }) => {
                 let n = port_u16(*n, &format!("{pf}.number"))?;
-                out.push(m::CnpPort::Range { protocol: proto, start: n, end: n });
+                out.push(m::CnpPort::Range {
+                    protocol: proto,
+                    start: n,
+                    end: n,
+                });
             }
-            Some(Port { number: None, range: Some(r) }) => {
+            Some(Port {
+                number: None,
+                range: Some(r),
+            }) => {
                 let start = port_u16(r.start, &format!("{pf}.range.start"))?;
                 let end = port_u16(r.end, &format!("{pf}.range.end"))?;
                 if end < start {
-                    return Err(cerr(format!("{pf}.range"), format!("end {end} is lower than start {start}")));
+                    return Err(cerr(
+                        format!("{pf}.range"),
+                        format!("end {end} is lower than start {start}"),
+                    ));
                 }
-                out.push(m::CnpPort::Range { protocol: proto, start, end });
+                out.push(m::CnpPort::Range {
+                    protocol: proto,
+                    start,
+                    end,
+                });
             }
             Some(_) => return Err(cerr(pf, "set exactly one of number, range")),
         }
@@ -248,8 +279,13 @@ fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, Conver
         ("Accept", _) => Ok(m::CnpAction::Accept),
         ("Deny", _) => Ok(m::CnpAction::Deny),
         ("Pass", m::CnpTier::Admin) => Ok(m::CnpAction::Pass),
-        ("Pass", m::CnpTier::Baseline) => Err(cerr(field, "Pass is not allowed in the Baseline tier")),
-        (other, _) => Err(cerr(field, format!("unknown action {other:?} (Accept, Deny, Pass)"))),
+        ("Pass", m::CnpTier::Baseline) => {
+            Err(cerr(field, "Pass is not allowed in the Baseline tier"))
+        }
+        (other, _) => Err(cerr(
+            field,
+            format!("unknown action {other:?} (Accept, Deny, Pass)"),
+        )),
     }
 }
 
@@ -265,12 +301,22 @@ impl ClusterNetworkPolicy {
         let tier = match self.spec.tier.as_str() {
             "Admin" => m::CnpTier::Admin,
             "Baseline" => m::CnpTier::Baseline,
-            other => return Err(cerr("spec.tier", format!("unknown tier {other:?} (Admin, Baseline)"))),
+            other => {
+                return Err(cerr(
+                    "spec.tier",
+                    format!("unknown tier {other:?} (Admin, Baseline)"),
+                ));
+            }
         };
         let priority = u32::try_from(self.spec.priority)
             .ok()
             .filter(|p| *p <= 1000)
-            .ok_or_else(|| cerr("spec.priority", format!("priority {} is outside 0-1000", self.spec.priority)))?;
+            .ok_or_else(|| {
+                cerr(
+                    "spec.priority",
+                    format!("priority {} is outside 0-1000", self.spec.priority),
+                )
+            })?;
         let s = &self.spec.subject;
         one_of(
             usize::from(s.namespaces.is_some()) + usize::from(s.pods.is_some()),
@@ -280,7 +326,10 @@ impl ClusterNetworkPolicy {
         let subject = match (&s.namespaces, &s.pods) {
             (Some(ns), _) => m::CnpSubject::Namespaces(selector(ns, "spec.subject.namespaces")?),
             (_, Some(p)) => m::CnpSubject::Pods {
-                namespace_selector: selector(&p.namespace_selector, "spec.subject.pods.namespaceSelector")?,
+                namespace_selector: selector(
+                    &p.namespace_selector,
+                    "spec.subject.pods.namespaceSelector",
+                )?,
                 pod_selector: selector(&p.pod_selector, "spec.subject.pods.podSelector")?,
             },
             _ => return Err(cerr("spec.subject", "set exactly one of namespaces, pods")),
@@ -300,7 +349,9 @@ impl ClusterNetworkPolicy {
                     "namespaces, pods",
                 )?;
                 peers.push(match (&p.namespaces, &p.pods) {
-                    (Some(ns), _) => m::CnpPeer::Namespaces(selector(ns, &format!("{pf}.namespaces"))?),
+                    (Some(ns), _) => {
+                        m::CnpPeer::Namespaces(selector(ns, &format!("{pf}.namespaces"))?)
+                    }
                     (_, Some(x)) => pods(x, &format!("{pf}.pods"))?.1,
                     _ => unreachable_peer(&pf)?,
                 });
@@ -322,29 +373,41 @@ impl ClusterNetworkPolicy {
             for (j, p) in r.to.iter().enumerate() {
                 let pf = format!("{field}.to[{j}]");
                 if p.nodes.is_some() {
-                    return Err(cerr(format!("{pf}.nodes"), "nodes peers are not supported by septum"));
+                    return Err(cerr(
+                        format!("{pf}.nodes"),
+                        "nodes peers are not supported by septum",
+                    ));
                 }
                 if p.domain_names.is_some() {
-                    return Err(cerr(format!("{pf}.domainNames"), "domainNames peers are not supported by septum"));
+                    return Err(cerr(
+                        format!("{pf}.domainNames"),
+                        "domainNames peers are not supported by septum",
+                    ));
                 }
                 one_of(
-                    usize::from(p.namespaces.is_some()) + usize::from(p.pods.is_some()) + usize::from(p.networks.is_some()),
+                    usize::from(p.namespaces.is_some())
+                        + usize::from(p.pods.is_some())
+                        + usize::from(p.networks.is_some()),
                     &pf,
                     "namespaces, pods, networks",
                 )?;
                 peers.push(match (&p.namespaces, &p.pods, &p.networks) {
-                    (Some(ns), _, _) => m::CnpPeer::Namespaces(selector(ns, &format!("{pf}.namespaces"))?),
+                    (Some(ns), _, _) => {
+                        m::CnpPeer::Namespaces(selector(ns, &format!("{pf}.namespaces"))?)
+                    }
                     (_, Some(x), _) => pods(x, &format!("{pf}.pods"))?.1,
                     (_, _, Some(nets)) => {
                         if nets.is_empty() {
-                            return Err(cerr(format!("{pf}.networks"), "must list at least one CIDR"));
+                            return Err(cerr(
+                                format!("{pf}.networks"),
+                                "must list at least one CIDR",
+                            ));
                         }
                         let mut cidrs = Vec::new();
                         for (k, n) in nets.iter().enumerate() {
-                            cidrs.push(
-                                n.parse()
-                                    .map_err(|e| cerr(format!("{pf}.networks[{k}]"), format!("{e}")))?,
-                            );
+                            cidrs.push(n.parse().map_err(|e| {
+                                cerr(format!("{pf}.networks[{k}]"), format!("{e}"))
+                            })?);
                         }
                         m::CnpPeer::Networks(cidrs)
                     }

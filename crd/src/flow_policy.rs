@@ -232,7 +232,9 @@ fn convert_peer(p: &Peer, field: &str) -> Result<m::FlowPeer, ConversionError> {
     if count != 1 {
         return Err(cerr(
             field,
-            format!("set exactly one of service, podSelector/namespaceSelector, serviceAccount, cidr (found {count})"),
+            format!(
+                "set exactly one of service, podSelector/namespaceSelector, serviceAccount, cidr (found {count})"
+            ),
         ));
     }
     if let Some(s) = &p.service {
@@ -281,7 +283,10 @@ fn convert_peer(p: &Peer, field: &str) -> Result<m::FlowPeer, ConversionError> {
     })
 }
 
-fn convert_ports(ports: Option<&Vec<Port>>, field: &str) -> Result<Vec<m::FlowPort>, ConversionError> {
+fn convert_ports(
+    ports: Option<&Vec<Port>>,
+    field: &str,
+) -> Result<Vec<m::FlowPort>, ConversionError> {
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}]");
@@ -293,17 +298,25 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str) -> Result<Vec<m::FlowPo
         let end_port = match p.end_port {
             None => None,
             Some(e) => {
-                let e = u16::try_from(e)
-                    .ok()
-                    .filter(|x| *x != 0)
-                    .ok_or_else(|| cerr(format!("{f}.endPort"), format!("endPort {e} is outside 1-65535")))?;
+                let e = u16::try_from(e).ok().filter(|x| *x != 0).ok_or_else(|| {
+                    cerr(
+                        format!("{f}.endPort"),
+                        format!("endPort {e} is outside 1-65535"),
+                    )
+                })?;
                 match &port {
                     Some(m::PortRef::Number(n)) if e >= *n => Some(e),
                     Some(m::PortRef::Number(n)) => {
-                        return Err(cerr(format!("{f}.endPort"), format!("endPort {e} is lower than port {n}")));
+                        return Err(cerr(
+                            format!("{f}.endPort"),
+                            format!("endPort {e} is lower than port {n}"),
+                        ));
                     }
                     _ => {
-                        return Err(cerr(format!("{f}.endPort"), format!("endPort {e} needs a numeric port")));
+                        return Err(cerr(
+                            format!("{f}.endPort"),
+                            format!("endPort {e} needs a numeric port"),
+                        ));
                     }
                 }
             }
@@ -338,10 +351,14 @@ impl FlowPolicy {
             .clone()
             .unwrap_or_else(|| "default".to_string());
         let s = &self.spec.subject;
-        let count = [s.service.is_some(), s.pod_selector.is_some(), s.service_account.is_some()]
-            .into_iter()
-            .filter(|x| *x)
-            .count();
+        let count = [
+            s.service.is_some(),
+            s.pod_selector.is_some(),
+            s.service_account.is_some(),
+        ]
+        .into_iter()
+        .filter(|x| *x)
+        .count();
         if count != 1 {
             return Err(cerr(
                 "spec.subject",
@@ -412,7 +429,11 @@ impl FlowPolicy {
 
 /// Status conditions for a FlowPolicy: `Valid` (False with every problem when the spec is
 /// invalid or references something missing) and `Ready`.
-pub fn status_conditions(problems: &[Problem], generation: Option<i64>, now: Time) -> Vec<Condition> {
+pub fn status_conditions(
+    problems: &[Problem],
+    generation: Option<i64>,
+    now: Time,
+) -> Vec<Condition> {
     let errors: Vec<&Problem> = problems.iter().filter(|p| !p.warning).collect();
     let warnings: Vec<&Problem> = problems.iter().filter(|p| p.warning).collect();
     let describe = |ps: &[&Problem]| {
@@ -429,9 +450,17 @@ pub fn status_conditions(problems: &[Problem], generation: Option<i64>, now: Tim
         ("True", "Valid", "the spec is valid".to_string())
     };
     let ready = if errors.is_empty() {
-        ("True", "Compiled", "compiled into the datapath state".to_string())
+        (
+            "True",
+            "Compiled",
+            "compiled into the datapath state".to_string(),
+        )
     } else {
-        ("False", "InvalidSpec", "not compiled until the spec is fixed".to_string())
+        (
+            "False",
+            "InvalidSpec",
+            "not compiled until the spec is fixed".to_string(),
+        )
     };
     [("Valid", valid), ("Ready", ready)]
         .into_iter()

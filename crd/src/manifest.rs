@@ -81,7 +81,11 @@ fn object_label(kind: &str, ns: Option<&str>, name: &str) -> String {
 fn parse_typed<T: DeserializeOwned>(v: serde_yaml::Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() { "-".to_string() } else { path };
+        let field = if path == "." || path.is_empty() {
+            "-".to_string()
+        } else {
+            path
+        };
         (field, e.into_inner().to_string())
     })
 }
@@ -131,7 +135,12 @@ impl Manifests {
             return;
         }
         let Some(map) = v.as_mapping() else {
-            self.push(&origin, "-", "-", "a document must be a mapping (a Kubernetes object)");
+            self.push(
+                &origin,
+                "-",
+                "-",
+                "a document must be a mapping (a Kubernetes object)",
+            );
             return;
         };
         let get = |k: &str| map.get(k).and_then(|x| x.as_str()).map(str::to_string);
@@ -172,7 +181,10 @@ impl Manifests {
                     &origin,
                     &label,
                     "kind",
-                    format!("unknown kind {other:?} (expected one of {})", KINDS.join(", ")),
+                    format!(
+                        "unknown kind {other:?} (expected one of {})",
+                        KINDS.join(", ")
+                    ),
                 );
                 return;
             }
@@ -182,12 +194,24 @@ impl Manifests {
                 &origin,
                 &label,
                 "apiVersion",
-                format!("{kind} must be {expected_api}, got {:?}", api_version.unwrap_or_default()),
+                format!(
+                    "{kind} must be {expected_api}, got {:?}",
+                    api_version.unwrap_or_default()
+                ),
             );
             return;
         }
-        if meta.and_then(|m| m.get("name")).and_then(|x| x.as_str()).is_none() {
-            self.push(&origin, &label, "metadata.name", "missing (or not a string)");
+        if meta
+            .and_then(|m| m.get("name"))
+            .and_then(|x| x.as_str())
+            .is_none()
+        {
+            self.push(
+                &origin,
+                &label,
+                "metadata.name",
+                "missing (or not a string)",
+            );
             return;
         }
         if let Some(first) = self.origins.get(&label) {
@@ -226,7 +250,8 @@ impl Manifests {
                 "FlowPolicy" => {
                     let o: FlowPolicy = parse_typed(v)?;
                     let p = o.to_model().map_err(conv)?;
-                    c.flow_policies.insert(ObjectKey::new(&p.namespace, &p.name), p);
+                    c.flow_policies
+                        .insert(ObjectKey::new(&p.namespace, &p.name), p);
                 }
                 _ => {
                     let o: ClusterNetworkPolicy = parse_typed(v)?;
@@ -280,7 +305,10 @@ mod tests {
         );
         assert!(m.errors.is_empty(), "{:?}", m.errors);
         let p = &m.cluster.pods[&ObjectKey::new("a", "p")];
-        assert_eq!(p.ips, vec!["10.0.0.5".parse::<std::net::IpAddr>().expect("ip")]);
+        assert_eq!(
+            p.ips,
+            vec!["10.0.0.5".parse::<std::net::IpAddr>().expect("ip")]
+        );
         assert_eq!(p.ports[0].port, 8080);
     }
 }

@@ -117,7 +117,11 @@ fn mask(ip: IpAddr, len: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::V4(Ipv4Addr::from(bits & m))
         }
         IpAddr::V6(v6) => {
@@ -144,7 +148,9 @@ impl FromStr for Cidr {
             .split_once('/')
             .ok_or_else(|| err("missing /prefix-length"))?;
         let addr: IpAddr = addr.parse().map_err(|_| err("not an IP address"))?;
-        let len: u8 = len.parse().map_err(|_| err("prefix length is not a number"))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|_| err("prefix length is not a number"))?;
         Cidr::new(addr, len).map_err(|_| err("prefix length longer than the address"))
     }
 }

@@ -28,8 +28,8 @@ use crate::identity::{AllocationKey, AllocationStore, IdentityKey};
 use crate::model::{Change, Cluster, ObjectKey, Protocol};
 use crate::ports::{PortSel, Segmented, range_to_prefixes};
 use crate::rules::{
-    COOKIE_HOST, Direction, Isolation, PeerMatch, PodMatch, PolicySlot, PortItem, PortMatch,
-    Rule, RuleAction, RuleSet, Tier,
+    COOKIE_HOST, Direction, Isolation, PeerMatch, PodMatch, PolicySlot, PortItem, PortMatch, Rule,
+    RuleAction, RuleSet, Tier,
 };
 use crate::selector::Labels;
 use crate::state::{
@@ -224,7 +224,10 @@ impl Index {
 
     fn insert_rule(&mut self, key: RuleKey, data: RuleData) {
         for s in &data.subjects {
-            self.subject_rules.entry(*s).or_default().insert(key.clone());
+            self.subject_rules
+                .entry(*s)
+                .or_default()
+                .insert(key.clone());
         }
         self.rules.insert(key, data);
     }
@@ -630,12 +633,22 @@ fn emit(
         let diff_b = blocks_where_differs(f, &Segmented::constant(majority), p);
         if diff_a.len() <= diff_b.len() + 1 {
             for (port, bits, d) in diff_a {
-                push(p.number(), port, POLICY_PREFIX_ANY_PORT + u32::from(bits), d);
+                push(
+                    p.number(),
+                    port,
+                    POLICY_PREFIX_ANY_PORT + u32::from(bits),
+                    d,
+                );
             }
         } else {
             push(p.number(), 0, POLICY_PREFIX_ANY_PORT, majority);
             for (port, bits, d) in diff_b {
-                push(p.number(), port, POLICY_PREFIX_ANY_PORT + u32::from(bits), d);
+                push(
+                    p.number(),
+                    port,
+                    POLICY_PREFIX_ANY_PORT + u32::from(bits),
+                    d,
+                );
             }
         }
     }
@@ -736,15 +749,7 @@ impl Index {
                         class: None,
                     },
                 );
-                emit(
-                    &mut out,
-                    s,
-                    direction,
-                    *id,
-                    PRECEDENCE_PEER,
-                    &f,
-                    &generic,
-                );
+                emit(&mut out, s, direction, *id, PRECEDENCE_PEER, &f, &generic);
                 pod_layer.insert(*id, f);
             }
             for c in &special_classes {
@@ -816,7 +821,7 @@ impl Index {
                 }
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|a| a.0);
         (out, flags)
     }
 }
@@ -923,17 +928,18 @@ impl<S: AllocationStore> Engine<S> {
             .ipcache
             .get(&Cidr::host(ip))
             .map(|e| e.cidr_identity)
-            .or_else(|| {
-                self.index
-                    .class_of(ip)
-                    .map(|c| self.index.class_ids[&c])
-            })
+            .or_else(|| self.index.class_of(ip).map(|c| self.index.class_ids[&c]))
             .unwrap_or(0)
     }
 
     /// The decision function of `subject` toward a peer, straight from the rules (what the
     /// compiled entries reproduce). Used by explain.
-    pub fn decide(&self, subject: u32, direction: Direction, peer: &Peer<'_>) -> Segmented<Decision> {
+    pub fn decide(
+        &self,
+        subject: u32,
+        direction: Direction,
+        peer: &Peer<'_>,
+    ) -> Segmented<Decision> {
         match self.index.identities.get(&subject) {
             None => Segmented::constant(Decision::UNPOLICED),
             Some(info) => {
@@ -992,7 +998,9 @@ impl<S: AllocationStore> Engine<S> {
             if p.host_network {
                 continue;
             }
-            keys.entry(IdentityKey::of_pod(p)).or_default().push(k.clone());
+            keys.entry(IdentityKey::of_pod(p))
+                .or_default()
+                .push(k.clone());
             ix.ns_labels
                 .entry(p.namespace.clone())
                 .or_insert_with(|| self.cluster.namespace_labels(&p.namespace));
@@ -1181,12 +1189,7 @@ impl<S: AllocationStore> Engine<S> {
 
     fn ipcache_host_entry(&self, ip: IpAddr) -> Option<IpCacheEntry> {
         let class = self.index.class_of(ip);
-        if let Some(owner) = self
-            .index
-            .ip_owners
-            .get(&ip)
-            .and_then(|o| o.iter().next())
-        {
+        if let Some(owner) = self.index.ip_owners.get(&ip).and_then(|o| o.iter().next()) {
             let id = self.index.pod_identity[owner];
             let cidr_identity = class
                 .and_then(|c| self.index.pairs.get(&(id, c)))
@@ -1207,10 +1210,7 @@ impl<S: AllocationStore> Engine<S> {
             });
         }
         let host = Cidr::host(ip);
-        self.index
-            .class_ids
-            .get(&host)
-            .map(|id| cidr_entry(*id))
+        self.index.class_ids.get(&host).map(|id| cidr_entry(*id))
     }
 
     /// Applies one change to the model and returns the minimal diff of the compiled state.
@@ -1447,11 +1447,7 @@ impl<S: AllocationStore> Engine<S> {
         self.refresh_slots(&[slot], Vec::new())
     }
 
-    fn refresh_slots(
-        &mut self,
-        slots: &[PolicySlot],
-        services: Vec<ObjectKey>,
-    ) -> StateDiff {
+    fn refresh_slots(&mut self, slots: &[PolicySlot], services: Vec<ObjectKey>) -> StateDiff {
         let mut ruleset = std::mem::take(&mut self.ruleset);
         for slot in slots {
             ruleset.refresh(&self.cluster, slot, &mut self.store);

@@ -173,8 +173,14 @@ pub fn explain<S: AllocationStore>(
     query: &ExplainQuery,
 ) -> Result<Vec<FlowExplanation>, ExplainError> {
     let cluster = engine.cluster();
-    let pod = |k: &ObjectKey| cluster.pods.get(k).ok_or_else(|| ExplainError::UnknownPod(k.clone()));
+    let pod = |k: &ObjectKey| {
+        cluster
+            .pods
+            .get(k)
+            .ok_or_else(|| ExplainError::UnknownPod(k.clone()))
+    };
     // Destinations: (pod or ip, port ref resolved against the Service, service label).
+    #[allow(clippy::type_complexity)]
     let mut dests: Vec<(FlowEnd, PortRef, Option<(String, Protocol)>)> = Vec::new();
     match &query.to {
         FlowEnd::Service(k) => {
@@ -261,9 +267,9 @@ pub fn explain<S: AllocationStore>(
             PortRef::Name(name) => dst
                 .pod
                 .and_then(|p| {
-                    p.ports
-                        .iter()
-                        .find(|cp| cp.name.as_deref() == Some(name.as_str()) && cp.protocol == protocol)
+                    p.ports.iter().find(|cp| {
+                        cp.name.as_deref() == Some(name.as_str()) && cp.protocol == protocol
+                    })
                 })
                 .map(|cp| cp.port)
                 .ok_or_else(|| ExplainError::UnresolvedPortName {
@@ -329,11 +335,9 @@ fn side<S: AllocationStore>(
                 .nodes
                 .get(n)
                 .is_some_and(|node| node.ips.contains(&peer_end.ip))
-                || engine
-                    .cluster()
-                    .pods
-                    .values()
-                    .any(|p| p.host_network && p.node.as_ref() == Some(n) && p.ips.contains(&peer_end.ip))
+                || engine.cluster().pods.values().any(|p| {
+                    p.host_network && p.node.as_ref() == Some(n) && p.ips.contains(&peer_end.ip)
+                })
         });
     let class = engine.class_of(peer_end.ip);
     let peer_info = peer_end
@@ -359,7 +363,11 @@ fn side<S: AllocationStore>(
         Some(e) => (e.identity, e.cidr_identity),
         None => (septum_datapath_common::IDENTITY_WORLD, 0),
     };
-    let peer_id = if from_own_node { septum_datapath_common::IDENTITY_HOST } else { peer_id };
+    let peer_id = if from_own_node {
+        septum_datapath_common::IDENTITY_HOST
+    } else {
+        peer_id
+    };
     let dp = lpm::policy_decision(
         &state.policy,
         subject,
@@ -395,7 +403,9 @@ fn side<S: AllocationStore>(
                 .identities()
                 .get(&subject)
                 .map(|i| i.key.named_ports.as_slice()),
-            (Direction::Egress, Peer::Pod { identity, .. }) => Some(identity.key.named_ports.as_slice()),
+            (Direction::Egress, Peer::Pod { identity, .. }) => {
+                Some(identity.key.named_ports.as_slice())
+            }
             _ => None,
         };
         crate::compile::port_matches(&r.ports, dest_named, protocol, port)
@@ -427,7 +437,12 @@ fn side<S: AllocationStore>(
             for iso in engine.isolations_of(subject, direction) {
                 rules.push(RuleReport {
                     cookie: iso.cookie,
-                    action: if iso.enforce { "isolate" } else { "isolate (audit)" }.into(),
+                    action: if iso.enforce {
+                        "isolate"
+                    } else {
+                        "isolate (audit)"
+                    }
+                    .into(),
                     description: rules_table
                         .get(&iso.cookie)
                         .map(|d| d.text.clone())
@@ -479,7 +494,8 @@ fn side<S: AllocationStore>(
         direction: direction.as_str().to_string(),
         subject: label,
         identity: Some(subject),
-        policed: decision.cookie != 0 || f != crate::ports::Segmented::constant(Decision::UNPOLICED),
+        policed: decision.cookie != 0
+            || f != crate::ports::Segmented::constant(Decision::UNPOLICED),
         action: action.to_string(),
         cookie: decision.cookie,
         decisive_rule: rules_table.get(&decision.cookie).map(|d| d.text.clone()),

@@ -215,11 +215,14 @@ mod tests {
         assert_eq!(n1, IDENTITY_FIRST_POD);
         assert_eq!(n2, IDENTITY_FIRST_POD + 1);
         assert_eq!(s.allocate(&k1), n1);
-        let restored =
-            InMemoryAllocations::from_entries(s.entries().map(|(k, v)| (k.clone(), v)));
+        let restored = InMemoryAllocations::from_entries(s.entries().map(|(k, v)| (k.clone(), v)));
         let mut restored = restored;
         assert_eq!(restored.get(&k2), Some(n2));
         let k3 = AllocationKey::Identity(IdentityKey::of_pod(&pod(&[("app", "c")])));
-        assert_eq!(restored.allocate(&k3), n2 + 1, "no number is reused after a restart");
+        assert_eq!(
+            restored.allocate(&k3),
+            n2 + 1,
+            "no number is reused after a restart"
+        );
     }
 }

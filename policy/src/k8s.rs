@@ -140,7 +140,12 @@ pub fn node(n: &core::Node) -> Result<Node, ConversionError> {
 pub fn pod(p: &core::Pod) -> Result<Pod, ConversionError> {
     let spec = p.spec.as_ref();
     let mut ports = Vec::new();
-    for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or(&[]).iter().enumerate() {
+    for (ci, c) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
         for (pi, cp) in c.ports.iter().flatten().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
             ports.push(ContainerPort {
@@ -178,7 +183,12 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ConversionError> {
 pub fn service(s: &core::Service) -> Result<Service, ConversionError> {
     let spec = s.spec.as_ref();
     let mut ports = Vec::new();
-    for (i, p) in spec.and_then(|s| s.ports.as_ref()).into_iter().flatten().enumerate() {
+    for (i, p) in spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let field = format!("spec.ports[{i}]");
         ports.push(ServicePort {
             name: p.name.clone(),
@@ -195,10 +205,16 @@ pub fn service(s: &core::Service) -> Result<Service, ConversionError> {
     if let Some(spec) = spec {
         let mut raw: Vec<(String, String)> = Vec::new();
         match &spec.cluster_ips {
-            Some(list) if !list.is_empty() => {
-                raw.extend(list.iter().enumerate().map(|(i, a)| (format!("spec.clusterIPs[{i}]"), a.clone())))
-            }
-            _ => raw.extend(spec.cluster_ip.iter().map(|a| ("spec.clusterIP".to_string(), a.clone()))),
+            Some(list) if !list.is_empty() => raw.extend(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("spec.clusterIPs[{i}]"), a.clone())),
+            ),
+            _ => raw.extend(
+                spec.cluster_ip
+                    .iter()
+                    .map(|a| ("spec.clusterIP".to_string(), a.clone())),
+            ),
         }
         raw.extend(
             spec.external_ips
@@ -264,7 +280,10 @@ fn np_peer(p: &net::NetworkPolicyPeer, field: &str) -> Result<NetworkPolicyPeer,
     })
 }
 
-fn np_ports(ports: Option<&Vec<net::NetworkPolicyPort>>, field: &str) -> Result<Vec<NetworkPolicyPort>, ConversionError> {
+fn np_ports(
+    ports: Option<&Vec<net::NetworkPolicyPort>>,
+    field: &str,
+) -> Result<Vec<NetworkPolicyPort>, ConversionError> {
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}]");

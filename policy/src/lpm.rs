@@ -25,7 +25,11 @@ pub fn policy_lookup(
     port: u16,
 ) -> Option<PolicyEntry> {
     for bits in (0..=16u32).rev() {
-        let mask: u16 = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+        let mask: u16 = if bits == 0 {
+            0
+        } else {
+            u16::MAX << (16 - bits)
+        };
         let key = PolicyKey {
             data: PolicyKeyData::new(subject, direction, peer, protocol, port & mask),
             prefix_len: POLICY_PREFIX_ANY_PORT + bits,
@@ -70,9 +74,8 @@ pub fn policy_decision(
     peers.push(IDENTITY_ANY);
     for p in peers {
         if let Some(e) = policy_lookup(policy, subject, direction, p, protocol, port) {
-            let better = best.is_none_or(|b| {
-                (e.precedence, rank(e.action)) > (b.precedence, rank(b.action))
-            });
+            let better = best
+                .is_none_or(|b| (e.precedence, rank(e.action)) > (b.precedence, rank(b.action)));
             if better {
                 best = Some(e);
             }

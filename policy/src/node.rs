@@ -40,8 +40,12 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
             local.insert(e.identity);
         }
     }
-    let mut allowed_peers: BTreeSet<u32> =
-        BTreeSet::from([IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IDENTITY_REMOTE_NODE]);
+    let mut allowed_peers: BTreeSet<u32> = BTreeSet::from([
+        IDENTITY_ANY,
+        IDENTITY_HOST,
+        IDENTITY_WORLD,
+        IDENTITY_REMOTE_NODE,
+    ]);
     allowed_peers.extend(local.iter().copied());
     for (n, d) in &state.identities {
         match d {

@@ -170,7 +170,11 @@ pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     let (mut lo, hi) = (u32::from(lo), u32::from(hi));
     while lo <= hi {
         // Largest aligned block starting at lo that fits in [lo, hi].
-        let mut size_bits = if lo == 0 { 16 } else { lo.trailing_zeros().min(16) };
+        let mut size_bits = if lo == 0 {
+            16
+        } else {
+            lo.trailing_zeros().min(16)
+        };
         while size_bits > 0 && lo + (1u32 << size_bits) - 1 > hi {
             size_bits -= 1;
         }
@@ -199,8 +203,16 @@ mod tests {
             let mut next = u32::from(lo);
             for (start, bits) in &blocks {
                 let size = 1u32 << (16 - u32::from(*bits));
-                assert_eq!(u32::from(*start), next, "blocks of {lo}-{hi} are contiguous");
-                assert_eq!(u32::from(*start) % size, 0, "block {start}/{bits} is aligned");
+                assert_eq!(
+                    u32::from(*start),
+                    next,
+                    "blocks of {lo}-{hi} are contiguous"
+                );
+                assert_eq!(
+                    u32::from(*start) % size,
+                    0,
+                    "block {start}/{bits} is aligned"
+                );
                 next += size;
                 covered += size;
             }
@@ -233,10 +245,9 @@ mod tests {
         let mut b = Segmented::constant(false);
         b.paint(PortSel::Range(Protocol::Udp, 15, 30), true);
         let both = a.zip(&b, |x, y| x && y);
-        assert_eq!(both.segments(Protocol::Udp), vec![
-            (0, 14, false),
-            (15, 20, true),
-            (21, 65535, false)
-        ]);
+        assert_eq!(
+            both.segments(Protocol::Udp),
+            vec![(0, 14, false), (15, 20, true), (21, 65535, false)]
+        );
     }
 }

@@ -761,7 +761,8 @@ pub fn normalize_flow_policy(
                 ports: default_ports,
                 policy: policy.clone(),
             };
-            out.descriptions.insert(c, describe_rule(&summary, index, ""));
+            out.descriptions
+                .insert(c, describe_rule(&summary, index, ""));
         }
     }
     out
@@ -779,10 +780,9 @@ fn cnp_rule_peers(rule: &CnpRule) -> Vec<PeerMatch> {
     let mut out = Vec::new();
     for p in &rule.peers {
         match p {
-            CnpPeer::Namespaces(sel) => out.push(PeerMatch::Pods(cnp_pods(
-                sel,
-                &LabelSelector::everything(),
-            ))),
+            CnpPeer::Namespaces(sel) => {
+                out.push(PeerMatch::Pods(cnp_pods(sel, &LabelSelector::everything())))
+            }
             CnpPeer::Pods {
                 namespace_selector,
                 pod_selector,
@@ -934,7 +934,12 @@ impl RuleSet {
     }
 
     /// Renormalizes one slot from the cluster (removing it if the object is gone).
-    pub fn refresh(&mut self, cluster: &Cluster, slot: &PolicySlot, store: &mut dyn AllocationStore) {
+    pub fn refresh(
+        &mut self,
+        cluster: &Cluster,
+        slot: &PolicySlot,
+        store: &mut dyn AllocationStore,
+    ) {
         let n = match slot {
             PolicySlot::Cluster(name) => cluster
                 .cluster_network_policies
@@ -980,7 +985,8 @@ impl RuleSet {
     pub fn ordered_rules(&self) -> Vec<&Rule> {
         let mut rules: Vec<&Rule> = self.policies.values().flat_map(|p| &p.rules).collect();
         rules.sort_by(|a, b| {
-            (a.tier, &a.order.0, &a.order.1, a.order.2).cmp(&(b.tier, &b.order.0, &b.order.1, b.order.2))
+            (a.tier, &a.order.0, &a.order.1, a.order.2)
+                .cmp(&(b.tier, &b.order.0, &b.order.1, b.order.2))
         });
         rules
     }

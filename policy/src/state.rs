@@ -355,7 +355,11 @@ impl fmt::Display for ClusterState {
         }
         writeln!(f, "# services")?;
         for (k, v) in &self.services {
-            writeln!(f, "{} {}/{} -> {}", k.addr, k.protocol, k.port, v.service_id)?;
+            writeln!(
+                f,
+                "{} {}/{} -> {}",
+                k.addr, k.protocol, k.port, v.service_id
+            )?;
         }
         writeln!(f, "# rules")?;
         for (c, d) in &self.rules {

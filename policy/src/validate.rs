@@ -29,7 +29,11 @@ pub struct Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let level = if self.warning { "warning" } else { "error" };
-        write!(f, "{level}: {}: {}: {}", self.object, self.field, self.message)
+        write!(
+            f,
+            "{level}: {}: {}: {}",
+            self.object, self.field, self.message
+        )
     }
 }
 
@@ -66,7 +70,10 @@ impl Sink<'_> {
 
 fn check_port(sink: &mut Sink<'_>, field: &str, port: &Option<PortRef>, end_port: Option<u16>) {
     match (port, end_port) {
-        (Some(PortRef::Number(0)), _) => sink.push(format!("{field}.port"), "port 0 is not a valid port (1-65535)"),
+        (Some(PortRef::Number(0)), _) => sink.push(
+            format!("{field}.port"),
+            "port 0 is not a valid port (1-65535)",
+        ),
         (Some(PortRef::Name(n)), _) if n.is_empty() || n.len() > 15 => sink.push(
             format!("{field}.port"),
             format!("named port {n:?} must be 1-15 characters"),
@@ -93,7 +100,12 @@ fn check_np_ports(sink: &mut Sink<'_>, field: &str, ports: &[NetworkPolicyPort])
     }
 }
 
-fn check_cidr_except(sink: &mut Sink<'_>, field: &str, cidr: &crate::cidr::Cidr, except: &[crate::cidr::Cidr]) {
+fn check_cidr_except(
+    sink: &mut Sink<'_>,
+    field: &str,
+    cidr: &crate::cidr::Cidr,
+    except: &[crate::cidr::Cidr],
+) {
     for (j, e) in except.iter().enumerate() {
         if !cidr.contains(e) || e == cidr {
             sink.push(
@@ -116,7 +128,10 @@ pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
         let ing = types.iter().filter(|t| **t == PolicyType::Ingress).count();
         let eg = types.iter().filter(|t| **t == PolicyType::Egress).count();
         if ing > 1 || eg > 1 {
-            sink.push("spec.policyTypes", format!("duplicate entries in {types:?}"));
+            sink.push(
+                "spec.policyTypes",
+                format!("duplicate entries in {types:?}"),
+            );
         }
         if !types.contains(&PolicyType::Egress) && !np.egress.is_empty() {
             sink.warn(
@@ -131,7 +146,10 @@ pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
             );
         }
     }
-    for (dir, rules, peer_word) in [("ingress", &np.ingress, "from"), ("egress", &np.egress, "to")] {
+    for (dir, rules, peer_word) in [
+        ("ingress", &np.ingress, "from"),
+        ("egress", &np.egress, "to"),
+    ] {
         for (i, r) in rules.iter().enumerate() {
             let field = format!("spec.{dir}[{i}]");
             check_np_ports(&mut sink, &field, &r.ports);
@@ -141,10 +159,7 @@ pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
                     NetworkPolicyPeer::Pods {
                         pod_selector: None,
                         namespace_selector: None,
-                    } => sink.push(
-                        pf,
-                        "a peer needs podSelector, namespaceSelector or ipBlock",
-                    ),
+                    } => sink.push(pf, "a peer needs podSelector, namespaceSelector or ipBlock"),
                     NetworkPolicyPeer::Pods {
                         pod_selector,
                         namespace_selector,
@@ -178,7 +193,8 @@ pub fn flow_policy_references(fp: &FlowPolicy, svc: &ObjectKey) -> bool {
             .flat_map(|r| &r.peers)
             .any(|p| match p {
                 FlowPeer::Service { namespace, name } => {
-                    namespace.as_deref().unwrap_or(&fp.namespace) == svc.namespace && name == &svc.name
+                    namespace.as_deref().unwrap_or(&fp.namespace) == svc.namespace
+                        && name == &svc.name
                 }
                 _ => false,
             })
@@ -209,7 +225,10 @@ fn check_service_ports(sink: &mut Sink<'_>, field: &str, ports: &[FlowPort], svc
 }
 
 /// Problems of a FlowPolicy, including references to missing Services and Service ports.
-pub fn validate_flow_policy(fp: &FlowPolicy, services: &BTreeMap<ObjectKey, Service>) -> Vec<Problem> {
+pub fn validate_flow_policy(
+    fp: &FlowPolicy,
+    services: &BTreeMap<ObjectKey, Service>,
+) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut sink = Sink {
         object: format!("FlowPolicy {}", fp.key()),
@@ -224,7 +243,10 @@ pub fn validate_flow_policy(fp: &FlowPolicy, services: &BTreeMap<ObjectKey, Serv
             ),
             Some(s) if s.selector.as_ref().is_none_or(|x| x.is_empty()) => sink.warn(
                 "spec.subject.service",
-                format!("Service {}/{name} has no selector, so it selects no pods", fp.namespace),
+                format!(
+                    "Service {}/{name} has no selector, so it selects no pods",
+                    fp.namespace
+                ),
             ),
             Some(s) => subject_service = Some(s),
         },
@@ -235,9 +257,15 @@ pub fn validate_flow_policy(fp: &FlowPolicy, services: &BTreeMap<ObjectKey, Serv
         FlowSubject::ServiceAccount(_) => {}
     }
     if fp.ingress.is_none() && fp.egress.is_none() {
-        sink.warn("spec", "neither ingress nor egress is set: the policy does nothing");
+        sink.warn(
+            "spec",
+            "neither ingress nor egress is set: the policy does nothing",
+        );
     }
-    for (dir, rules, word) in [("ingress", &fp.ingress, "from"), ("egress", &fp.egress, "to")] {
+    for (dir, rules, word) in [
+        ("ingress", &fp.ingress, "from"),
+        ("egress", &fp.egress, "to"),
+    ] {
         for (i, r) in rules.iter().flatten().enumerate() {
             let field = format!("spec.{dir}[{i}]");
             let service_peers: Vec<&FlowPeer> = r
@@ -250,26 +278,42 @@ pub fn validate_flow_policy(fp: &FlowPolicy, services: &BTreeMap<ObjectKey, Serv
                     check_service_ports(&mut sink, &field, &r.ports, svc);
                 } else {
                     for (j, p) in r.ports.iter().enumerate() {
-                        check_port(&mut sink, &format!("{field}.ports[{j}]"), &p.port, p.end_port);
+                        check_port(
+                            &mut sink,
+                            &format!("{field}.ports[{j}]"),
+                            &p.port,
+                            p.end_port,
+                        );
                     }
                 }
             } else if service_peers.is_empty() {
                 for (j, p) in r.ports.iter().enumerate() {
-                    check_port(&mut sink, &format!("{field}.ports[{j}]"), &p.port, p.end_port);
+                    check_port(
+                        &mut sink,
+                        &format!("{field}.ports[{j}]"),
+                        &p.port,
+                        p.end_port,
+                    );
                 }
             }
             for (j, p) in r.peers.iter().enumerate() {
                 let pf = format!("{field}.{word}[{j}]");
                 match p {
                     FlowPeer::Service { namespace, name } => {
-                        let key = ObjectKey::new(namespace.as_deref().unwrap_or(&fp.namespace), name);
+                        let key =
+                            ObjectKey::new(namespace.as_deref().unwrap_or(&fp.namespace), name);
                         match services.get(&key) {
-                            None => sink.warn(format!("{pf}.service"), format!("Service {key} does not exist")),
+                            None => sink.warn(
+                                format!("{pf}.service"),
+                                format!("Service {key} does not exist"),
+                            ),
                             Some(s) => {
                                 if s.selector.as_ref().is_none_or(|x| x.is_empty()) {
                                     sink.warn(
                                         format!("{pf}.service"),
-                                        format!("Service {key} has no selector, so it selects no pods"),
+                                        format!(
+                                            "Service {key} has no selector, so it selects no pods"
+                                        ),
                                     );
                                 }
                                 if dir == "egress" {
@@ -311,7 +355,10 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
         out: &mut out,
     };
     if cnp.priority > 1000 {
-        sink.push("spec.priority", format!("priority {} is above 1000", cnp.priority));
+        sink.push(
+            "spec.priority",
+            format!("priority {} is above 1000", cnp.priority),
+        );
     }
     match &cnp.subject {
         CnpSubject::Namespaces(s) => sink.selector("spec.subject.namespaces", s),
@@ -323,11 +370,17 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
             sink.selector("spec.subject.pods.podSelector", pod_selector);
         }
     }
-    for (dir, rules, word) in [("ingress", &cnp.ingress, "from"), ("egress", &cnp.egress, "to")] {
+    for (dir, rules, word) in [
+        ("ingress", &cnp.ingress, "from"),
+        ("egress", &cnp.egress, "to"),
+    ] {
         for (i, r) in rules.iter().enumerate() {
             let field = format!("spec.{dir}[{i}]");
             if r.action == CnpAction::Pass && cnp.tier == CnpTier::Baseline {
-                sink.push(format!("{field}.action"), "Pass is not allowed in the Baseline tier");
+                sink.push(
+                    format!("{field}.action"),
+                    "Pass is not allowed in the Baseline tier",
+                );
             }
             if r.peers.is_empty() {
                 sink.push(format!("{field}.{word}"), "must name at least one peer");
@@ -337,7 +390,10 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
                 match p {
                     CnpPeer::Networks(c) if dir == "ingress" => sink.push(
                         format!("{pf}.networks"),
-                        format!("networks ({} prefixes) are only allowed in egress rules", c.len()),
+                        format!(
+                            "networks ({} prefixes) are only allowed in egress rules",
+                            c.len()
+                        ),
                     ),
                     CnpPeer::Networks(c) if c.is_empty() => {
                         sink.push(format!("{pf}.networks"), "must list at least one CIDR")
@@ -356,7 +412,10 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
             for (j, p) in r.ports.iter().enumerate() {
                 if let CnpPort::Range { start, end, .. } = p {
                     if *start == 0 {
-                        sink.push(format!("{field}.protocols[{j}]"), "port 0 is not a valid port");
+                        sink.push(
+                            format!("{field}.protocols[{j}]"),
+                            "port 0 is not a valid port",
+                        );
                     }
                     if end < start {
                         sink.push(

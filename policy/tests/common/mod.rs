@@ -1,3 +1,8 @@
+#![allow(
+    clippy::collapsible_if,
+    clippy::explicit_auto_deref,
+    clippy::too_many_arguments
+)]
 //! Shared test support: an independent naive evaluator, a reader of compiled state that follows
 //! the datapath's lookups through per-node slices, a random world generator, and a small DSL for
 //! data-driven cases.
@@ -41,7 +46,9 @@ pub fn compiled_side(
         .get(k)
         .unwrap_or_else(|| panic!("endpoint {k} missing"));
     let node = pod.node.clone().unwrap_or_default();
-    let slice = slices.get(&node).unwrap_or_else(|| panic!("no slice for node {node}"));
+    let slice = slices
+        .get(&node)
+        .unwrap_or_else(|| panic!("no slice for node {node}"));
     let peer_ip = peer_end.ip();
     let (pid, pcidr) = lookup_ip(&slice.ipcache, peer_ip);
     let dir = if ingress {
@@ -121,14 +128,20 @@ pub fn check_world(
         .map(|n| (n.clone(), node_state(c, state, n)))
         .collect();
     // Per destination node: slices as seen from there (remote sources' egress entries).
-    let remote: std::collections::BTreeMap<String, std::collections::BTreeMap<String, septum_policy::node::NodeState>> = c
+    let remote: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, septum_policy::node::NodeState>,
+    > = c
         .nodes
         .keys()
         .map(|dn| {
             let view = remote_view(c, state, dn);
             (
                 dn.clone(),
-                c.nodes.keys().map(|n| (n.clone(), node_state(c, &view, n))).collect(),
+                c.nodes
+                    .keys()
+                    .map(|n| (n.clone(), node_state(c, &view, n)))
+                    .collect(),
             )
         })
         .collect();
@@ -167,7 +180,16 @@ pub fn check_world(
                                 _ => None,
                             };
                             if sp.and_then(|p| p.node.clone()) != Some(dn.clone()) {
-                                let again = compiled_side(c, state, &remote[&dn], src, dst, false, proto, port);
+                                let again = compiled_side(
+                                    c,
+                                    state,
+                                    &remote[&dn],
+                                    src,
+                                    dst,
+                                    false,
+                                    proto,
+                                    port,
+                                );
                                 if again != ceg {
                                     return Err(format!(
                                         "egress of {src:?} -> {dst:?} {proto}/{port} differs at the destination node {dn}: {again:?} vs {ceg:?}"
