@@ -11,14 +11,23 @@ struct Case {
     name: &'static str,
     yaml: &'static str,
     /// (from, to, port, protocol, expected)
-    flows: &'static [(&'static str, &'static str, &'static str, &'static str, &'static str)],
+    flows: &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    )],
 }
 
 const CASES: &[Case] = &[
     Case {
         name: "no policy: everything allowed",
         yaml: "",
-        flows: &[("x/a", "y/b", "80", "TCP", "allow"), ("x/a", "8.8.8.8", "53", "UDP", "allow")],
+        flows: &[
+            ("x/a", "y/b", "80", "TCP", "allow"),
+            ("x/a", "8.8.8.8", "53", "UDP", "allow"),
+        ],
     },
     Case {
         name: "e2e: default-deny-ingress isolates the namespace's pods, not others",
@@ -33,7 +42,10 @@ const CASES: &[Case] = &[
     Case {
         name: "e2e: allow-all ingress (one empty rule) allows everything",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: all, namespace: x}\nspec: {podSelector: {}, ingress: [{}]}\n",
-        flows: &[("y/a", "x/a", "80", "TCP", "allow"), ("8.8.8.8", "x/b", "81", "SCTP", "allow")],
+        flows: &[
+            ("y/a", "x/a", "80", "TCP", "allow"),
+            ("8.8.8.8", "x/b", "81", "SCTP", "allow"),
+        ],
     },
     Case {
         name: "e2e: default-deny-egress; policyTypes is needed for egress isolation",
@@ -56,12 +68,19 @@ const CASES: &[Case] = &[
     Case {
         name: "trap: policyTypes [Egress] ignores ingress rules and leaves ingress open",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n",
-        flows: &[("y/c", "x/a", "80", "TCP", "allow"), ("x/a", "x/b", "80", "TCP", "deny")],
+        flows: &[
+            ("y/c", "x/a", "80", "TCP", "allow"),
+            ("x/a", "x/b", "80", "TCP", "deny"),
+        ],
     },
     Case {
         name: "e2e: allow from the same namespace only (podSelector {} in from)",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: same-ns, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}\n",
-        flows: &[("x/b", "x/a", "80", "TCP", "allow"), ("y/b", "x/a", "80", "TCP", "deny"), ("8.8.8.8", "x/a", "80", "TCP", "deny")],
+        flows: &[
+            ("x/b", "x/a", "80", "TCP", "allow"),
+            ("y/b", "x/a", "80", "TCP", "deny"),
+            ("8.8.8.8", "x/a", "80", "TCP", "deny"),
+        ],
     },
     Case {
         name: "trap: namespaceSelector AND podSelector in one peer",
@@ -86,37 +105,62 @@ const CASES: &[Case] = &[
     Case {
         name: "e2e: namespaceSelector {} allows every pod of every namespace but not outside addresses",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: all-ns, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {}}]}]}\n",
-        flows: &[("z/c", "x/a", "80", "TCP", "allow"), ("8.8.8.8", "x/a", "80", "TCP", "deny")],
+        flows: &[
+            ("z/c", "x/a", "80", "TCP", "allow"),
+            ("8.8.8.8", "x/a", "80", "TCP", "deny"),
+        ],
     },
     Case {
         name: "trap: implicit kubernetes.io/metadata.name namespace label",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: by-name, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}}]}]\n",
-        flows: &[("z/a", "x/a", "80", "TCP", "allow"), ("y/a", "x/a", "80", "TCP", "deny")],
+        flows: &[
+            ("z/a", "x/a", "80", "TCP", "allow"),
+            ("y/a", "x/a", "80", "TCP", "deny"),
+        ],
     },
     Case {
         name: "trap: matchExpressions NotIn matches a missing key; DoesNotExist",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: exprs, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [y]}, {key: missing, operator: DoesNotExist}]}}]}]\n",
-        flows: &[("z/a", "x/a", "80", "TCP", "allow"), ("x/b", "x/a", "80", "TCP", "allow"), ("y/a", "x/a", "80", "TCP", "deny")],
+        flows: &[
+            ("z/a", "x/a", "80", "TCP", "allow"),
+            ("x/b", "x/a", "80", "TCP", "allow"),
+            ("y/a", "x/a", "80", "TCP", "deny"),
+        ],
     },
     Case {
         name: "e2e: named port on ingress resolved on the destination pod",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: named, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: serve-80-tcp}]}]}\n",
-        flows: &[("y/a", "x/a", "80", "TCP", "allow"), ("y/a", "x/a", "81", "TCP", "deny"), ("y/a", "x/a", "serve-80-tcp", "TCP", "allow")],
+        flows: &[
+            ("y/a", "x/a", "80", "TCP", "allow"),
+            ("y/a", "x/a", "81", "TCP", "deny"),
+            ("y/a", "x/a", "serve-80-tcp", "TCP", "allow"),
+        ],
     },
     Case {
         name: "trap: named port with the wrong protocol matches nothing",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: named-udp, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: serve-80-tcp, protocol: UDP}]}]}\n",
-        flows: &[("y/a", "x/a", "80", "TCP", "deny"), ("y/a", "x/a", "80", "UDP", "deny")],
+        flows: &[
+            ("y/a", "x/a", "80", "TCP", "deny"),
+            ("y/a", "x/a", "80", "UDP", "deny"),
+        ],
     },
     Case {
         name: "e2e: named port on egress resolved on the destination pod",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: named-egress, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress], egress: [{ports: [{port: serve-81-udp, protocol: UDP}]}]}\n",
-        flows: &[("x/a", "y/b", "81", "UDP", "allow"), ("x/a", "y/b", "80", "UDP", "deny"), ("x/a", "8.8.8.8", "81", "UDP", "deny")],
+        flows: &[
+            ("x/a", "y/b", "81", "UDP", "allow"),
+            ("x/a", "y/b", "80", "UDP", "deny"),
+            ("x/a", "8.8.8.8", "81", "UDP", "deny"),
+        ],
     },
     Case {
         name: "trap: missing protocol means TCP",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p80, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}\n",
-        flows: &[("y/a", "x/a", "80", "TCP", "allow"), ("y/a", "x/a", "80", "UDP", "deny"), ("y/a", "x/a", "80", "SCTP", "deny")],
+        flows: &[
+            ("y/a", "x/a", "80", "TCP", "allow"),
+            ("y/a", "x/a", "80", "UDP", "deny"),
+            ("y/a", "x/a", "80", "SCTP", "deny"),
+        ],
     },
     Case {
         name: "trap: a UDP-only (or SCTP-only) rule still isolates TCP",
@@ -130,7 +174,12 @@ const CASES: &[Case] = &[
     Case {
         name: "e2e: endPort range",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: range, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 81, endPort: 90}]}]}\n",
-        flows: &[("y/a", "x/a", "80", "TCP", "deny"), ("y/a", "x/a", "81", "TCP", "allow"), ("y/a", "x/a", "90", "TCP", "allow"), ("y/a", "x/a", "91", "TCP", "deny")],
+        flows: &[
+            ("y/a", "x/a", "80", "TCP", "deny"),
+            ("y/a", "x/a", "81", "TCP", "allow"),
+            ("y/a", "x/a", "90", "TCP", "allow"),
+            ("y/a", "x/a", "91", "TCP", "deny"),
+        ],
     },
     Case {
         name: "trap: empty ports vs empty peers vs missing rules",
@@ -146,12 +195,19 @@ const CASES: &[Case] = &[
     Case {
         name: "e2e: policies are additive",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: one, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: two, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]}\n",
-        flows: &[("y/a", "x/a", "80", "TCP", "allow"), ("z/a", "x/a", "80", "TCP", "allow"), ("x/b", "x/a", "80", "TCP", "deny")],
+        flows: &[
+            ("y/a", "x/a", "80", "TCP", "allow"),
+            ("z/a", "x/a", "80", "TCP", "allow"),
+            ("x/b", "x/a", "80", "TCP", "deny"),
+        ],
     },
     Case {
         name: "trap: both sides must allow",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: egress-deny, namespace: y}\nspec: {podSelector: {}, policyTypes: [Egress]}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: ingress-allow, namespace: x}\nspec: {podSelector: {}, ingress: [{}]}\n",
-        flows: &[("y/a", "x/a", "80", "TCP", "deny"), ("z/a", "x/a", "80", "TCP", "allow")],
+        flows: &[
+            ("y/a", "x/a", "80", "TCP", "deny"),
+            ("z/a", "x/a", "80", "TCP", "allow"),
+        ],
     },
     Case {
         name: "e2e: ipBlock with except matches pod IPs",
@@ -178,7 +234,10 @@ const CASES: &[Case] = &[
     Case {
         name: "trap: the node may always reach its pods; other sources may not",
         yaml: "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n",
-        flows: &[("192.168.0.1", "x/a", "80", "TCP", "allow"), ("192.168.0.2", "x/a", "80", "TCP", "deny")],
+        flows: &[
+            ("192.168.0.1", "x/a", "80", "TCP", "allow"),
+            ("192.168.0.2", "x/a", "80", "TCP", "deny"),
+        ],
     },
     Case {
         name: "tiers: Admin Deny beats a NetworkPolicy allow; Admin Accept beats a default deny",
@@ -274,16 +333,42 @@ fn label_changes_are_re_evaluated() {
     pod.labels.insert("role".into(), "web".into());
     let diff = e.apply(&Change::UpsertPod(pod));
     assert!(!diff.is_empty(), "relabel must change the compiled state");
-    assert_eq!(e.state(), &e.full_recompile(), "incremental relabel equals a full recompile");
+    assert_eq!(
+        e.state(),
+        &e.full_recompile(),
+        "incremental relabel equals a full recompile"
+    );
     check(&e, "after pod relabel", "x/b", "x/a", "80", "TCP", "allow");
     let mut ns = e.cluster().namespaces["y"].clone();
     ns.labels.insert("trusted".into(), "yes".into());
     let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: trusted, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {trusted: 'yes'}}}]}]\n";
     let mut m = septum_crd::manifest::Manifests::new();
     m.load_str("np.yaml", np);
-    let policy = m.cluster.network_policies.values().next().expect("policy").clone();
+    let policy = m
+        .cluster
+        .network_policies
+        .values()
+        .next()
+        .expect("policy")
+        .clone();
     e.apply(&Change::UpsertNetworkPolicy(policy));
-    check(&e, "before namespace relabel", "y/a", "x/a", "80", "TCP", "deny");
+    check(
+        &e,
+        "before namespace relabel",
+        "y/a",
+        "x/a",
+        "80",
+        "TCP",
+        "deny",
+    );
     e.apply(&Change::UpsertNamespace(ns));
-    check(&e, "after namespace relabel", "y/a", "x/a", "80", "TCP", "allow");
+    check(
+        &e,
+        "after namespace relabel",
+        "y/a",
+        "x/a",
+        "80",
+        "TCP",
+        "allow",
+    );
 }

@@ -36,14 +36,22 @@ fn compiled_state_snapshots() {
         let (state, _) = compile(&m.cluster, InMemoryAllocations::new());
         let text = state.to_string();
         let (again, _) = compile(&m.cluster, InMemoryAllocations::new());
-        assert_eq!(again.to_string(), text, "{name}: compile is not deterministic");
+        assert_eq!(
+            again.to_string(),
+            text,
+            "{name}: compile is not deterministic"
+        );
         let path = dir.join(format!("{name}.txt"));
         if update {
-            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            std::fs::write(&path, &text)
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
             continue;
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("read {}: {e} (SEPTUM_UPDATE_SNAPSHOTS=1 generates it)", path.display())
+            panic!(
+                "read {}: {e} (SEPTUM_UPDATE_SNAPSHOTS=1 generates it)",
+                path.display()
+            )
         });
         assert!(
             committed == text,

@@ -869,6 +869,7 @@ pub struct Engine<S: AllocationStore> {
     index: Index,
     state: ClusterState,
     subject_flags: BTreeMap<u32, u8>,
+    cidr_refs: BTreeMap<Cidr, usize>,
 }
 
 /// Compiles a model in one go (allocating numbers in `store`).
@@ -887,6 +888,7 @@ impl<S: AllocationStore> Engine<S> {
             index: Index::default(),
             state: ClusterState::default(),
             subject_flags: BTreeMap::new(),
+            cidr_refs: BTreeMap::new(),
         };
         e.rebuild();
         e
@@ -1032,7 +1034,13 @@ impl<S: AllocationStore> Engine<S> {
                 ix.node_ips.entry(*ip).or_insert_with(|| name.clone());
             }
         }
-        ix.classes = self.ruleset.cidrs().into_iter().collect();
+        self.cidr_refs.clear();
+        for p in self.ruleset.policies.values() {
+            for c in p.cidrs() {
+                *self.cidr_refs.entry(c).or_default() += 1;
+            }
+        }
+        ix.classes = self.cidr_refs.keys().copied().collect();
         for c in &ix.classes {
             let n = self.store.allocate(&AllocationKey::Cidr(*c));
             ix.class_ids.insert(*c, n);
@@ -1448,12 +1456,38 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     fn refresh_slots(&mut self, slots: &[PolicySlot], services: Vec<ObjectKey>) -> StateDiff {
+        let old_descriptions: BTreeMap<u32, crate::rules::RuleDescription> = slots
+            .iter()
+            .filter_map(|s| self.ruleset.policies.get(s))
+            .flat_map(|p| p.descriptions.iter().map(|(k, v)| (*k, v.clone())))
+            .collect();
         let mut ruleset = std::mem::take(&mut self.ruleset);
         for slot in slots {
+            for c in ruleset
+                .policies
+                .get(slot)
+                .map(|p| p.cidrs())
+                .unwrap_or_default()
+            {
+                if let Some(n) = self.cidr_refs.get_mut(&c) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.cidr_refs.remove(&c);
+                    }
+                }
+            }
             ruleset.refresh(&self.cluster, slot, &mut self.store);
+            for c in ruleset
+                .policies
+                .get(slot)
+                .map(|p| p.cidrs())
+                .unwrap_or_default()
+            {
+                *self.cidr_refs.entry(c).or_default() += 1;
+            }
         }
         self.ruleset = ruleset;
-        let new_classes: Vec<Cidr> = self.ruleset.cidrs().into_iter().collect();
+        let new_classes: Vec<Cidr> = self.cidr_refs.keys().copied().collect();
         if new_classes != self.index.classes {
             return self.rebuild();
         }
@@ -1466,16 +1500,15 @@ impl<S: AllocationStore> Engine<S> {
             affected.extend(self.index.remove_slot(slot));
             affected.extend(self.index.add_slot(slot, &self.ruleset));
         }
-        let descriptions = self.ruleset.descriptions();
-        let stale: Vec<u32> = self
-            .state
-            .rules
-            .keys()
-            .filter(|c| !descriptions.contains_key(c))
-            .copied()
+        let descriptions: BTreeMap<u32, crate::rules::RuleDescription> = slots
+            .iter()
+            .filter_map(|s| self.ruleset.policies.get(s))
+            .flat_map(|p| p.descriptions.iter().map(|(k, v)| (*k, v.clone())))
             .collect();
-        for c in stale {
-            rules.set(&mut self.state.rules, c, None);
+        for c in old_descriptions.keys() {
+            if !descriptions.contains_key(c) {
+                rules.set(&mut self.state.rules, *c, None);
+            }
         }
         for (c, d) in descriptions {
             if self.state.rules.get(&c) != Some(&d) {

@@ -32,7 +32,11 @@ pub fn engine(extra: &str) -> Engine<InMemoryAllocations> {
     let mut m = Manifests::new();
     m.load_str("world.yaml", &world_yaml());
     m.load_str("case.yaml", extra);
-    assert!(m.errors.is_empty(), "manifests do not load: {:#?}", m.errors);
+    assert!(
+        m.errors.is_empty(),
+        "manifests do not load: {:#?}",
+        m.errors
+    );
     Engine::new(m.cluster, InMemoryAllocations::new())
 }
 
@@ -48,7 +52,15 @@ fn end(s: &str) -> FlowEnd {
 }
 
 /// `from -> to port/proto`, expected `allow`, `deny` or `audit`.
-pub fn check(e: &Engine<InMemoryAllocations>, case: &str, from: &str, to: &str, port: &str, proto: &str, want: &str) {
+pub fn check(
+    e: &Engine<InMemoryAllocations>,
+    case: &str,
+    from: &str,
+    to: &str,
+    port: &str,
+    proto: &str,
+    want: &str,
+) {
     let q = ExplainQuery {
         from: end(from),
         to: end(to),
@@ -58,7 +70,8 @@ pub fn check(e: &Engine<InMemoryAllocations>, case: &str, from: &str, to: &str, 
         },
         protocol: Protocol::parse(proto).unwrap_or_else(|| panic!("bad protocol {proto}")),
     };
-    let flows = explain(e, &q).unwrap_or_else(|err| panic!("{case}: cannot explain {from} -> {to}: {err}"));
+    let flows =
+        explain(e, &q).unwrap_or_else(|err| panic!("{case}: cannot explain {from} -> {to}: {err}"));
     for f in flows {
         let got = if f.audit { "audit" } else { f.verdict.as_str() };
         assert_eq!(
