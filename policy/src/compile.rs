@@ -111,10 +111,32 @@ type IsoKey = (PolicySlot, u32);
 #[derive(Clone, Debug)]
 struct RuleData {
     rule: Rule,
+    /// Position in evaluation order.
+    key: RuleKey,
+    /// Short handle the indexes use (a [`RuleKey`] holds strings).
+    handle: u32,
     any: bool,
     subjects: BTreeSet<u32>,
     peer_ids: BTreeSet<u32>,
     peer_classes: BTreeSet<Cidr>,
+}
+
+/// What evaluation reads of an isolation (kept beside the subject index: no lookup by key).
+#[derive(Clone, Copy, Debug)]
+struct IsoBrief {
+    direction: Direction,
+    enforce: bool,
+    cookie: u32,
+}
+
+impl IsoBrief {
+    fn of(iso: &Isolation) -> Self {
+        Self {
+            direction: iso.direction,
+            enforce: iso.enforce,
+            cookie: iso.cookie,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -137,10 +159,27 @@ struct Index {
     class_ids: BTreeMap<Cidr, u32>,
     pairs: BTreeMap<(u32, Cidr), (u32, usize)>,
     pairs_by_class: BTreeMap<Cidr, BTreeSet<u32>>,
-    rules: BTreeMap<RuleKey, RuleData>,
+    /// Rules by handle.
+    rules: HashMap<u32, RuleData>,
     isolations: BTreeMap<IsoKey, IsoData>,
-    subject_rules: BTreeMap<u32, BTreeSet<RuleKey>>,
-    subject_isos: BTreeMap<u32, BTreeSet<IsoKey>>,
+    /// Subject identity -> its rules in evaluation order (key -> handle).
+    subject_rules: BTreeMap<u32, BTreeMap<RuleKey, u32>>,
+    /// Subject identity -> its isolations in order, with what evaluation reads of them.
+    subject_isos: BTreeMap<u32, BTreeMap<IsoKey, IsoBrief>>,
+    // Reverse indexes, so that one change touches only what it can affect.
+    next_handle: u32,
+    slot_rules: HashMap<PolicySlot, Vec<u32>>,
+    slot_isos: HashMap<PolicySlot, Vec<IsoKey>>,
+    /// Namespace -> rules whose subject or a pod peer can select pods in it.
+    rules_by_ns: HashMap<String, BTreeSet<u32>>,
+    /// Namespace -> isolations whose subject can select pods in it.
+    isos_by_ns: HashMap<String, BTreeSet<IsoKey>>,
+    /// Pod identity -> rules naming it as a peer.
+    peer_rules: HashMap<u32, BTreeSet<u32>>,
+    /// Policy prefix -> rules naming it as a peer.
+    class_rules: BTreeMap<Cidr, BTreeSet<u32>>,
+    /// Egress rules with named ports (resolved on every destination pod).
+    named_egress: BTreeSet<u32>,
 }
 
 fn empty_labels() -> &'static Labels {
@@ -162,16 +201,69 @@ impl Index {
         )
     }
 
-    /// Identities a pod match may select (narrowed by namespace when exact).
-    fn candidates(&self, m: &PodMatch) -> Vec<u32> {
+    /// Namespaces a pod match can select pods in. Namespace labels enter the index only in a
+    /// rebuild, so this set holds until the next one.
+    fn match_namespaces<'a>(&'a self, m: &'a PodMatch) -> Vec<&'a str> {
         match &m.namespace {
-            crate::rules::NamespaceMatch::Exact(ns) => self
-                .by_namespace
-                .get(ns)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default(),
-            crate::rules::NamespaceMatch::Selector(_) => self.identities.keys().copied().collect(),
+            crate::rules::NamespaceMatch::Exact(ns) => vec![ns.as_str()],
+            crate::rules::NamespaceMatch::Selector(sel) => self
+                .ns_labels
+                .iter()
+                .filter(|(_, labels)| sel.matches(labels))
+                .map(|(ns, _)| ns.as_str())
+                .collect(),
         }
+    }
+
+    /// Identities a pod match may select (narrowed by namespace).
+    fn candidates(&self, m: &PodMatch) -> Vec<u32> {
+        self.match_namespaces(m)
+            .into_iter()
+            .filter_map(|ns| self.by_namespace.get(ns))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Namespaces in which a rule can select subjects or pod peers.
+    fn rule_namespaces<'a>(&'a self, rule: &'a Rule) -> BTreeSet<&'a str> {
+        let mut out: BTreeSet<&str> = self.match_namespaces(&rule.subject).into_iter().collect();
+        for p in &rule.peers {
+            if let PeerMatch::Pods(m) = p {
+                out.extend(self.match_namespaces(m));
+            }
+        }
+        out
+    }
+
+    /// Subjects of the given rules.
+    fn subjects_of<'a>(&self, handles: impl IntoIterator<Item = &'a u32>, out: &mut BTreeSet<u32>) {
+        for h in handles {
+            if let Some(d) = self.rules.get(h) {
+                out.extend(d.subjects.iter().copied());
+            }
+        }
+    }
+
+    /// Subjects that may hold entries for peer identity `id` (or its pod-in-CIDR pairs).
+    fn interested_in_peer(&self, id: u32) -> BTreeSet<u32> {
+        let mut out = BTreeSet::new();
+        self.subjects_of(self.peer_rules.get(&id).into_iter().flatten(), &mut out);
+        self.subjects_of(&self.named_egress, &mut out);
+        for ((pid, c), _) in self.pairs.range((id, world_prefixes()[0])..) {
+            if *pid != id {
+                break;
+            }
+            self.subjects_of(self.class_rules.get(c).into_iter().flatten(), &mut out);
+        }
+        out
+    }
+
+    /// Subjects that may hold entries for addresses in policy prefix `class`.
+    fn interested_in_class(&self, class: Cidr) -> BTreeSet<u32> {
+        let mut out = BTreeSet::new();
+        self.subjects_of(self.class_rules.get(&class).into_iter().flatten(), &mut out);
+        out
     }
 
     fn class_of(&self, ip: IpAddr) -> Option<Cidr> {
@@ -182,7 +274,7 @@ impl Index {
             .copied()
     }
 
-    fn rule_data(&self, rule: Rule) -> RuleData {
+    fn rule_data(&self, key: RuleKey, rule: Rule) -> RuleData {
         let any = rule.peers.iter().any(|p| matches!(p, PeerMatch::Any));
         let mut subjects = BTreeSet::new();
         for id in self.candidates(&rule.subject) {
@@ -215,6 +307,8 @@ impl Index {
         }
         RuleData {
             rule,
+            key,
+            handle: 0,
             any,
             subjects,
             peer_ids,
@@ -222,23 +316,70 @@ impl Index {
         }
     }
 
-    fn insert_rule(&mut self, key: RuleKey, data: RuleData) {
+    fn insert_rule(&mut self, mut data: RuleData) {
+        let key = data.key.clone();
+        let h = self.next_handle;
+        self.next_handle = self.next_handle.wrapping_add(1);
+        data.handle = h;
         for s in &data.subjects {
             self.subject_rules
                 .entry(*s)
                 .or_default()
-                .insert(key.clone());
+                .insert(key.clone(), h);
         }
-        self.rules.insert(key, data);
+        for id in &data.peer_ids {
+            self.peer_rules.entry(*id).or_default().insert(h);
+        }
+        for c in &data.peer_classes {
+            self.class_rules.entry(*c).or_default().insert(h);
+        }
+        if data.rule.direction == Direction::Egress && data.rule.ports.has_named() {
+            self.named_egress.insert(h);
+        }
+        let namespaces: Vec<String> = self
+            .rule_namespaces(&data.rule)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for ns in namespaces {
+            self.rules_by_ns.entry(ns).or_default().insert(h);
+        }
+        self.slot_rules.entry(key.4).or_default().push(h);
+        self.rules.insert(h, data);
     }
 
-    fn remove_rule(&mut self, key: &RuleKey) -> Option<RuleData> {
-        let data = self.rules.remove(key)?;
+    fn remove_rule(&mut self, h: u32) -> Option<RuleData> {
+        let data = self.rules.remove(&h)?;
         for s in &data.subjects {
             if let Some(set) = self.subject_rules.get_mut(s) {
-                set.remove(key);
+                set.remove(&data.key);
                 if set.is_empty() {
                     self.subject_rules.remove(s);
+                }
+            }
+        }
+        for id in &data.peer_ids {
+            remove_from(&mut self.peer_rules, id, &h);
+        }
+        for c in &data.peer_classes {
+            if let Some(set) = self.class_rules.get_mut(c) {
+                set.remove(&h);
+                if set.is_empty() {
+                    self.class_rules.remove(c);
+                }
+            }
+        }
+        self.named_egress.remove(&h);
+        let namespaces: Vec<String> = self
+            .rule_namespaces(&data.rule)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for ns in &namespaces {
+            if let Some(set) = self.rules_by_ns.get_mut(ns) {
+                set.remove(&h);
+                if set.is_empty() {
+                    self.rules_by_ns.remove(ns);
                 }
             }
         }
@@ -253,8 +394,23 @@ impl Index {
             }
         }
         for s in &subjects {
-            self.subject_isos.entry(*s).or_default().insert(key.clone());
+            self.subject_isos
+                .entry(*s)
+                .or_default()
+                .insert(key.clone(), IsoBrief::of(&iso));
         }
+        let namespaces: Vec<String> = self
+            .match_namespaces(&iso.subject)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for ns in namespaces {
+            self.isos_by_ns.entry(ns).or_default().insert(key.clone());
+        }
+        self.slot_isos
+            .entry(key.0.clone())
+            .or_default()
+            .push(key.clone());
         self.isolations.insert(
             key,
             IsoData {
@@ -277,6 +433,19 @@ impl Index {
                 }
             }
         }
+        let namespaces: Vec<String> = self
+            .match_namespaces(&data.iso.subject)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for ns in &namespaces {
+            if let Some(set) = self.isos_by_ns.get_mut(ns) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.isos_by_ns.remove(ns);
+                }
+            }
+        }
         data.subjects
     }
 
@@ -287,9 +456,9 @@ impl Index {
         };
         for (seq, r) in p.rules.iter().enumerate() {
             let key = rule_key(slot, seq as u32, r);
-            let data = self.rule_data(r.clone());
+            let data = self.rule_data(key, r.clone());
             affected.extend(data.subjects.iter().copied());
-            self.insert_rule(key, data);
+            self.insert_rule(data);
         }
         for (seq, iso) in p.isolations.iter().enumerate() {
             affected.extend(self.insert_iso((slot.clone(), seq as u32), iso.clone()));
@@ -299,51 +468,31 @@ impl Index {
 
     fn remove_slot(&mut self, slot: &PolicySlot) -> BTreeSet<u32> {
         let mut affected = BTreeSet::new();
-        let keys: Vec<RuleKey> = self
-            .rules
-            .keys()
-            .filter(|k| &k.4 == slot)
-            .cloned()
-            .collect();
-        for k in keys {
-            if let Some(d) = self.remove_rule(&k) {
+        for h in self.slot_rules.remove(slot).unwrap_or_default() {
+            if let Some(d) = self.remove_rule(h) {
                 affected.extend(d.subjects);
             }
         }
-        let isos: Vec<IsoKey> = self
-            .isolations
-            .keys()
-            .filter(|k| &k.0 == slot)
-            .cloned()
-            .collect();
-        for k in isos {
+        for k in self.slot_isos.remove(slot).unwrap_or_default() {
             affected.extend(self.remove_iso(&k));
         }
         affected
     }
 
-    /// Subjects whose entries for identity `id` (and its pairs) or prefix `class` may exist.
-    fn interested(&self, id: Option<u32>, class: Option<Cidr>) -> BTreeSet<u32> {
-        let mut out = BTreeSet::new();
-        for d in self.rules.values() {
-            let hit = id.is_some_and(|i| d.peer_ids.contains(&i))
-                || class.is_some_and(|c| d.peer_classes.contains(&c))
-                || (d.rule.direction == Direction::Egress && d.rule.ports.has_named());
-            if hit {
-                out.extend(d.subjects.iter().copied());
-            }
-        }
-        out
-    }
-
-    /// Adds a new identity to every rule's subject and peer sets; returns affected subjects.
-    fn index_identity(&mut self, id: u32) -> BTreeSet<u32> {
-        let mut affected = BTreeSet::from([id]);
+    /// Adds a new identity to the subject and peer sets of the rules and isolations that can
+    /// select it (those of its namespace).
+    fn index_identity(&mut self, id: u32) {
         let info = self.identities[&id].clone();
-        let keys: Vec<RuleKey> = self.rules.keys().cloned().collect();
-        for k in keys {
+        let handles: Vec<u32> = self
+            .rules_by_ns
+            .get(&info.key.namespace)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for h in handles {
+            let Some(d) = self.rules.get(&h) else {
+                continue;
+            };
             let (subj, peer) = {
-                let d = &self.rules[&k];
                 let subj = self.pod_match(&d.rule.subject, &info);
                 let peer = !d.any
                     && d.rule.peers.iter().any(|p| match p {
@@ -352,46 +501,65 @@ impl Index {
                     });
                 (subj, peer)
             };
-            let d = self.rules.get_mut(&k).expect("rule key just listed");
+            let d = self.rules.get_mut(&h).expect("indexed rule exists");
             if subj {
                 d.subjects.insert(id);
-                self.subject_rules.entry(id).or_default().insert(k.clone());
+                self.subject_rules
+                    .entry(id)
+                    .or_default()
+                    .insert(d.key.clone(), h);
             }
             if peer {
                 d.peer_ids.insert(id);
-                affected.extend(d.subjects.iter().copied());
+                self.peer_rules.entry(id).or_default().insert(h);
             }
         }
-        let isos: Vec<IsoKey> = self.isolations.keys().cloned().collect();
+        let isos: Vec<IsoKey> = self
+            .isos_by_ns
+            .get(&info.key.namespace)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         for k in isos {
-            let hit = self.pod_match(&self.isolations[&k].iso.subject, &info);
-            if hit {
+            let data = &self.isolations[&k];
+            if self.pod_match(&data.iso.subject, &info) {
+                let brief = IsoBrief::of(&data.iso);
                 self.isolations
                     .get_mut(&k)
-                    .expect("iso key just listed")
+                    .expect("indexed isolation exists")
                     .subjects
                     .insert(id);
-                self.subject_isos.entry(id).or_default().insert(k);
+                self.subject_isos.entry(id).or_default().insert(k, brief);
             }
         }
-        affected
     }
 
-    /// Removes an identity from every rule; returns affected subjects (not itself).
-    fn unindex_identity(&mut self, id: u32) -> BTreeSet<u32> {
-        let mut affected = BTreeSet::new();
-        for d in self.rules.values_mut() {
-            d.subjects.remove(&id);
-            if d.peer_ids.remove(&id) {
-                affected.extend(d.subjects.iter().copied());
+    /// Removes an identity from every rule and isolation.
+    fn unindex_identity(&mut self, id: u32) {
+        for h in self
+            .subject_rules
+            .remove(&id)
+            .unwrap_or_default()
+            .into_values()
+        {
+            if let Some(d) = self.rules.get_mut(&h) {
+                d.subjects.remove(&id);
             }
         }
-        for d in self.isolations.values_mut() {
-            d.subjects.remove(&id);
+        for h in self.peer_rules.remove(&id).unwrap_or_default() {
+            if let Some(d) = self.rules.get_mut(&h) {
+                d.peer_ids.remove(&id);
+            }
         }
-        self.subject_rules.remove(&id);
-        self.subject_isos.remove(&id);
-        affected
+        for k in self
+            .subject_isos
+            .remove(&id)
+            .unwrap_or_default()
+            .into_keys()
+        {
+            if let Some(d) = self.isolations.get_mut(&k) {
+                d.subjects.remove(&id);
+            }
+        }
     }
 
     fn peer_matches(&self, d: &RuleData, peer: &Peer<'_>) -> bool {
@@ -405,6 +573,15 @@ impl Index {
                 d.peer_ids.contains(&identity.number)
                     || class.is_some_and(|c| d.peer_classes.contains(&c))
             }
+        }
+    }
+}
+
+fn remove_from(map: &mut HashMap<u32, BTreeSet<u32>>, key: &u32, value: &u32) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(key);
         }
     }
 }
@@ -479,13 +656,17 @@ impl Index {
             .subject_rules
             .get(&s.number)
             .into_iter()
-            .flatten()
-            .map(|k| &self.rules[k])
+            .flat_map(|m| m.values())
+            .map(|h| &self.rules[h])
             .filter(|d| d.rule.direction == direction)
             .collect();
         let (mut iso_enforce, mut iso_all) = (0, 0);
-        for k in self.subject_isos.get(&s.number).into_iter().flatten() {
-            let iso = &self.isolations[k].iso;
+        for iso in self
+            .subject_isos
+            .get(&s.number)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
             if iso.direction != direction {
                 continue;
             }
@@ -615,21 +796,22 @@ fn emit(
     if cover_all {
         push(0, 0, POLICY_PREFIX_ANY_PROTO, f.other);
     }
+    let covered;
+    let base = if cover_all {
+        covered = Segmented::constant(f.other);
+        &covered
+    } else {
+        fallback
+    };
     for p in Protocol::ALL {
-        let base = if cover_all {
-            Segmented::constant(f.other)
-        } else {
-            fallback.clone()
-        };
-        let fp = f.segments(p);
-        let bp = base.segments(p);
-        if fp == bp {
+        // Both are normalized, so equal segment lists are equal functions.
+        if f.protos[p.index()] == base.protos[p.index()] {
             continue;
         }
         // Option A: blocks where f differs from what the lookup falls back to.
-        let diff_a = blocks_where_differs(f, &base, p);
+        let diff_a = blocks_where_differs(f, base, p);
         // Option B: a whole-protocol entry with f's most common value, then blocks.
-        let majority = majority_value(&fp);
+        let majority = majority_value(&f.segments(p));
         let diff_b = blocks_where_differs(f, &Segmented::constant(majority), p);
         if diff_a.len() <= diff_b.len() + 1 {
             for (port, bits, d) in diff_a {
@@ -683,7 +865,112 @@ fn blocks_where_differs(
     out
 }
 
+/// What compiling one subject in one direction needs besides the peer.
+struct DirCompile<'a> {
+    ctx: SubjectCtx<'a>,
+    /// The decision toward peers nothing more specific names.
+    generic: Segmented<Decision>,
+    /// Policy prefixes some rule names as a peer.
+    classes: BTreeSet<Cidr>,
+    /// Named ports of egress rules toward any peer (every pod with such a port is special).
+    named_any: BTreeSet<&'a str>,
+}
+
+impl DirCompile<'_> {
+    /// Whether a pod identity gets entries of its own (the decision toward it may differ from
+    /// the generic one).
+    fn is_special(&self, id: u32, info: &IdentityInfo) -> bool {
+        self.ctx.rules.iter().any(|d| d.peer_ids.contains(&id))
+            || (!self.named_any.is_empty()
+                && info
+                    .key
+                    .named_ports
+                    .iter()
+                    .any(|(n, _, _)| self.named_any.contains(n.as_str())))
+    }
+}
+
 impl Index {
+    /// The compile context of a subject in a direction; `None` when nothing applies to it.
+    fn dir_compile<'a>(
+        &'a self,
+        info: &'a IdentityInfo,
+        direction: Direction,
+    ) -> Option<DirCompile<'a>> {
+        let ctx = self.subject_ctx(info, direction);
+        if ctx.rules.is_empty() && ctx.iso_all == 0 {
+            return None;
+        }
+        let generic = self.evaluate(&ctx, &Peer::Outside);
+        let mut classes = BTreeSet::new();
+        let mut named_any = BTreeSet::new();
+        for d in &ctx.rules {
+            classes.extend(d.peer_classes.iter().copied());
+            if direction == Direction::Egress
+                && d.any
+                && let PortMatch::Items(items) = &d.rule.ports
+            {
+                for i in items {
+                    if let PortItem::Named { name, .. } = i {
+                        named_any.insert(name.as_str());
+                    }
+                }
+            }
+        }
+        Some(DirCompile {
+            ctx,
+            generic,
+            classes,
+            named_any,
+        })
+    }
+
+    /// Entries keyed by pod identity `id` and by its pod-in-CIDR identities.
+    fn emit_peer(&self, dc: &DirCompile<'_>, id: u32, out: &mut Vec<(PolicyKey, PolicyEntry)>) {
+        let Some(pinfo) = self.identities.get(&id) else {
+            return;
+        };
+        let s = dc.ctx.subject.number;
+        let direction = dc.ctx.direction;
+        let special = dc.is_special(id, pinfo);
+        let pod_layer = special.then(|| {
+            let f = self.evaluate(
+                &dc.ctx,
+                &Peer::Pod {
+                    identity: pinfo,
+                    class: None,
+                },
+            );
+            emit(out, s, direction, id, PRECEDENCE_PEER, &f, &dc.generic);
+            f
+        });
+        for ((pid, class), (pair, _)) in self.pairs.range((id, world_prefixes()[0])..) {
+            if *pid != id {
+                break;
+            }
+            if !special && !dc.classes.contains(class) {
+                continue;
+            }
+            let f = self.evaluate(
+                &dc.ctx,
+                &Peer::Pod {
+                    identity: pinfo,
+                    class: Some(*class),
+                },
+            );
+            let fallback = pod_layer.as_ref().unwrap_or(&dc.generic);
+            emit(
+                out,
+                s,
+                direction,
+                *pair,
+                PRECEDENCE_POD_IN_CIDR,
+                &f,
+                fallback,
+            );
+        }
+    }
+
     /// Every entry of one subject identity, sorted, and its endpoint flags.
     fn compile_subject(&self, s: u32) -> (Vec<(PolicyKey, PolicyEntry)>, u8) {
         let mut out = Vec::new();
@@ -693,67 +980,39 @@ impl Index {
         };
         for direction in Direction::BOTH {
             let start = out.len();
-            let ctx = self.subject_ctx(info, direction);
-            if ctx.rules.is_empty() && ctx.iso_all == 0 {
+            let Some(dc) = self.dir_compile(info, direction) else {
                 continue;
-            }
-            let generic = self.evaluate(&ctx, &Peer::Outside);
+            };
             emit(
                 &mut out,
                 s,
                 direction,
                 IDENTITY_ANY,
                 PRECEDENCE_ANY_PEER,
-                &generic,
+                &dc.generic,
                 &Segmented::constant(Decision::UNPOLICED),
             );
-            let mut special_ids: BTreeSet<u32> = BTreeSet::new();
-            let mut special_classes: BTreeSet<Cidr> = BTreeSet::new();
-            let mut named_any: BTreeSet<&str> = BTreeSet::new();
-            for d in &ctx.rules {
-                special_ids.extend(d.peer_ids.iter().copied());
-                special_classes.extend(d.peer_classes.iter().copied());
-                if direction == Direction::Egress
-                    && let PortMatch::Items(items) = &d.rule.ports
-                {
-                    for i in items {
-                        if let PortItem::Named { name, .. } = i
-                            && d.any
-                        {
-                            named_any.insert(name.as_str());
-                        }
-                    }
-                }
+            // Identities with entries of their own, or with pairs in a named prefix.
+            let mut ids: BTreeSet<u32> = BTreeSet::new();
+            for d in &dc.ctx.rules {
+                ids.extend(d.peer_ids.iter().copied());
             }
-            if !named_any.is_empty() {
-                for (id, inf) in &self.identities {
-                    if inf
-                        .key
-                        .named_ports
+            if !dc.named_any.is_empty() {
+                ids.extend(
+                    self.identities
                         .iter()
-                        .any(|(n, _, _)| named_any.contains(n.as_str()))
-                    {
-                        special_ids.insert(*id);
-                    }
-                }
-            }
-            let mut pod_layer: BTreeMap<u32, Segmented<Decision>> = BTreeMap::new();
-            for id in &special_ids {
-                let Some(pinfo) = self.identities.get(id) else {
-                    continue;
-                };
-                let f = self.evaluate(
-                    &ctx,
-                    &Peer::Pod {
-                        identity: pinfo,
-                        class: None,
-                    },
+                        .filter(|(id, inf)| dc.is_special(**id, inf))
+                        .map(|(id, _)| *id),
                 );
-                emit(&mut out, s, direction, *id, PRECEDENCE_PEER, &f, &generic);
-                pod_layer.insert(*id, f);
             }
-            for c in &special_classes {
-                let f = self.evaluate(&ctx, &Peer::Class(*c));
+            for c in &dc.classes {
+                ids.extend(self.pairs_by_class.get(c).into_iter().flatten().copied());
+            }
+            for id in ids {
+                self.emit_peer(&dc, id, &mut out);
+            }
+            for c in &dc.classes {
+                let f = self.evaluate(&dc.ctx, &Peer::Class(*c));
                 emit(
                     &mut out,
                     s,
@@ -761,44 +1020,7 @@ impl Index {
                     self.class_ids[c],
                     PRECEDENCE_PEER,
                     &f,
-                    &generic,
-                );
-            }
-            let mut special_pairs: BTreeSet<(u32, Cidr)> = BTreeSet::new();
-            for id in &special_ids {
-                for ((pid, class), _) in self.pairs.range((*id, world_prefixes()[0])..) {
-                    if pid != id {
-                        break;
-                    }
-                    special_pairs.insert((*id, *class));
-                }
-            }
-            for c in &special_classes {
-                for id in self.pairs_by_class.get(c).into_iter().flatten() {
-                    special_pairs.insert((*id, *c));
-                }
-            }
-            for (id, class) in &special_pairs {
-                let pair = &self.pairs[&(*id, *class)].0;
-                let Some(pinfo) = self.identities.get(id) else {
-                    continue;
-                };
-                let f = self.evaluate(
-                    &ctx,
-                    &Peer::Pod {
-                        identity: pinfo,
-                        class: Some(*class),
-                    },
-                );
-                let fallback = pod_layer.get(id).unwrap_or(&generic);
-                emit(
-                    &mut out,
-                    s,
-                    direction,
-                    *pair,
-                    PRECEDENCE_POD_IN_CIDR,
-                    &f,
-                    fallback,
+                    &dc.generic,
                 );
             }
             if out.len() > start {
@@ -823,6 +1045,30 @@ impl Index {
         }
         out.sort_by_key(|a| a.0);
         (out, flags)
+    }
+
+    /// The entries of subject `s` keyed by peer identity `peer` and its pod-in-CIDR identities
+    /// (none if `peer` is gone), or `None` if entries toward one peer can decide whether the
+    /// subject is policed at all in a direction (then only a whole-subject compile is exact).
+    fn compile_subject_peer(
+        &self,
+        s: u32,
+        peer: Option<u32>,
+    ) -> Option<Vec<(PolicyKey, PolicyEntry)>> {
+        let info = self.identities.get(&s)?;
+        let mut out = Vec::new();
+        for direction in Direction::BOTH {
+            let Some(dc) = self.dir_compile(info, direction) else {
+                continue;
+            };
+            if dc.generic == Segmented::constant(Decision::UNPOLICED) {
+                return None;
+            }
+            if let Some(id) = peer {
+                self.emit_peer(&dc, id, &mut out);
+            }
+        }
+        Some(out)
     }
 }
 
@@ -962,8 +1208,8 @@ impl<S: AllocationStore> Engine<S> {
             .subject_rules
             .get(&subject)
             .into_iter()
-            .flatten()
-            .map(|k| &self.index.rules[k].rule)
+            .flat_map(|m| m.values())
+            .map(|h| &self.index.rules[h].rule)
             .filter(|r| r.direction == direction)
             .collect()
     }
@@ -974,7 +1220,7 @@ impl<S: AllocationStore> Engine<S> {
             .subject_isos
             .get(&subject)
             .into_iter()
-            .flatten()
+            .flat_map(|m| m.keys())
             .map(|k| &self.index.isolations[k].iso)
             .filter(|i| i.direction == direction)
             .collect()
@@ -1285,6 +1531,52 @@ impl<S: AllocationStore> Engine<S> {
         }
     }
 
+    /// Recompiles, in each subject, only the entries keyed by one peer identity and its
+    /// pod-in-CIDR identities (`clear`: every peer number whose entries may exist now or
+    /// before). Subjects where that is not exact are recompiled whole.
+    fn recompile_peer_slice(
+        &mut self,
+        subjects: &BTreeSet<u32>,
+        peer: Option<u32>,
+        clear: &BTreeSet<u32>,
+        policy: &mut Tracker<PolicyKey, PolicyEntry>,
+        full: &mut BTreeSet<u32>,
+    ) {
+        for s in subjects {
+            if full.contains(s) || !self.index.identities.contains_key(s) {
+                continue;
+            }
+            let Some(entries) = self.index.compile_subject_peer(*s, peer) else {
+                full.insert(*s);
+                continue;
+            };
+            let new_keys: BTreeSet<PolicyKey> = entries.iter().map(|(k, _)| *k).collect();
+            let mut stale = Vec::new();
+            for p in clear {
+                let start = PolicyKey {
+                    data: PolicyKeyData::new(*s, 0, *p, 0, 0),
+                    prefix_len: 0,
+                };
+                for (k, _) in self.state.policy.range(start..) {
+                    if k.data.subject() != *s || k.data.peer() != *p {
+                        break;
+                    }
+                    if !new_keys.contains(k) {
+                        stale.push(*k);
+                    }
+                }
+            }
+            for k in stale {
+                policy.set(&mut self.state.policy, k, None);
+            }
+            for (k, v) in entries {
+                if self.state.policy.get(&k) != Some(&v) {
+                    policy.set(&mut self.state.policy, k, Some(v));
+                }
+            }
+        }
+    }
+
     fn apply_pod(&mut self, change: &Change) -> StateDiff {
         let key = match change {
             Change::UpsertPod(p) => p.key(),
@@ -1302,7 +1594,11 @@ impl<S: AllocationStore> Engine<S> {
         let old_pod = self.cluster.pods.get(&key).cloned();
         self.cluster.apply(change);
         let new_pod = self.cluster.pods.get(&key).cloned();
-        let mut affected: BTreeSet<u32> = BTreeSet::new();
+        // Per peer identity whose entries change: the peer numbers to clear and the subjects
+        // that may hold entries for it.
+        let mut slices: BTreeMap<u32, (BTreeSet<u32>, BTreeSet<u32>)> = BTreeMap::new();
+        // Subjects compiled whole (new identities), and identities gone.
+        let mut full: BTreeSet<u32> = BTreeSet::new();
         let mut removed_subjects: BTreeSet<u32> = BTreeSet::new();
         let mut touched_ips: BTreeSet<IpAddr> = BTreeSet::new();
         let mut ident = Tracker::new();
@@ -1327,12 +1623,17 @@ impl<S: AllocationStore> Engine<S> {
                     entry.1 -= 1;
                     if entry.1 == 0 {
                         let n = entry.0;
+                        // Subjects interested in the pair, read before it leaves the index.
+                        let mut interested = self.index.interested_in_peer(id);
+                        interested.extend(self.index.interested_in_class(c));
                         self.index.pairs.remove(&(id, c));
                         if let Some(set) = self.index.pairs_by_class.get_mut(&c) {
                             set.remove(&id);
                         }
                         ident.set(&mut self.state.identities, n, None);
-                        affected.extend(self.index.interested(Some(id), Some(c)));
+                        let slice = slices.entry(id).or_default();
+                        slice.0.insert(n);
+                        slice.1.extend(interested);
                     }
                 }
             }
@@ -1343,6 +1644,11 @@ impl<S: AllocationStore> Engine<S> {
                 .expect("indexed pod has an identity");
             info.pods.remove(&key);
             if info.pods.is_empty() {
+                let interested = self.index.interested_in_peer(id);
+                let slice = slices.entry(id).or_default();
+                slice.0.insert(id);
+                slice.1.extend(interested);
+                self.index.unindex_identity(id);
                 let info = self
                     .index
                     .identities
@@ -1352,8 +1658,6 @@ impl<S: AllocationStore> Engine<S> {
                 if let Some(set) = self.index.by_namespace.get_mut(&info.key.namespace) {
                     set.remove(&id);
                 }
-                affected.extend(self.index.interested(Some(id), None));
-                affected.extend(self.index.unindex_identity(id));
                 removed_subjects.insert(id);
                 ident.set(&mut self.state.identities, id, None);
             }
@@ -1381,8 +1685,10 @@ impl<S: AllocationStore> Engine<S> {
                     },
                 );
                 removed_subjects.remove(&id);
-                affected.extend(self.index.index_identity(id));
-                affected.extend(self.index.interested(Some(id), None));
+                self.index.index_identity(id);
+                full.insert(id);
+                let slice = slices.entry(id).or_default();
+                slice.0.insert(id);
                 ident.set(
                     &mut self.state.identities,
                     id,
@@ -1414,9 +1720,14 @@ impl<S: AllocationStore> Engine<S> {
                                 cidr: c,
                             }),
                         );
-                        affected.extend(self.index.interested(Some(id), Some(c)));
+                        slices.entry(id).or_default().0.insert(n);
                     }
                 }
+            }
+            // Subjects interested in the new identity or its new pairs (read with the pairs
+            // in the index).
+            if let Some(slice) = slices.get_mut(&id) {
+                slice.1.extend(self.index.interested_in_peer(id));
             }
         }
         for s in &removed_subjects {
@@ -1425,13 +1736,35 @@ impl<S: AllocationStore> Engine<S> {
                 policy.set(&mut self.state.policy, k, None);
             }
             self.subject_flags.remove(s);
-            affected.remove(s);
         }
-        let affected: BTreeSet<u32> = affected
+        for (peer, (mut clear, subjects)) in slices {
+            let alive = self.index.identities.contains_key(&peer);
+            if alive {
+                // Every current pair too: the slice is recomputed whole.
+                for ((pid, _), (n, _)) in self.index.pairs.range((peer, world_prefixes()[0])..) {
+                    if *pid != peer {
+                        break;
+                    }
+                    clear.insert(*n);
+                }
+            }
+            let subjects: BTreeSet<u32> = subjects
+                .into_iter()
+                .filter(|s| !removed_subjects.contains(s))
+                .collect();
+            self.recompile_peer_slice(
+                &subjects,
+                alive.then_some(peer),
+                &clear,
+                &mut policy,
+                &mut full,
+            );
+        }
+        let full: BTreeSet<u32> = full
             .into_iter()
             .filter(|s| self.index.identities.contains_key(s))
             .collect();
-        self.recompile_subjects(&affected, &mut policy, &mut endpoints);
+        self.recompile_subjects(&full, &mut policy, &mut endpoints);
         if let Some(new) = new_pod.as_ref().filter(|p| !p.host_network) {
             let e = self.endpoint_of(&key, false);
             endpoints.set(&mut self.state.endpoints, new.key(), e);

@@ -4,6 +4,8 @@
 //! Protocols other than TCP, UDP and SCTP (ICMP, ...) have no ports for policy purposes and
 //! share one value, [`Segmented::other`].
 
+use smallvec::{SmallVec, smallvec};
+
 use crate::model::Protocol;
 
 /// A part of the (protocol, port) space a rule selects.
@@ -17,6 +19,9 @@ pub enum PortSel {
     Range(Protocol, u16, u16),
 }
 
+/// The segments of one protocol: `(first port, value)`.
+pub type Segments<T> = SmallVec<[(u16, T); 4]>;
+
 /// A value for every (protocol, port): one per segment of each port-carrying protocol, plus one
 /// for every other protocol. Normalized: adjacent segments hold different values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -24,7 +29,9 @@ pub struct Segmented<T> {
     /// Value for protocols without ports policies can name.
     pub other: T,
     /// For TCP, UDP, SCTP (by [`Protocol::index`]): `(first port, value)`, the first at port 0.
-    pub protos: [Vec<(u16, T)>; 3],
+    /// Inline storage: policies rarely cut a protocol into more than a few segments, and the
+    /// compiler builds millions of these.
+    pub protos: [Segments<T>; 3],
 }
 
 impl<T: Copy + Eq> Segmented<T> {
@@ -32,7 +39,7 @@ impl<T: Copy + Eq> Segmented<T> {
     pub fn constant(v: T) -> Self {
         Self {
             other: v,
-            protos: [vec![(0, v)], vec![(0, v)], vec![(0, v)]],
+            protos: [smallvec![(0, v)], smallvec![(0, v)], smallvec![(0, v)]],
         }
     }
 
@@ -71,13 +78,13 @@ impl<T: Copy + Eq> Segmented<T> {
     pub fn paint(&mut self, sel: PortSel, v: T) {
         match sel {
             PortSel::All => *self = Self::constant(v),
-            PortSel::Protocol(p) => self.protos[p.index()] = vec![(0, v)],
+            PortSel::Protocol(p) => self.protos[p.index()] = smallvec![(0, v)],
             PortSel::Range(p, lo, hi) => {
                 if lo > hi {
                     return;
                 }
                 let old = self.segments(p);
-                let mut out: Vec<(u16, T)> = Vec::with_capacity(old.len() + 2);
+                let mut out: Segments<T> = SmallVec::with_capacity(old.len() + 2);
                 let mut push = |start: u16, val: T| match out.last() {
                     Some((_, last)) if *last == val => {}
                     _ => out.push((start, val)),
@@ -106,7 +113,7 @@ impl<T: Copy + Eq> Segmented<T> {
         other: &Segmented<U>,
         f: impl Fn(T, U) -> R,
     ) -> Segmented<R> {
-        let mut protos: [Vec<(u16, R)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let mut protos: [Segments<R>; 3] = [SmallVec::new(), SmallVec::new(), SmallVec::new()];
         for p in Protocol::ALL {
             let a = &self.protos[p.index()];
             let b = &other.protos[p.index()];
@@ -146,7 +153,7 @@ impl<T: Copy + Eq> Segmented<T> {
 
     /// Applies `f` to every value.
     pub fn map<R: Copy + Eq>(&self, f: impl Fn(T) -> R) -> Segmented<R> {
-        let mut protos: [Vec<(u16, R)>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let mut protos: [Segments<R>; 3] = [SmallVec::new(), SmallVec::new(), SmallVec::new()];
         for p in Protocol::ALL {
             let out = &mut protos[p.index()];
             for (s, v) in &self.protos[p.index()] {

@@ -14,7 +14,10 @@ use septum_policy::state::StateDiff;
 use common::world::{Rng, change, world};
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 worlds per run; `PROPTEST_CASES=N` runs more (a deeper search before a release).
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
 
     #[test]
     fn compiled_entries_agree_with_the_naive_evaluator(seed in any::<u64>()) {
@@ -30,7 +33,7 @@ proptest! {
         let c = world(seed);
         let mut rng = Rng::new(seed ^ 0x5eed);
         let mut engine = Engine::new(c, InMemoryAllocations::new());
-        for i in 0..8 {
+        for i in 0..16 {
             let ch = change(&mut rng, engine.cluster(), i);
             let before = engine.state().clone();
             let diff = engine.apply(&ch);
