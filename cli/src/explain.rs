@@ -1,6 +1,7 @@
 //! `septum explain`: the verdict of a flow over manifests, with the deciding rules on the egress
 //! and ingress sides, tier by tier; a Service destination is explained per backend after DNAT.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +12,8 @@ use serde_json::{Value, json};
 use septum_policy::explain::{ExplainQuery, FlowEnd, FlowExplanation, SideReport, explain};
 use septum_policy::model::{ObjectKey, PortRef, Protocol};
 use septum_policy::{Engine, InMemoryAllocations};
+
+use septum_crd::lint;
 
 use crate::manifest_files;
 
@@ -36,7 +39,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     to: String,
     /// Destination port: a number or a port name (of the pod, or of the Service).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     port: String,
     /// TCP, UDP or SCTP.
     #[arg(long, default_value = "TCP")]
@@ -46,35 +49,75 @@ pub struct ExplainArgs {
     output: Output,
 }
 
+fn check_name(arg: &str, full: &str, what: &str, v: Result<(), String>) -> Result<()> {
+    v.map_err(|m| anyhow::anyhow!("{arg} {full:?}: {what}: {m}"))
+}
+
 fn parse_end(s: &str, destination: bool) -> Result<FlowEnd> {
-    if let Ok(ip) = s.parse() {
-        return Ok(FlowEnd::Ip(ip));
+    let arg = if destination { "--to" } else { "--from" };
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        // An IPv4-mapped IPv6 address is the IPv4 address on the wire.
+        return Ok(FlowEnd::Ip(ip.to_canonical()));
+    }
+    if let Some((addr, _)) = s.split_once('/')
+        && addr.parse::<IpAddr>().is_ok()
+    {
+        bail!("{arg} {s:?}: a prefix is not a flow end; give one address");
     }
     let parts: Vec<&str> = s.split('/').collect();
     match parts.as_slice() {
-        ["service", ns, name] | ["svc", ns, name] if destination => {
+        ["service" | "svc", ns, name] if destination => {
+            check_name(arg, s, "namespace", lint::dns_label(ns))?;
+            check_name(arg, s, "Service name", lint::dns1035_label(name))?;
             Ok(FlowEnd::Service(ObjectKey::new(*ns, *name)))
         }
-        ["service", ..] | ["svc", ..] if !destination => {
-            bail!("a Service can only be a destination: {s:?}")
+        ["service" | "svc", _, _] => {
+            bail!("{arg} {s:?}: a Service can only be a destination (--to)")
         }
-        [ns, name] if !ns.is_empty() && !name.is_empty() => {
+        ["service" | "svc", ..] if parts.len() > 2 => {
+            bail!("{arg} {s:?}: a Service is service/NAMESPACE/NAME")
+        }
+        [ns, name] => {
+            check_name(arg, s, "namespace", lint::dns_label(ns))?;
+            check_name(arg, s, "pod name", lint::dns_subdomain(name))?;
             Ok(FlowEnd::Pod(ObjectKey::new(*ns, *name)))
         }
-        _ => bail!("{s:?} is not NS/POD, service/NS/NAME or an IP address"),
+        _ => bail!(
+            "{arg} {s:?} is not NAMESPACE/POD{} or an IP address",
+            if destination {
+                ", service/NAMESPACE/NAME"
+            } else {
+                ""
+            }
+        ),
     }
+}
+
+fn parse_port(s: &str) -> Result<PortRef> {
+    let s = s.trim();
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b'+')
+    {
+        if let Ok(n) = s.parse::<i64>() {
+            return match u16::try_from(n) {
+                Ok(p) if p != 0 => Ok(PortRef::Number(p)),
+                _ => bail!("--port {s}: a port number must be 1-65535"),
+            };
+        }
+        if s.contains('-') && s.split('-').all(|x| x.parse::<u16>().is_ok()) {
+            bail!("--port {s:?}: a port range cannot be explained; give one port");
+        }
+    }
+    lint::port_name(s).map_err(|m| anyhow::anyhow!("--port: not a number, and {m}"))?;
+    Ok(PortRef::Name(s.to_string()))
 }
 
 /// Runs `septum explain`.
 pub fn run(a: ExplainArgs) -> Result<ExitCode> {
     let protocol = Protocol::parse(&a.protocol)
         .with_context(|| format!("unknown protocol {:?} (TCP, UDP, SCTP)", a.protocol))?;
-    let port = match a.port.parse::<u16>() {
-        Ok(0) => bail!("port 0 is not a valid port"),
-        Ok(n) => PortRef::Number(n),
-        Err(_) if !a.port.is_empty() && !a.port.starts_with('-') => PortRef::Name(a.port.clone()),
-        Err(_) => bail!("invalid port {:?}", a.port),
-    };
+    let port = parse_port(&a.port)?;
     let query = ExplainQuery {
         from: parse_end(&a.from, false)?,
         to: parse_end(&a.to, true)?,
@@ -82,7 +125,13 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
         protocol,
     };
     let m = manifest_files::load(&a.manifests)?;
-    let errors: Vec<_> = m.errors.iter().filter(|e| !e.warning).collect();
+    let semantic = m.semantic_problems();
+    let errors: Vec<_> = m
+        .errors
+        .iter()
+        .chain(&semantic)
+        .filter(|e| !e.warning)
+        .collect();
     if !errors.is_empty() {
         for e in &errors {
             eprintln!("error: {e}");
@@ -92,19 +141,57 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
             errors.len()
         );
     }
+    if let FlowEnd::Service(k) = &query.to
+        && let Some(svc) = m.cluster.services.get(k)
+        && svc.selector.as_ref().is_none_or(|s| s.is_empty())
+    {
+        bail!(
+            "cannot explain this flow: service {k} has no selector, so septum does not know its endpoints; explain to a backend pod or IP instead"
+        );
+    }
+    match (&query.from, &query.to) {
+        (FlowEnd::Ip(a), FlowEnd::Ip(b)) if a.is_ipv4() != b.is_ipv4() => {
+            bail!("cannot explain this flow: {a} and {b} are of different IP families")
+        }
+        (FlowEnd::Ip(a), FlowEnd::Pod(k)) | (FlowEnd::Pod(k), FlowEnd::Ip(a)) => {
+            if let Some(p) = m.cluster.pods.get(k)
+                && !p.ips.is_empty()
+                && !p.ips.iter().any(|i| i.is_ipv4() == a.is_ipv4())
+            {
+                bail!(
+                    "cannot explain this flow: pod {k} has no address of the same IP family as {a}"
+                );
+            }
+        }
+        _ => {}
+    }
+    for (end, arg) in [(&query.from, "--from"), (&query.to, "--to")] {
+        if let FlowEnd::Pod(k) = end
+            && !m.cluster.pods.contains_key(k)
+        {
+            let hint = if matches!(k.namespace.as_str(), "service" | "svc") {
+                " (a Service is service/NAMESPACE/NAME)"
+            } else {
+                ""
+            };
+            bail!("cannot explain this flow: {arg}: pod {k} is not in the manifests{hint}");
+        }
+    }
     let engine = Engine::new(m.cluster, InMemoryAllocations::new());
     let flows = explain(&engine, &query).context("cannot explain this flow")?;
+    let Some(first) = flows.first() else {
+        bail!("cannot explain this flow: nothing to explain");
+    };
     match a.output {
         Output::Json => {
             let v = if flows.len() == 1 {
-                flow_json(&flows[0])
+                flow_json(first)
             } else {
                 let verdict = if flows.iter().all(|f| f.verdict == "allow") {
                     "allow"
                 } else {
                     "deny"
                 };
-                let first = &flows[0];
                 json!({
                     "verdict": verdict,
                     "service": first.service,

@@ -1,46 +1,146 @@
-//! Reading manifest files and directories (every `.yaml`/`.yml`, sorted) into
-//! [`septum_crd::manifest::Manifests`].
+//! Reading manifest files and directories (every `.yaml`/`.yml`, sorted, recursively) into
+//! [`septum_crd::manifest::Manifests`]. A path that cannot be read (missing, unreadable, not a
+//! file) is a problem of that path, like a problem inside a file: the other paths are still
+//! loaded and checked.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use septum_crd::manifest::Manifests;
+use anyhow::Result;
+use septum_crd::manifest::{ManifestError, Manifests, Origin};
 
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+fn problem(path: &Path, message: String) -> ManifestError {
+    ManifestError {
+        origin: Origin {
+            file: path.display().to_string(),
+            document: 0,
+        },
+        object: "-".into(),
+        field: "-".into(),
+        message,
+        warning: false,
+    }
+}
+
+/// Collects the files under `path` (given paths are taken whatever their name; inside
+/// directories only `.yaml`/`.yml`). `seen` holds canonical directories, so symlink loops end.
+fn collect(
+    path: &Path,
+    given: bool,
+    out: &mut Vec<PathBuf>,
+    errors: &mut Vec<ManifestError>,
+    seen: &mut BTreeSet<PathBuf>,
+) {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(problem(path, format!("cannot read: {e}")));
+            return;
+        }
+    };
     if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
+        if let Ok(canonical) = std::fs::canonicalize(path)
+            && !seen.insert(canonical)
+        {
+            return;
+        }
+        let entries = match std::fs::read_dir(path) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(problem(path, format!("cannot list directory: {e}")));
+                return;
+            }
+        };
+        let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
+        let before = out.len();
         for e in entries {
             let is_yaml = e
                 .extension()
                 .and_then(|x| x.to_str())
                 .is_some_and(|x| x == "yaml" || x == "yml");
             if e.is_dir() || is_yaml {
-                collect(&e, out)?;
+                collect(&e, false, out, errors, seen);
             }
         }
-    } else {
+        if given && out.len() == before {
+            errors.push(ManifestError {
+                warning: true,
+                ..problem(path, "no .yaml or .yml files in this directory".into())
+            });
+        }
+    } else if meta.is_file() || (given && is_pipe(&meta)) {
         out.push(path.to_path_buf());
+    } else if given {
+        errors.push(problem(
+            path,
+            "cannot read: not a regular file, a pipe or a directory".into(),
+        ));
     }
-    Ok(())
 }
 
-/// Loads every file under `paths`.
+#[cfg(unix)]
+fn is_pipe(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_fifo()
+}
+
+#[cfg(not(unix))]
+fn is_pipe(_: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// Files larger than this are refused rather than read into memory.
+const MAX_FILE_BYTES: u64 = 256 << 20;
+
+fn read_limited(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "cannot read: larger than {} MiB",
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Loads every file under `paths`. Problems with the paths themselves are in the result's
+/// errors like every other problem; only nothing at all to load is an error here.
 pub fn load(paths: &[PathBuf]) -> Result<Manifests> {
     let mut files = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
     for p in paths {
-        collect(p, &mut files)?;
+        collect(p, true, &mut files, &mut errors, &mut seen);
     }
     let mut m = Manifests::new();
+    m.errors = errors;
+    // A file named twice (`dir dir/a.yaml`) is read once, not reported as all duplicates.
+    let mut loaded = BTreeSet::new();
     for f in files {
-        let text =
-            std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
-        m.load_str(&f.display().to_string(), &text);
+        if let Ok(canonical) = std::fs::canonicalize(&f)
+            && !loaded.insert(canonical)
+        {
+            continue;
+        }
+        match read_limited(&f) {
+            Ok(bytes) => {
+                let before = (m.errors.len(), m.origins.len());
+                m.load_bytes(&f.display().to_string(), &bytes);
+                if (m.errors.len(), m.origins.len()) == before {
+                    m.errors.push(ManifestError {
+                        warning: true,
+                        ..problem(&f, "no Kubernetes objects in this file".into())
+                    });
+                }
+            }
+            Err(e) => m.errors.push(problem(&f, e)),
+        }
     }
     Ok(m)
 }

@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use septum_policy::k8s::{ConversionError, selector};
+use septum_policy::k8s::{ConversionError, Errors, first_error, selector_into};
 use septum_policy::model as m;
 
 /// Spec of a ClusterNetworkPolicy.
@@ -178,28 +178,22 @@ fn cerr(field: impl Into<String>, message: impl Into<String>) -> ConversionError
     }
 }
 
-fn pods(p: &NamespacedPods, field: &str) -> Result<(m::Protocol, m::CnpPeer), ConversionError> {
-    Ok((
-        m::Protocol::Tcp,
-        m::CnpPeer::Pods {
-            namespace_selector: selector(
-                &p.namespace_selector,
-                &format!("{field}.namespaceSelector"),
-            )?,
-            pod_selector: selector(&p.pod_selector, &format!("{field}.podSelector"))?,
-        },
-    ))
+fn pods(p: &NamespacedPods, field: &str, errors: &mut Errors) -> m::CnpPeer {
+    m::CnpPeer::Pods {
+        namespace_selector: selector_into(
+            &p.namespace_selector,
+            &format!("{field}.namespaceSelector"),
+            errors,
+        ),
+        pod_selector: selector_into(&p.pod_selector, &format!("{field}.podSelector"), errors),
+    }
 }
 
-fn one_of(count: usize, field: &str, what: &str) -> Result<(), ConversionError> {
-    if count == 1 {
-        Ok(())
-    } else {
-        Err(cerr(
-            field,
-            format!("set exactly one of {what} (found {count})"),
-        ))
+fn one_of(count: usize, field: &str, what: &str, errors: &mut Errors) -> bool {
+    if count != 1 {
+        errors.push(field, format!("set exactly one of {what} (found {count})"));
     }
+    count == 1
 }
 
 fn port_u16(n: i32, field: &str) -> Result<u16, ConversionError> {
@@ -212,7 +206,8 @@ fn port_u16(n: i32, field: &str) -> Result<u16, ConversionError> {
 fn protocols(
     list: Option<&Vec<ProtocolEntry>>,
     field: &str,
-) -> Result<Vec<m::CnpPort>, ConversionError> {
+    errors: &mut Errors,
+) -> Vec<m::CnpPort> {
     let mut out = Vec::new();
     for (i, e) in list.into_iter().flatten().enumerate() {
         let f = format!("{field}.protocols[{i}]");
@@ -225,7 +220,9 @@ fn protocols(
         .into_iter()
         .filter(|x| *x)
         .count();
-        one_of(count, &f, "tcp, udp, sctp, destinationNamedPort")?;
+        if !one_of(count, &f, "tcp, udp, sctp, destinationNamedPort", errors) {
+            continue;
+        }
         if let Some(n) = &e.destination_named_port {
             out.push(m::CnpPort::Named(n.clone()));
             continue;
@@ -243,35 +240,37 @@ fn protocols(
                 number: Some(n),
                 range: None,
             }) => {
-                let n = port_u16(*n, &format!("{pf}.number"))?;
-                out.push(m::CnpPort::Range {
-                    protocol: proto,
-                    start: n,
-                    end: n,
-                });
+                if let Some(n) = errors.ok(port_u16(*n, &format!("{pf}.number"))) {
+                    out.push(m::CnpPort::Range {
+                        protocol: proto,
+                        start: n,
+                        end: n,
+                    });
+                }
             }
             Some(Port {
                 number: None,
                 range: Some(r),
             }) => {
-                let start = port_u16(r.start, &format!("{pf}.range.start"))?;
-                let end = port_u16(r.end, &format!("{pf}.range.end"))?;
-                if end < start {
-                    return Err(cerr(
+                let start = errors.ok(port_u16(r.start, &format!("{pf}.range.start")));
+                let end = errors.ok(port_u16(r.end, &format!("{pf}.range.end")));
+                match (start, end) {
+                    (Some(start), Some(end)) if end < start => errors.push(
                         format!("{pf}.range"),
                         format!("end {end} is lower than start {start}"),
-                    ));
+                    ),
+                    (Some(start), Some(end)) => out.push(m::CnpPort::Range {
+                        protocol: proto,
+                        start,
+                        end,
+                    }),
+                    _ => {}
                 }
-                out.push(m::CnpPort::Range {
-                    protocol: proto,
-                    start,
-                    end,
-                });
             }
-            Some(_) => return Err(cerr(pf, "set exactly one of number, range")),
+            Some(_) => errors.push(pf, "set exactly one of number, range"),
         }
     }
-    Ok(out)
+    out
 }
 
 fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, ConversionError> {
@@ -292,23 +291,28 @@ fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, Conver
 impl ClusterNetworkPolicy {
     /// Converts into the policy model.
     pub fn to_model(&self) -> Result<m::ClusterNetworkPolicy, ConversionError> {
-        let name = self
-            .metadata
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| cerr("metadata.name", "missing"))?;
+        self.to_model_all().map_err(first_error)
+    }
+
+    /// Like [`ClusterNetworkPolicy::to_model`], with every error.
+    pub fn to_model_all(&self) -> Result<m::ClusterNetworkPolicy, Vec<ConversionError>> {
+        let mut errors = Errors::default();
+        let name = self.metadata.name.clone().filter(|n| !n.is_empty());
+        if name.is_none() {
+            errors.push("metadata.name", "missing");
+        }
         let tier = match self.spec.tier.as_str() {
-            "Admin" => m::CnpTier::Admin,
-            "Baseline" => m::CnpTier::Baseline,
+            "Admin" => Some(m::CnpTier::Admin),
+            "Baseline" => Some(m::CnpTier::Baseline),
             other => {
-                return Err(cerr(
+                errors.push(
                     "spec.tier",
                     format!("unknown tier {other:?} (Admin, Baseline)"),
-                ));
+                );
+                None
             }
         };
-        let priority = u32::try_from(self.spec.priority)
+        let priority = errors.ok(u32::try_from(self.spec.priority)
             .ok()
             .filter(|p| *p <= 1000)
             .ok_or_else(|| {
@@ -316,112 +320,150 @@ impl ClusterNetworkPolicy {
                     "spec.priority",
                     format!("priority {} is outside 0-1000", self.spec.priority),
                 )
-            })?;
+            }));
         let s = &self.spec.subject;
         one_of(
             usize::from(s.namespaces.is_some()) + usize::from(s.pods.is_some()),
             "spec.subject",
             "namespaces, pods",
-        )?;
+            &mut errors,
+        );
         let subject = match (&s.namespaces, &s.pods) {
-            (Some(ns), _) => m::CnpSubject::Namespaces(selector(ns, "spec.subject.namespaces")?),
-            (_, Some(p)) => m::CnpSubject::Pods {
-                namespace_selector: selector(
+            (Some(ns), _) => Some(m::CnpSubject::Namespaces(selector_into(
+                ns,
+                "spec.subject.namespaces",
+                &mut errors,
+            ))),
+            (_, Some(p)) => Some(m::CnpSubject::Pods {
+                namespace_selector: selector_into(
                     &p.namespace_selector,
                     "spec.subject.pods.namespaceSelector",
-                )?,
-                pod_selector: selector(&p.pod_selector, "spec.subject.pods.podSelector")?,
-            },
-            _ => return Err(cerr("spec.subject", "set exactly one of namespaces, pods")),
+                    &mut errors,
+                ),
+                pod_selector: selector_into(
+                    &p.pod_selector,
+                    "spec.subject.pods.podSelector",
+                    &mut errors,
+                ),
+            }),
+            _ => None,
         };
+        // Rule actions are checked against the tier; an unknown tier reads as Admin here (the
+        // tier itself is already an error).
+        let rule_tier = tier.unwrap_or(m::CnpTier::Admin);
         let mut ingress = Vec::new();
         for (i, r) in self.spec.ingress.iter().flatten().enumerate() {
             let field = format!("spec.ingress[{i}]");
             if r.from.is_empty() {
-                return Err(cerr(format!("{field}.from"), "must name at least one peer"));
+                errors.push(format!("{field}.from"), "must name at least one peer");
             }
             let mut peers = Vec::new();
             for (j, p) in r.from.iter().enumerate() {
                 let pf = format!("{field}.from[{j}]");
-                one_of(
+                if !one_of(
                     usize::from(p.namespaces.is_some()) + usize::from(p.pods.is_some()),
                     &pf,
                     "namespaces, pods",
-                )?;
-                peers.push(match (&p.namespaces, &p.pods) {
-                    (Some(ns), _) => {
-                        m::CnpPeer::Namespaces(selector(ns, &format!("{pf}.namespaces"))?)
-                    }
-                    (_, Some(x)) => pods(x, &format!("{pf}.pods"))?.1,
-                    _ => unreachable_peer(&pf)?,
+                    &mut errors,
+                ) {
+                    continue;
+                }
+                match (&p.namespaces, &p.pods) {
+                    (Some(ns), _) => peers.push(m::CnpPeer::Namespaces(selector_into(
+                        ns,
+                        &format!("{pf}.namespaces"),
+                        &mut errors,
+                    ))),
+                    (_, Some(x)) => peers.push(pods(x, &format!("{pf}.pods"), &mut errors)),
+                    _ => {}
+                }
+            }
+            let action = errors.ok(action(&r.action, rule_tier, &format!("{field}.action")));
+            let ports = protocols(r.protocols.as_ref(), &field, &mut errors);
+            if let Some(action) = action {
+                ingress.push(m::CnpRule {
+                    name: r.name.clone().unwrap_or_default(),
+                    action,
+                    peers,
+                    ports,
                 });
             }
-            ingress.push(m::CnpRule {
-                name: r.name.clone().unwrap_or_default(),
-                action: action(&r.action, tier, &format!("{field}.action"))?,
-                peers,
-                ports: protocols(r.protocols.as_ref(), &field)?,
-            });
         }
         let mut egress = Vec::new();
         for (i, r) in self.spec.egress.iter().flatten().enumerate() {
             let field = format!("spec.egress[{i}]");
             if r.to.is_empty() {
-                return Err(cerr(format!("{field}.to"), "must name at least one peer"));
+                errors.push(format!("{field}.to"), "must name at least one peer");
             }
             let mut peers = Vec::new();
             for (j, p) in r.to.iter().enumerate() {
                 let pf = format!("{field}.to[{j}]");
                 if p.nodes.is_some() {
-                    return Err(cerr(
+                    errors.push(
                         format!("{pf}.nodes"),
                         "nodes peers are not supported by septum",
-                    ));
+                    );
+                    continue;
                 }
                 if p.domain_names.is_some() {
-                    return Err(cerr(
+                    errors.push(
                         format!("{pf}.domainNames"),
                         "domainNames peers are not supported by septum",
-                    ));
+                    );
+                    continue;
                 }
-                one_of(
+                if !one_of(
                     usize::from(p.namespaces.is_some())
                         + usize::from(p.pods.is_some())
                         + usize::from(p.networks.is_some()),
                     &pf,
                     "namespaces, pods, networks",
-                )?;
-                peers.push(match (&p.namespaces, &p.pods, &p.networks) {
-                    (Some(ns), _, _) => {
-                        m::CnpPeer::Namespaces(selector(ns, &format!("{pf}.namespaces"))?)
-                    }
-                    (_, Some(x), _) => pods(x, &format!("{pf}.pods"))?.1,
+                    &mut errors,
+                ) {
+                    continue;
+                }
+                match (&p.namespaces, &p.pods, &p.networks) {
+                    (Some(ns), _, _) => peers.push(m::CnpPeer::Namespaces(selector_into(
+                        ns,
+                        &format!("{pf}.namespaces"),
+                        &mut errors,
+                    ))),
+                    (_, Some(x), _) => peers.push(pods(x, &format!("{pf}.pods"), &mut errors)),
                     (_, _, Some(nets)) => {
                         if nets.is_empty() {
-                            return Err(cerr(
-                                format!("{pf}.networks"),
-                                "must list at least one CIDR",
-                            ));
+                            errors.push(format!("{pf}.networks"), "must list at least one CIDR");
+                            continue;
                         }
                         let mut cidrs = Vec::new();
                         for (k, n) in nets.iter().enumerate() {
-                            cidrs.push(n.parse().map_err(|e| {
-                                cerr(format!("{pf}.networks[{k}]"), format!("{e}"))
-                            })?);
+                            cidrs.extend(errors.ok(
+                                n.parse::<septum_policy::cidr::Cidr>().map_err(|e| {
+                                    cerr(format!("{pf}.networks[{k}]"), format!("{e}"))
+                                }),
+                            ));
                         }
-                        m::CnpPeer::Networks(cidrs)
+                        peers.push(m::CnpPeer::Networks(cidrs));
                     }
-                    _ => unreachable_peer(&pf)?,
+                    _ => {}
+                }
+            }
+            let action = errors.ok(action(&r.action, rule_tier, &format!("{field}.action")));
+            let ports = protocols(r.protocols.as_ref(), &field, &mut errors);
+            if let Some(action) = action {
+                egress.push(m::CnpRule {
+                    name: r.name.clone().unwrap_or_default(),
+                    action,
+                    peers,
+                    ports,
                 });
             }
-            egress.push(m::CnpRule {
-                name: r.name.clone().unwrap_or_default(),
-                action: action(&r.action, tier, &format!("{field}.action"))?,
-                peers,
-                ports: protocols(r.protocols.as_ref(), &field)?,
-            });
         }
-        Ok(m::ClusterNetworkPolicy {
+        let (Some(name), Some(tier), Some(priority), Some(subject)) =
+            (name, tier, priority, subject)
+        else {
+            return Err(errors.0);
+        };
+        errors.finish(m::ClusterNetworkPolicy {
             name,
             tier,
             priority,
@@ -430,8 +472,4 @@ impl ClusterNetworkPolicy {
             egress,
         })
     }
-}
-
-fn unreachable_peer(field: &str) -> Result<m::CnpPeer, ConversionError> {
-    Err(cerr(field, "empty peer"))
 }

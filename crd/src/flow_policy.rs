@@ -11,7 +11,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use septum_policy::k8s::{ConversionError, port_ref, selector};
+use septum_policy::k8s::{ConversionError, Errors, first_error, port_ref, selector_into};
 use septum_policy::model as m;
 use septum_policy::validate::Problem;
 
@@ -219,7 +219,7 @@ fn cerr(field: impl Into<String>, message: impl Into<String>) -> ConversionError
     }
 }
 
-fn convert_peer(p: &Peer, field: &str) -> Result<m::FlowPeer, ConversionError> {
+fn convert_peer(p: &Peer, field: &str, errors: &mut Errors) -> Option<m::FlowPeer> {
     let count = [
         p.service.is_some(),
         p.pod_selector.is_some() || p.namespace_selector.is_some(),
@@ -230,125 +230,138 @@ fn convert_peer(p: &Peer, field: &str) -> Result<m::FlowPeer, ConversionError> {
     .filter(|x| *x)
     .count();
     if count != 1 {
-        return Err(cerr(
+        errors.push(
             field,
             format!(
                 "set exactly one of service, podSelector/namespaceSelector, serviceAccount, cidr (found {count})"
             ),
-        ));
+        );
+        return None;
     }
     if let Some(s) = &p.service {
-        return Ok(m::FlowPeer::Service {
+        return Some(m::FlowPeer::Service {
             namespace: s.namespace.clone(),
             name: s.name.clone(),
         });
     }
     if let Some(s) = &p.service_account {
-        return Ok(m::FlowPeer::ServiceAccount {
+        return Some(m::FlowPeer::ServiceAccount {
             namespace: s.namespace.clone(),
             name: s.name.clone(),
         });
     }
     if let Some(b) = &p.cidr {
-        let cidr: septum_policy::cidr::Cidr = b
+        let cidr = errors.ok(b
             .cidr
-            .parse()
-            .map_err(|e| cerr(format!("{field}.cidr.cidr"), format!("{e}")))?;
+            .parse::<septum_policy::cidr::Cidr>()
+            .map_err(|e| cerr(format!("{field}.cidr.cidr"), format!("{e}"))));
         let mut except = Vec::new();
         for (i, e) in b.except.iter().flatten().enumerate() {
-            let c: septum_policy::cidr::Cidr = e
-                .parse()
-                .map_err(|x| cerr(format!("{field}.cidr.except[{i}]"), format!("{x}")))?;
-            if !cidr.contains(&c) || c == cidr {
-                return Err(cerr(
-                    format!("{field}.cidr.except[{i}]"),
-                    format!("except {c} must be strictly inside cidr {cidr}"),
-                ));
+            let f = format!("{field}.cidr.except[{i}]");
+            let Some(c) = errors.ok(e
+                .parse::<septum_policy::cidr::Cidr>()
+                .map_err(|x| cerr(&f, format!("{x}"))))
+            else {
+                continue;
+            };
+            if let Some(cidr) = cidr
+                && (!cidr.contains(&c) || c == cidr)
+            {
+                errors.push(f, format!("except {c} must be strictly inside cidr {cidr}"));
+                continue;
             }
             except.push(c);
         }
-        return Ok(m::FlowPeer::Cidr { cidr, except });
+        return cidr.map(|cidr| m::FlowPeer::Cidr { cidr, except });
     }
-    Ok(m::FlowPeer::Pods {
+    Some(m::FlowPeer::Pods {
         namespace_selector: p
             .namespace_selector
             .as_ref()
-            .map(|s| selector(s, &format!("{field}.namespaceSelector")))
-            .transpose()?,
+            .map(|s| selector_into(s, &format!("{field}.namespaceSelector"), errors)),
         pod_selector: p
             .pod_selector
             .as_ref()
-            .map(|s| selector(s, &format!("{field}.podSelector")))
-            .transpose()?,
+            .map(|s| selector_into(s, &format!("{field}.podSelector"), errors)),
     })
 }
 
-fn convert_ports(
-    ports: Option<&Vec<Port>>,
-    field: &str,
-) -> Result<Vec<m::FlowPort>, ConversionError> {
+fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) -> Vec<m::FlowPort> {
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}]");
-        let port = p
-            .port
-            .as_ref()
-            .map(|x| port_ref(x, &format!("{f}.port")))
-            .transpose()?;
+        let port = match &p.port {
+            None => Some(None),
+            Some(x) => errors.ok(port_ref(x, &format!("{f}.port"))).map(Some),
+        };
         let end_port = match p.end_port {
-            None => None,
+            None => Some(None),
             Some(e) => {
-                let e = u16::try_from(e).ok().filter(|x| *x != 0).ok_or_else(|| {
+                let e = errors.ok(u16::try_from(e).ok().filter(|x| *x != 0).ok_or_else(|| {
                     cerr(
                         format!("{f}.endPort"),
                         format!("endPort {e} is outside 1-65535"),
                     )
-                })?;
-                match &port {
-                    Some(m::PortRef::Number(n)) if e >= *n => Some(e),
-                    Some(m::PortRef::Number(n)) => {
-                        return Err(cerr(
+                }));
+                match (e, &port) {
+                    (None, _) | (_, None) => None,
+                    (Some(e), Some(Some(m::PortRef::Number(n)))) if e >= *n => Some(Some(e)),
+                    (Some(e), Some(Some(m::PortRef::Number(n)))) => {
+                        errors.push(
                             format!("{f}.endPort"),
                             format!("endPort {e} is lower than port {n}"),
-                        ));
+                        );
+                        None
                     }
-                    _ => {
-                        return Err(cerr(
+                    (Some(e), Some(_)) => {
+                        errors.push(
                             format!("{f}.endPort"),
                             format!("endPort {e} needs a numeric port"),
-                        ));
+                        );
+                        None
                     }
                 }
             }
         };
-        let protocol = p
-            .protocol
-            .as_deref()
-            .map(|x| septum_policy::k8s::protocol(Some(x), &format!("{f}.protocol")))
-            .transpose()?;
-        out.push(m::FlowPort {
-            protocol,
-            port,
-            end_port,
-        });
+        let protocol = match p.protocol.as_deref() {
+            None => Some(None),
+            Some(x) => errors
+                .ok(septum_policy::k8s::protocol(
+                    Some(x),
+                    &format!("{f}.protocol"),
+                ))
+                .map(Some),
+        };
+        if let (Some(port), Some(end_port), Some(protocol)) = (port, end_port, protocol) {
+            out.push(m::FlowPort {
+                protocol,
+                port,
+                end_port,
+            });
+        }
     }
-    Ok(out)
+    out
 }
 
 impl FlowPolicy {
     /// Converts into the policy model, rejecting what the CEL rules reject (for objects that did
     /// not pass through an API server, like files).
     pub fn to_model(&self) -> Result<m::FlowPolicy, ConversionError> {
-        let name = self
-            .metadata
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| cerr("metadata.name", "missing"))?;
+        self.to_model_all().map_err(first_error)
+    }
+
+    /// Like [`FlowPolicy::to_model`], with every error.
+    pub fn to_model_all(&self) -> Result<m::FlowPolicy, Vec<ConversionError>> {
+        let mut errors = Errors::default();
+        let name = self.metadata.name.clone().filter(|n| !n.is_empty());
+        if name.is_none() {
+            errors.push("metadata.name", "missing");
+        }
         let namespace = self
             .metadata
             .namespace
             .clone()
+            .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".to_string());
         let s = &self.spec.subject;
         let count = [
@@ -359,21 +372,27 @@ impl FlowPolicy {
         .into_iter()
         .filter(|x| *x)
         .count();
-        if count != 1 {
-            return Err(cerr(
+        let subject = if count != 1 {
+            errors.push(
                 "spec.subject",
                 format!("set exactly one of service, podSelector, serviceAccount (found {count})"),
-            ));
-        }
-        let subject = if let Some(svc) = &s.service {
-            m::FlowSubject::Service(svc.clone())
+            );
+            None
+        } else if let Some(svc) = &s.service {
+            Some(m::FlowSubject::Service(svc.clone()))
         } else if let Some(sel) = &s.pod_selector {
-            m::FlowSubject::Pods(selector(sel, "spec.subject.podSelector")?)
+            Some(m::FlowSubject::Pods(selector_into(
+                sel,
+                "spec.subject.podSelector",
+                &mut errors,
+            )))
         } else {
-            m::FlowSubject::ServiceAccount(s.service_account.clone().unwrap_or_default())
+            Some(m::FlowSubject::ServiceAccount(
+                s.service_account.clone().unwrap_or_default(),
+            ))
         };
         if self.spec.ingress.is_none() && self.spec.egress.is_none() {
-            return Err(cerr("spec", "set ingress, egress or both"));
+            errors.push("spec", "set ingress, egress or both");
         }
         let mut ingress = None;
         if let Some(rules) = &self.spec.ingress {
@@ -381,15 +400,15 @@ impl FlowPolicy {
             for (i, r) in rules.iter().enumerate() {
                 let field = format!("spec.ingress[{i}]");
                 if r.from.is_empty() {
-                    return Err(cerr(format!("{field}.from"), "must name at least one peer"));
+                    errors.push(format!("{field}.from"), "must name at least one peer");
                 }
                 let mut peers = Vec::new();
                 for (j, p) in r.from.iter().enumerate() {
-                    peers.push(convert_peer(p, &format!("{field}.from[{j}]"))?);
+                    peers.extend(convert_peer(p, &format!("{field}.from[{j}]"), &mut errors));
                 }
                 out.push(m::FlowRule {
                     peers,
-                    ports: convert_ports(r.ports.as_ref(), &field)?,
+                    ports: convert_ports(r.ports.as_ref(), &field, &mut errors),
                 });
             }
             ingress = Some(out);
@@ -400,20 +419,23 @@ impl FlowPolicy {
             for (i, r) in rules.iter().enumerate() {
                 let field = format!("spec.egress[{i}]");
                 if r.to.is_empty() {
-                    return Err(cerr(format!("{field}.to"), "must name at least one peer"));
+                    errors.push(format!("{field}.to"), "must name at least one peer");
                 }
                 let mut peers = Vec::new();
                 for (j, p) in r.to.iter().enumerate() {
-                    peers.push(convert_peer(p, &format!("{field}.to[{j}]"))?);
+                    peers.extend(convert_peer(p, &format!("{field}.to[{j}]"), &mut errors));
                 }
                 out.push(m::FlowRule {
                     peers,
-                    ports: convert_ports(r.ports.as_ref(), &field)?,
+                    ports: convert_ports(r.ports.as_ref(), &field, &mut errors),
                 });
             }
             egress = Some(out);
         }
-        Ok(m::FlowPolicy {
+        let (Some(name), Some(subject)) = (name, subject) else {
+            return Err(errors.0);
+        };
+        errors.finish(m::FlowPolicy {
             namespace,
             name,
             mode: match self.spec.mode {

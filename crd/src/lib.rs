@@ -7,6 +7,8 @@
 //! - [`manifest`]: loading multi-document YAML (Namespaces, Pods, Nodes, Services,
 //!   NetworkPolicies, FlowPolicies, ClusterNetworkPolicies) into a [`septum_policy::Cluster`],
 //!   with an error naming file, document, object and field for every problem;
+//! - [`lint`]: the checks the API server makes that the types and conversions do not (names,
+//!   label keys and values, port names, unique Service ports, CIDRs with host bits set);
 //! - [`generate`]: the CRD YAML printed into `manifests/crds` (drift-checked by a test).
 //!
 //! Only types and pure conversions live here: no client, no I/O.
@@ -14,6 +16,7 @@
 pub mod cluster_network_policy;
 pub mod flow_policy;
 pub mod generate;
+pub mod lint;
 pub mod manifest;
 
 pub use cluster_network_policy::ClusterNetworkPolicy;

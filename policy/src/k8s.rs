@@ -32,8 +32,47 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConversionError 
     }
 }
 
-/// Converts a label selector.
-pub fn selector(s: &meta::LabelSelector, field: &str) -> Result<LabelSelector, ConversionError> {
+/// Collects every conversion error of one object, so that one bad field does not hide the next.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<ConversionError>);
+
+impl Errors {
+    /// The value, or `None` after recording the error.
+    pub fn ok<T>(&mut self, r: Result<T, ConversionError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.0.push(e);
+                None
+            }
+        }
+    }
+
+    /// Records an error.
+    pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(err(field, message));
+    }
+
+    /// `v` when nothing was recorded, else every error.
+    pub fn finish<T>(self, v: T) -> Result<T, Vec<ConversionError>> {
+        if self.0.is_empty() {
+            Ok(v)
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+/// The first of several errors (for the single-error API).
+pub fn first_error(errors: Vec<ConversionError>) -> ConversionError {
+    errors
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| err("-", "invalid object"))
+}
+
+/// Converts a label selector, recording every malformed expression.
+pub fn selector_into(s: &meta::LabelSelector, field: &str, errors: &mut Errors) -> LabelSelector {
     let mut out = LabelSelector {
         match_labels: s.match_labels.clone().unwrap_or_default(),
         match_expressions: Vec::new(),
@@ -45,10 +84,11 @@ pub fn selector(s: &meta::LabelSelector, field: &str) -> Result<LabelSelector, C
             "Exists" => Operator::Exists,
             "DoesNotExist" => Operator::DoesNotExist,
             other => {
-                return Err(err(
+                errors.push(
                     format!("{field}.matchExpressions[{i}].operator"),
                     format!("unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"),
-                ));
+                );
+                continue;
             }
         };
         let r = Requirement {
@@ -56,11 +96,19 @@ pub fn selector(s: &meta::LabelSelector, field: &str) -> Result<LabelSelector, C
             operator,
             values: e.values.clone().unwrap_or_default(),
         };
-        r.validate()
-            .map_err(|m| err(format!("{field}.matchExpressions[{i}]"), m))?;
-        out.match_expressions.push(r);
+        match r.validate() {
+            Ok(()) => out.match_expressions.push(r),
+            Err(m) => errors.push(format!("{field}.matchExpressions[{i}]"), m),
+        }
     }
-    Ok(out)
+    out
+}
+
+/// Converts a label selector.
+pub fn selector(s: &meta::LabelSelector, field: &str) -> Result<LabelSelector, ConversionError> {
+    let mut errors = Errors::default();
+    let out = selector_into(s, field, &mut errors);
+    errors.finish(out).map_err(first_error)
 }
 
 /// Parses a protocol name.
@@ -96,27 +144,44 @@ fn ip(s: &str, field: &str) -> Result<IpAddr, ConversionError> {
         .map_err(|_| err(field, format!("{s:?} is not an IP address")))
 }
 
-fn name_of(m: &meta::ObjectMeta) -> Result<String, ConversionError> {
-    m.name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| err("metadata.name", "missing"))
+fn name_of(m: &meta::ObjectMeta, errors: &mut Errors) -> String {
+    let name = m.name.clone().filter(|n| !n.is_empty());
+    errors
+        .ok(name.ok_or_else(|| err("metadata.name", "missing")))
+        .unwrap_or_default()
 }
 
+/// The object's namespace; missing or empty means `default`, as kubectl reads manifests.
 fn namespace_of(m: &meta::ObjectMeta) -> String {
-    m.namespace.clone().unwrap_or_else(|| "default".to_string())
+    m.namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string())
 }
 
 /// Converts a Namespace.
 pub fn namespace(n: &core::Namespace) -> Result<Namespace, ConversionError> {
-    Ok(Namespace {
-        name: name_of(&n.metadata)?,
+    namespace_all(n).map_err(first_error)
+}
+
+/// Converts a Namespace, with every error.
+pub fn namespace_all(n: &core::Namespace) -> Result<Namespace, Vec<ConversionError>> {
+    let mut errors = Errors::default();
+    let name = name_of(&n.metadata, &mut errors);
+    errors.finish(Namespace {
+        name,
         labels: n.metadata.labels.clone().unwrap_or_default(),
     })
 }
 
 /// Converts a Node (its InternalIP/ExternalIP addresses).
 pub fn node(n: &core::Node) -> Result<Node, ConversionError> {
+    node_all(n).map_err(first_error)
+}
+
+/// Converts a Node, with every error.
+pub fn node_all(n: &core::Node) -> Result<Node, Vec<ConversionError>> {
+    let mut errors = Errors::default();
     let mut ips = Vec::new();
     for (i, a) in n
         .status
@@ -127,17 +192,21 @@ pub fn node(n: &core::Node) -> Result<Node, ConversionError> {
         .enumerate()
     {
         if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-            ips.push(ip(&a.address, &format!("status.addresses[{i}].address"))?);
+            ips.extend(errors.ok(ip(&a.address, &format!("status.addresses[{i}].address"))));
         }
     }
-    Ok(Node {
-        name: name_of(&n.metadata)?,
-        ips,
-    })
+    let name = name_of(&n.metadata, &mut errors);
+    errors.finish(Node { name, ips })
 }
 
 /// Converts a Pod (IPs from `status.podIPs`, else `status.podIP`).
 pub fn pod(p: &core::Pod) -> Result<Pod, ConversionError> {
+    pod_all(p).map_err(first_error)
+}
+
+/// Converts a Pod, with every error.
+pub fn pod_all(p: &core::Pod) -> Result<Pod, Vec<ConversionError>> {
+    let mut errors = Errors::default();
     let spec = p.spec.as_ref();
     let mut ports = Vec::new();
     for (ci, c) in spec
@@ -148,26 +217,37 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ConversionError> {
     {
         for (pi, cp) in c.ports.iter().flatten().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
-            ports.push(ContainerPort {
-                name: cp.name.clone(),
-                port: port_number(cp.container_port, &format!("{field}.containerPort"))?,
-                protocol: protocol(cp.protocol.as_deref(), &format!("{field}.protocol"))?,
-            });
+            let port = errors.ok(port_number(
+                cp.container_port,
+                &format!("{field}.containerPort"),
+            ));
+            let protocol = errors.ok(protocol(
+                cp.protocol.as_deref(),
+                &format!("{field}.protocol"),
+            ));
+            if let (Some(port), Some(protocol)) = (port, protocol) {
+                ports.push(ContainerPort {
+                    name: cp.name.clone(),
+                    port,
+                    protocol,
+                });
+            }
         }
     }
     let mut ips = Vec::new();
     if let Some(status) = &p.status {
         if let Some(list) = status.pod_ips.as_ref().filter(|l| !l.is_empty()) {
             for (i, a) in list.iter().enumerate() {
-                ips.push(ip(&a.ip, &format!("status.podIPs[{i}].ip"))?);
+                ips.extend(errors.ok(ip(&a.ip, &format!("status.podIPs[{i}].ip"))));
             }
         } else if let Some(a) = &status.pod_ip {
-            ips.push(ip(a, "status.podIP")?);
+            ips.extend(errors.ok(ip(a, "status.podIP")));
         }
     }
-    Ok(Pod {
+    let name = name_of(&p.metadata, &mut errors);
+    errors.finish(Pod {
         namespace: namespace_of(&p.metadata),
-        name: name_of(&p.metadata)?,
+        name,
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ips,
         ports,
@@ -181,6 +261,12 @@ pub fn pod(p: &core::Pod) -> Result<Pod, ConversionError> {
 
 /// Converts a Service (every ClusterIP and externalIP is a VIP).
 pub fn service(s: &core::Service) -> Result<Service, ConversionError> {
+    service_all(s).map_err(first_error)
+}
+
+/// Converts a Service, with every error.
+pub fn service_all(s: &core::Service) -> Result<Service, Vec<ConversionError>> {
+    let mut errors = Errors::default();
     let spec = s.spec.as_ref();
     let mut ports = Vec::new();
     for (i, p) in spec
@@ -190,16 +276,25 @@ pub fn service(s: &core::Service) -> Result<Service, ConversionError> {
         .enumerate()
     {
         let field = format!("spec.ports[{i}]");
-        ports.push(ServicePort {
-            name: p.name.clone(),
-            port: port_number(p.port, &format!("{field}.port"))?,
-            protocol: protocol(p.protocol.as_deref(), &format!("{field}.protocol"))?,
-            target_port: p
-                .target_port
-                .as_ref()
-                .map(|t| port_ref(t, &format!("{field}.targetPort")))
-                .transpose()?,
-        });
+        let port = errors.ok(port_number(p.port, &format!("{field}.port")));
+        let protocol = errors.ok(protocol(
+            p.protocol.as_deref(),
+            &format!("{field}.protocol"),
+        ));
+        let target_port = match &p.target_port {
+            None => Some(None),
+            Some(t) => errors
+                .ok(port_ref(t, &format!("{field}.targetPort")))
+                .map(Some),
+        };
+        if let (Some(port), Some(protocol), Some(target_port)) = (port, protocol, target_port) {
+            ports.push(ServicePort {
+                name: p.name.clone(),
+                port,
+                protocol,
+                target_port,
+            });
+        }
     }
     let mut cluster_ips = Vec::new();
     if let Some(spec) = spec {
@@ -227,118 +322,136 @@ pub fn service(s: &core::Service) -> Result<Service, ConversionError> {
             if a.is_empty() || a == "None" {
                 continue;
             }
-            cluster_ips.push(ip(&a, &field)?);
+            cluster_ips.extend(errors.ok(ip(&a, &field)));
         }
     }
-    Ok(Service {
+    let name = name_of(&s.metadata, &mut errors);
+    errors.finish(Service {
         namespace: namespace_of(&s.metadata),
-        name: name_of(&s.metadata)?,
+        name,
         selector: spec.and_then(|s| s.selector.clone()),
         ports,
         cluster_ips,
     })
 }
 
-fn np_peer(p: &net::NetworkPolicyPeer, field: &str) -> Result<NetworkPolicyPeer, ConversionError> {
+fn np_peer(
+    p: &net::NetworkPolicyPeer,
+    field: &str,
+    errors: &mut Errors,
+) -> Option<NetworkPolicyPeer> {
     if let Some(b) = &p.ip_block {
         if p.pod_selector.is_some() || p.namespace_selector.is_some() {
-            return Err(err(
+            errors.push(
                 field,
                 "ipBlock cannot be combined with podSelector or namespaceSelector",
-            ));
+            );
+            return None;
         }
-        let cidr: Cidr = b
+        let cidr: Option<Cidr> = errors.ok(b
             .cidr
             .parse()
-            .map_err(|e| err(format!("{field}.ipBlock.cidr"), format!("{e}")))?;
+            .map_err(|e| err(format!("{field}.ipBlock.cidr"), format!("{e}"))));
         let mut except = Vec::new();
         for (i, e) in b.except.iter().flatten().enumerate() {
-            except.push(
-                e.parse()
-                    .map_err(|x| err(format!("{field}.ipBlock.except[{i}]"), format!("{x}")))?,
+            except.extend(
+                errors.ok(e
+                    .parse::<Cidr>()
+                    .map_err(|x| err(format!("{field}.ipBlock.except[{i}]"), format!("{x}")))),
             );
         }
-        return Ok(NetworkPolicyPeer::IpBlock { cidr, except });
+        return cidr.map(|cidr| NetworkPolicyPeer::IpBlock { cidr, except });
     }
     if p.pod_selector.is_none() && p.namespace_selector.is_none() {
-        return Err(err(
+        errors.push(
             field,
             "a peer needs podSelector, namespaceSelector or ipBlock",
-        ));
+        );
+        return None;
     }
-    Ok(NetworkPolicyPeer::Pods {
+    Some(NetworkPolicyPeer::Pods {
         pod_selector: p
             .pod_selector
             .as_ref()
-            .map(|s| selector(s, &format!("{field}.podSelector")))
-            .transpose()?,
+            .map(|s| selector_into(s, &format!("{field}.podSelector"), errors)),
         namespace_selector: p
             .namespace_selector
             .as_ref()
-            .map(|s| selector(s, &format!("{field}.namespaceSelector")))
-            .transpose()?,
+            .map(|s| selector_into(s, &format!("{field}.namespaceSelector"), errors)),
     })
 }
 
 fn np_ports(
     ports: Option<&Vec<net::NetworkPolicyPort>>,
     field: &str,
-) -> Result<Vec<NetworkPolicyPort>, ConversionError> {
+    errors: &mut Errors,
+) -> Vec<NetworkPolicyPort> {
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}]");
-        out.push(NetworkPolicyPort {
-            protocol: p
-                .protocol
-                .as_deref()
-                .map(|x| protocol(Some(x), &format!("{f}.protocol")))
-                .transpose()?,
-            port: p
-                .port
-                .as_ref()
-                .map(|x| port_ref(x, &format!("{f}.port")))
-                .transpose()?,
-            end_port: p
-                .end_port
-                .map(|e| port_number(e, &format!("{f}.endPort")))
-                .transpose()?,
-        });
+        let protocol = match p.protocol.as_deref() {
+            None => Some(None),
+            Some(x) => errors
+                .ok(protocol(Some(x), &format!("{f}.protocol")))
+                .map(Some),
+        };
+        let port = match &p.port {
+            None => Some(None),
+            Some(x) => errors.ok(port_ref(x, &format!("{f}.port"))).map(Some),
+        };
+        let end_port = match p.end_port {
+            None => Some(None),
+            Some(e) => errors.ok(port_number(e, &format!("{f}.endPort"))).map(Some),
+        };
+        if let (Some(protocol), Some(port), Some(end_port)) = (protocol, port, end_port) {
+            out.push(NetworkPolicyPort {
+                protocol,
+                port,
+                end_port,
+            });
+        }
     }
-    Ok(out)
+    out
 }
 
 /// Converts a NetworkPolicy.
 pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, ConversionError> {
+    network_policy_all(np).map_err(first_error)
+}
+
+/// Converts a NetworkPolicy, with every error.
+pub fn network_policy_all(np: &net::NetworkPolicy) -> Result<NetworkPolicy, Vec<ConversionError>> {
+    let mut errors = Errors::default();
     let spec = np.spec.clone().unwrap_or_default();
-    let policy_types = match &spec.policy_types {
-        None => None,
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, t) in list.iter().enumerate() {
-                out.push(match t.as_str() {
-                    "Ingress" => PolicyType::Ingress,
-                    "Egress" => PolicyType::Egress,
-                    other => {
-                        return Err(err(
-                            format!("spec.policyTypes[{i}]"),
-                            format!("unknown policy type {other:?} (Ingress, Egress)"),
-                        ));
-                    }
-                });
+    let policy_types = spec.policy_types.as_ref().map(|list| {
+        let mut out = Vec::new();
+        for (i, t) in list.iter().enumerate() {
+            match t.as_str() {
+                "Ingress" => out.push(PolicyType::Ingress),
+                "Egress" => out.push(PolicyType::Egress),
+                other => errors.push(
+                    format!("spec.policyTypes[{i}]"),
+                    format!("unknown policy type {other:?} (Ingress, Egress)"),
+                ),
             }
-            Some(out)
         }
-    };
+        out
+    });
+    let pod_selector = spec
+        .pod_selector
+        .as_ref()
+        .map(|s| selector_into(s, "spec.podSelector", &mut errors))
+        .unwrap_or_default();
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
         let field = format!("spec.ingress[{i}]");
         let mut peers = Vec::new();
         for (j, p) in r.from.iter().flatten().enumerate() {
-            peers.push(np_peer(p, &format!("{field}.from[{j}]"))?);
+            peers.extend(np_peer(p, &format!("{field}.from[{j}]"), &mut errors));
         }
         ingress.push(NetworkPolicyRule {
             peers,
-            ports: np_ports(r.ports.as_ref(), &field)?,
+            ports: np_ports(r.ports.as_ref(), &field, &mut errors),
         });
     }
     let mut egress = Vec::new();
@@ -346,22 +459,18 @@ pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, Conversi
         let field = format!("spec.egress[{i}]");
         let mut peers = Vec::new();
         for (j, p) in r.to.iter().flatten().enumerate() {
-            peers.push(np_peer(p, &format!("{field}.to[{j}]"))?);
+            peers.extend(np_peer(p, &format!("{field}.to[{j}]"), &mut errors));
         }
         egress.push(NetworkPolicyRule {
             peers,
-            ports: np_ports(r.ports.as_ref(), &field)?,
+            ports: np_ports(r.ports.as_ref(), &field, &mut errors),
         });
     }
-    Ok(NetworkPolicy {
+    let name = name_of(&np.metadata, &mut errors);
+    errors.finish(NetworkPolicy {
         namespace: namespace_of(&np.metadata),
-        name: name_of(&np.metadata)?,
-        pod_selector: spec
-            .pod_selector
-            .as_ref()
-            .map(|s| selector(s, "spec.podSelector"))
-            .transpose()?
-            .unwrap_or_default(),
+        name,
+        pod_selector,
         policy_types,
         ingress,
         egress,

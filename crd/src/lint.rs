@@ -1,0 +1,570 @@
+//! Checks of parsed objects that neither the types nor the conversions into the model make, the
+//! ones the API server makes for objects that come through it: names (DNS labels and
+//! subdomains), label keys and values (in metadata and in every selector), port names
+//! (IANA service names), unique Service ports, CIDRs with host bits set, a namespace on a
+//! cluster-scoped object. Unlike a conversion error, a finding does not stop the object from
+//! loading, so every finding of one object is reported together.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::cluster_network_policy::ClusterNetworkPolicy;
+use crate::flow_policy::{FlowPolicy, Peer};
+
+/// One finding: field path, message, and whether it is only a warning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// Field path (`metadata.labels`, `spec.ports[1].name`, ...).
+    pub field: String,
+    /// What is wrong, with the value.
+    pub message: String,
+    /// A warning rather than an error.
+    pub warning: bool,
+}
+
+#[derive(Default)]
+struct Sink(Vec<Finding>);
+
+impl Sink {
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Finding {
+            field: field.into(),
+            message: message.into(),
+            warning: false,
+        });
+    }
+
+    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Finding {
+            field: field.into(),
+            message: message.into(),
+            warning: true,
+        });
+    }
+
+    fn check(&mut self, field: impl Into<String>, r: Result<(), String>) {
+        if let Err(m) = r {
+            self.error(field, m);
+        }
+    }
+}
+
+fn dns_label_chars(s: &str, first_letter: bool) -> bool {
+    let b = s.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+    !b.is_empty()
+        && b.iter().all(inner)
+        && (b[0].is_ascii_lowercase() || (!first_letter && b[0].is_ascii_digit()))
+        && b[b.len() - 1] != b'-'
+}
+
+/// A DNS-1123 label (namespaces): at most 63 lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit.
+pub fn dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 63 {
+        return Err(format!("{s:?} is longer than 63 characters"));
+    }
+    if !dns_label_chars(s, false) {
+        return Err(format!(
+            "{s:?} is not a DNS label (lowercase letters, digits and '-', starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS-1035 label (Service names): a DNS label that starts with a letter.
+pub fn dns1035_label(s: &str) -> Result<(), String> {
+    dns_label(s)?;
+    if !s.as_bytes()[0].is_ascii_lowercase() {
+        return Err(format!("{s:?} must start with a lowercase letter"));
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain (most object names): at most 253 characters, DNS labels joined by `.`.
+pub fn dns_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > 253 {
+        return Err(format!(
+            "{:?}... is longer than 253 characters",
+            s.chars().take(20).collect::<String>()
+        ));
+    }
+    if !s.split('.').all(|l| dns_label_chars(l, false)) {
+        return Err(format!(
+            "{s:?} is not a DNS subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+fn qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// alphanumerics, `-`, `_` and `.`, starting and ending with an alphanumeric.
+pub fn label_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix {
+        dns_subdomain(p).map_err(|m| format!("label key {k:?}: prefix {m}"))?;
+    }
+    if !qualified_name_part(name) {
+        return Err(format!(
+            "label key {k:?} is invalid: the name part must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit{}",
+            if name.contains('/') {
+                " (at most one '/')"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or at most 63 alphanumerics, `-`, `_` and `.`, starting and ending with
+/// an alphanumeric.
+pub fn label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() || qualified_name_part(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "label value {v:?} is invalid: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// A port name (IANA service name): 1-15 lowercase letters, digits and `-`, at least one letter,
+/// no `-` at either end and no `--`.
+pub fn port_name(n: &str) -> Result<(), String> {
+    let b = n.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 15
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(|c| c.is_ascii_lowercase())
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !n.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "port name {n:?} is invalid: 1-15 lowercase letters, digits and '-', with at least one letter, no '-' at either end and no '--'"
+        ))
+    }
+}
+
+fn labels(sink: &mut Sink, field: &str, l: Option<&std::collections::BTreeMap<String, String>>) {
+    for (k, v) in l.into_iter().flatten() {
+        sink.check(field, label_key(k));
+        sink.check(format!("{field}.{k}"), label_value(v));
+    }
+}
+
+fn selector(sink: &mut Sink, field: &str, s: &LabelSelector) {
+    labels(
+        sink,
+        &format!("{field}.matchLabels"),
+        s.match_labels.as_ref(),
+    );
+    for (i, e) in s.match_expressions.iter().flatten().enumerate() {
+        let f = format!("{field}.matchExpressions[{i}]");
+        sink.check(format!("{f}.key"), label_key(&e.key));
+        for (j, v) in e.values.iter().flatten().enumerate() {
+            sink.check(format!("{f}.values[{j}]"), label_value(v));
+        }
+    }
+}
+
+/// Name checks by kind: which rule the API server applies to `metadata.name`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameRule {
+    /// DNS-1123 label.
+    Label,
+    /// DNS-1035 label.
+    Label1035,
+    /// DNS-1123 subdomain.
+    Subdomain,
+}
+
+fn metadata(sink: &mut Sink, m: &ObjectMeta, rule: NameRule, namespaced: bool) {
+    if let Some(n) = &m.name {
+        let r = match rule {
+            NameRule::Label => dns_label(n),
+            NameRule::Label1035 => dns1035_label(n),
+            NameRule::Subdomain => dns_subdomain(n),
+        };
+        sink.check("metadata.name", r);
+    }
+    match (&m.namespace, namespaced) {
+        // Empty means the default namespace, as for kubectl.
+        (Some(ns), _) if ns.is_empty() => {}
+        (Some(ns), true) => sink.check("metadata.namespace", dns_label(ns)),
+        (Some(ns), false) => sink.warn(
+            "metadata.namespace",
+            format!("this kind is cluster-scoped: namespace {ns:?} is ignored"),
+        ),
+        (None, _) => {}
+    }
+    labels(sink, "metadata.labels", m.labels.as_ref());
+}
+
+fn named_port(sink: &mut Sink, field: &str, p: Option<&IntOrString>) {
+    if let Some(IntOrString::String(s)) = p {
+        // Numbers in strings are read as numbers; empty names are conversion errors.
+        if !s.is_empty() && s.parse::<i64>().is_err() {
+            sink.check(field, port_name(s));
+        }
+    }
+}
+
+fn cidr_host_bits(sink: &mut Sink, field: &str, raw: &str) {
+    if let (Ok(c), Some((addr, _))) = (
+        raw.parse::<septum_policy::cidr::Cidr>(),
+        raw.split_once('/'),
+    ) && addr.parse::<std::net::IpAddr>().ok() != Some(c.addr())
+    {
+        sink.warn(
+            field,
+            format!("{raw:?} has host bits set: it means {c} (write {c})"),
+        );
+    }
+}
+
+/// Findings for a Namespace.
+pub fn namespace(o: &core::Namespace) -> Vec<Finding> {
+    let mut s = Sink::default();
+    metadata(&mut s, &o.metadata, NameRule::Label, false);
+    s.0
+}
+
+/// Findings for a Node.
+pub fn node(o: &core::Node) -> Vec<Finding> {
+    let mut s = Sink::default();
+    metadata(&mut s, &o.metadata, NameRule::Subdomain, false);
+    s.0
+}
+
+/// Findings for a Pod.
+pub fn pod(o: &core::Pod) -> Vec<Finding> {
+    let mut s = Sink::default();
+    metadata(&mut s, &o.metadata, NameRule::Subdomain, true);
+    let mut names = BTreeSet::new();
+    for (ci, c) in o
+        .spec
+        .iter()
+        .flat_map(|sp| sp.containers.iter())
+        .enumerate()
+    {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            if let Some(n) = &p.name {
+                let f = format!("spec.containers[{ci}].ports[{pi}].name");
+                s.check(&f, port_name(n));
+                if !names.insert(n.clone()) {
+                    s.warn(
+                        f,
+                        format!("duplicate port name {n:?} in the pod: the name is ambiguous"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(st) = &o.status
+        && let (Some(ip), Some(first)) = (&st.pod_ip, st.pod_ips.as_ref().and_then(|l| l.first()))
+        && ip != &first.ip
+    {
+        s.warn(
+            "status.podIPs[0].ip",
+            format!(
+                "{:?} differs from status.podIP {ip:?} (podIPs is used)",
+                first.ip
+            ),
+        );
+    }
+    s.0
+}
+
+/// Findings for a Service.
+pub fn service(o: &core::Service) -> Vec<Finding> {
+    let mut s = Sink::default();
+    metadata(&mut s, &o.metadata, NameRule::Label1035, true);
+    let Some(spec) = &o.spec else {
+        return s.0;
+    };
+    if let Some(sel) = &spec.selector {
+        labels(&mut s, "spec.selector", Some(sel));
+    }
+    let ports = spec.ports.as_deref().unwrap_or(&[]);
+    let mut names = BTreeSet::new();
+    let mut numbers = BTreeSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        match &p.name {
+            Some(n) if !n.is_empty() => {
+                s.check(format!("{f}.name"), port_name(n));
+                if !names.insert(n.clone()) {
+                    s.error(format!("{f}.name"), format!("duplicate port name {n:?}"));
+                }
+            }
+            _ if ports.len() > 1 => s.error(
+                format!("{f}.name"),
+                "required when the Service has more than one port",
+            ),
+            _ => {}
+        }
+        let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+        if !numbers.insert((p.port, proto.clone())) {
+            s.error(
+                format!("{f}.port"),
+                format!("duplicate port {}/{proto}", p.port),
+            );
+        }
+        named_port(&mut s, &format!("{f}.targetPort"), p.target_port.as_ref());
+    }
+    s.0
+}
+
+fn np_ports(s: &mut Sink, field: &str, ports: Option<&Vec<net::NetworkPolicyPort>>) {
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        // Length is checked by validation; here only the characters.
+        if let Some(IntOrString::String(n)) = &p.port
+            && (1..=15).contains(&n.len())
+        {
+            named_port(s, &format!("{field}.ports[{i}].port"), p.port.as_ref());
+        }
+    }
+}
+
+fn np_peer(s: &mut Sink, field: &str, p: &net::NetworkPolicyPeer) {
+    if let Some(sel) = &p.pod_selector {
+        selector(s, &format!("{field}.podSelector"), sel);
+    }
+    if let Some(sel) = &p.namespace_selector {
+        selector(s, &format!("{field}.namespaceSelector"), sel);
+    }
+    if let Some(b) = &p.ip_block {
+        cidr_host_bits(s, &format!("{field}.ipBlock.cidr"), &b.cidr);
+        for (i, e) in b.except.iter().flatten().enumerate() {
+            cidr_host_bits(s, &format!("{field}.ipBlock.except[{i}]"), e);
+        }
+    }
+}
+
+/// Findings for a NetworkPolicy.
+pub fn network_policy(o: &net::NetworkPolicy) -> Vec<Finding> {
+    let mut s = Sink::default();
+    metadata(&mut s, &o.metadata, NameRule::Subdomain, true);
+    let Some(spec) = &o.spec else {
+        return s.0;
+    };
+    if let Some(sel) = &spec.pod_selector {
+        selector(&mut s, "spec.podSelector", sel);
+    }
+    for (i, r) in spec.ingress.iter().flatten().enumerate() {
+        let f = format!("spec.ingress[{i}]");
+        np_ports(&mut s, &f, r.ports.as_ref());
+        for (j, p) in r.from.iter().flatten().enumerate() {
+            np_peer(&mut s, &format!("{f}.from[{j}]"), p);
+        }
+    }
+    for (i, r) in spec.egress.iter().flatten().enumerate() {
+        let f = format!("spec.egress[{i}]");
+        np_ports(&mut s, &f, r.ports.as_ref());
+        for (j, p) in r.to.iter().flatten().enumerate() {
+            np_peer(&mut s, &format!("{f}.to[{j}]"), p);
+        }
+    }
+    s.0
+}
+
+fn flow_peer(s: &mut Sink, field: &str, p: &Peer) {
+    if let Some(r) = &p.service {
+        s.check(format!("{field}.service.name"), dns1035_label(&r.name));
+        if let Some(ns) = &r.namespace {
+            s.check(format!("{field}.service.namespace"), dns_label(ns));
+        }
+    }
+    if let Some(r) = &p.service_account {
+        s.check(
+            format!("{field}.serviceAccount.name"),
+            dns_subdomain(&r.name),
+        );
+        if let Some(ns) = &r.namespace {
+            s.check(format!("{field}.serviceAccount.namespace"), dns_label(ns));
+        }
+    }
+    if let Some(sel) = &p.pod_selector {
+        selector(s, &format!("{field}.podSelector"), sel);
+    }
+    if let Some(sel) = &p.namespace_selector {
+        selector(s, &format!("{field}.namespaceSelector"), sel);
+    }
+    if let Some(b) = &p.cidr {
+        cidr_host_bits(s, &format!("{field}.cidr.cidr"), &b.cidr);
+        for (i, e) in b.except.iter().flatten().enumerate() {
+            cidr_host_bits(s, &format!("{field}.cidr.except[{i}]"), e);
+        }
+    }
+}
+
+fn flow_ports(s: &mut Sink, field: &str, ports: Option<&Vec<crate::flow_policy::Port>>) {
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        named_port(s, &format!("{field}.ports[{i}].port"), p.port.as_ref());
+    }
+}
+
+/// Findings for a FlowPolicy.
+pub fn flow_policy(o: &FlowPolicy) -> Vec<Finding> {
+    let mut s = Sink::default();
+    metadata(&mut s, &o.metadata, NameRule::Subdomain, true);
+    let subject = &o.spec.subject;
+    if let Some(n) = &subject.service {
+        s.check("spec.subject.service", dns1035_label(n));
+    }
+    if let Some(n) = &subject.service_account {
+        s.check("spec.subject.serviceAccount", dns_subdomain(n));
+    }
+    if let Some(sel) = &subject.pod_selector {
+        selector(&mut s, "spec.subject.podSelector", sel);
+    }
+    for (i, r) in o.spec.ingress.iter().flatten().enumerate() {
+        let f = format!("spec.ingress[{i}]");
+        flow_ports(&mut s, &f, r.ports.as_ref());
+        for (j, p) in r.from.iter().enumerate() {
+            flow_peer(&mut s, &format!("{f}.from[{j}]"), p);
+        }
+    }
+    for (i, r) in o.spec.egress.iter().flatten().enumerate() {
+        let f = format!("spec.egress[{i}]");
+        flow_ports(&mut s, &f, r.ports.as_ref());
+        for (j, p) in r.to.iter().enumerate() {
+            flow_peer(&mut s, &format!("{f}.to[{j}]"), p);
+        }
+    }
+    s.0
+}
+
+fn cnp_pods(s: &mut Sink, field: &str, p: &crate::cluster_network_policy::NamespacedPods) {
+    selector(
+        s,
+        &format!("{field}.namespaceSelector"),
+        &p.namespace_selector,
+    );
+    selector(s, &format!("{field}.podSelector"), &p.pod_selector);
+}
+
+fn cnp_protocols(
+    s: &mut Sink,
+    field: &str,
+    list: Option<&Vec<crate::cluster_network_policy::ProtocolEntry>>,
+) {
+    for (i, e) in list.into_iter().flatten().enumerate() {
+        if let Some(n) = &e.destination_named_port {
+            s.check(
+                format!("{field}.protocols[{i}].destinationNamedPort"),
+                port_name(n),
+            );
+        }
+    }
+}
+
+/// Findings for a ClusterNetworkPolicy.
+pub fn cluster_network_policy(o: &ClusterNetworkPolicy) -> Vec<Finding> {
+    let mut s = Sink::default();
+    metadata(&mut s, &o.metadata, NameRule::Subdomain, false);
+    let subject = &o.spec.subject;
+    if let Some(sel) = &subject.namespaces {
+        selector(&mut s, "spec.subject.namespaces", sel);
+    }
+    if let Some(p) = &subject.pods {
+        cnp_pods(&mut s, "spec.subject.pods", p);
+    }
+    for (i, r) in o.spec.ingress.iter().flatten().enumerate() {
+        let f = format!("spec.ingress[{i}]");
+        cnp_protocols(&mut s, &f, r.protocols.as_ref());
+        for (j, p) in r.from.iter().enumerate() {
+            let pf = format!("{f}.from[{j}]");
+            if let Some(sel) = &p.namespaces {
+                selector(&mut s, &format!("{pf}.namespaces"), sel);
+            }
+            if let Some(x) = &p.pods {
+                cnp_pods(&mut s, &format!("{pf}.pods"), x);
+            }
+        }
+    }
+    for (i, r) in o.spec.egress.iter().flatten().enumerate() {
+        let f = format!("spec.egress[{i}]");
+        cnp_protocols(&mut s, &f, r.protocols.as_ref());
+        for (j, p) in r.to.iter().enumerate() {
+            let pf = format!("{f}.to[{j}]");
+            if let Some(sel) = &p.namespaces {
+                selector(&mut s, &format!("{pf}.namespaces"), sel);
+            }
+            if let Some(x) = &p.pods {
+                cnp_pods(&mut s, &format!("{pf}.pods"), x);
+            }
+            for (k, n) in p.networks.iter().flatten().enumerate() {
+                cidr_host_bits(&mut s, &format!("{pf}.networks[{k}]"), n);
+            }
+        }
+    }
+    s.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(dns_label("shop-1").is_ok());
+        assert!(dns_label("Shop").is_err());
+        assert!(dns_label("-a").is_err());
+        assert!(dns_label("a.b").is_err());
+        assert!(dns_label(&"a".repeat(64)).is_err());
+        assert!(dns_subdomain("a.b-c.d").is_ok());
+        assert!(dns_subdomain("a..b").is_err());
+        assert!(dns_subdomain("bad_name").is_err());
+        assert!(dns1035_label("1abc").is_err());
+        assert!(dns1035_label("abc1").is_ok());
+    }
+
+    #[test]
+    fn labels_and_ports() {
+        assert!(label_key("app").is_ok());
+        assert!(label_key("app.kubernetes.io/name").is_ok());
+        assert!(label_key("a/b/c").is_err());
+        assert!(label_key("-bad").is_err());
+        assert!(label_key("/x").is_err());
+        assert!(label_key("Bad_Prefix/x").is_err());
+        assert!(label_value("").is_ok());
+        assert!(label_value("v1.2_3-x").is_ok());
+        assert!(label_value("no spaces").is_err());
+        assert!(label_value(&"a".repeat(64)).is_err());
+        assert!(port_name("http").is_ok());
+        assert!(port_name("serve-80-tcp").is_ok());
+        assert!(port_name("80").is_err());
+        assert!(port_name("a--b").is_err());
+        assert!(port_name("HTTP").is_err());
+        assert!(port_name("waytoolongportname").is_err());
+    }
+}
