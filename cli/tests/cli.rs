@@ -1,18 +1,10 @@
 //! End-to-end tests of the `septum` binary over the manifests in tests/data.
 
-use std::process::Command;
+mod common;
 
 fn septum(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_septum"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run septum {args:?}: {e}"));
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = common::run(args);
+    (r.code, r.out, r.err)
 }
 
 fn json(args: &[&str]) -> serde_json::Value {

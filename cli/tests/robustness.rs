@@ -4,31 +4,19 @@
 //! with a message naming file, object and field, keep reporting everything else, and never
 //! panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Run {
-    code: i32,
-    out: String,
-    err: String,
-}
+use common::Run;
 
 fn septum(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_septum"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run septum {args:?}: {e}"));
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        out: String::from_utf8_lossy(&out.stdout).into_owned(),
-        err: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let run = common::run(args);
     assert!(
         run.code == 0 || run.code == 1,
-        "septum {args:?} exited with {:?} (a panic is 101, a signal none):\n{}",
-        out.status,
+        "septum {args:?} exited with {} (a panic is 101, a signal -1):\n{}",
+        run.code,
         run.err
     );
     assert!(!run.err.contains("panicked"), "{args:?}: {}", run.err);

@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use septum_policy::k8s::{ConversionError, Errors, first_error, selector_into};
+use septum_policy::k8s::{ConversionError, Errors, name_of, selector_into};
 use septum_policy::model as m;
 
 /// Spec of a ClusterNetworkPolicy.
@@ -171,13 +171,6 @@ pub struct EgressRule {
     pub protocols: Option<Vec<ProtocolEntry>>,
 }
 
-fn cerr(field: impl Into<String>, message: impl Into<String>) -> ConversionError {
-    ConversionError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 fn pods(p: &NamespacedPods, field: &str, errors: &mut Errors) -> m::CnpPeer {
     m::CnpPeer::Pods {
         namespace_selector: selector_into(
@@ -200,7 +193,7 @@ fn port_u16(n: i32, field: &str) -> Result<u16, ConversionError> {
     u16::try_from(n)
         .ok()
         .filter(|x| *x != 0)
-        .ok_or_else(|| cerr(field, format!("port {n} is outside 1-65535")))
+        .ok_or_else(|| ConversionError::new(field, format!("port {n} is outside 1-65535")))
 }
 
 fn protocols(
@@ -278,10 +271,11 @@ fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, Conver
         ("Accept", _) => Ok(m::CnpAction::Accept),
         ("Deny", _) => Ok(m::CnpAction::Deny),
         ("Pass", m::CnpTier::Admin) => Ok(m::CnpAction::Pass),
-        ("Pass", m::CnpTier::Baseline) => {
-            Err(cerr(field, "Pass is not allowed in the Baseline tier"))
-        }
-        (other, _) => Err(cerr(
+        ("Pass", m::CnpTier::Baseline) => Err(ConversionError::new(
+            field,
+            "Pass is not allowed in the Baseline tier",
+        )),
+        (other, _) => Err(ConversionError::new(
             field,
             format!("unknown action {other:?} (Accept, Deny, Pass)"),
         )),
@@ -289,18 +283,10 @@ fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, Conver
 }
 
 impl ClusterNetworkPolicy {
-    /// Converts into the policy model.
-    pub fn to_model(&self) -> Result<m::ClusterNetworkPolicy, ConversionError> {
-        self.to_model_all().map_err(first_error)
-    }
-
-    /// Like [`ClusterNetworkPolicy::to_model`], with every error.
-    pub fn to_model_all(&self) -> Result<m::ClusterNetworkPolicy, Vec<ConversionError>> {
+    /// Converts into the policy model, with every error.
+    pub fn to_model(&self) -> Result<m::ClusterNetworkPolicy, Vec<ConversionError>> {
         let mut errors = Errors::default();
-        let name = self.metadata.name.clone().filter(|n| !n.is_empty());
-        if name.is_none() {
-            errors.push("metadata.name", "missing");
-        }
+        let name = name_of(&self.metadata, &mut errors);
         let tier = match self.spec.tier.as_str() {
             "Admin" => Some(m::CnpTier::Admin),
             "Baseline" => Some(m::CnpTier::Baseline),
@@ -316,7 +302,7 @@ impl ClusterNetworkPolicy {
             .ok()
             .filter(|p| *p <= 1000)
             .ok_or_else(|| {
-                cerr(
+                ConversionError::new(
                     "spec.priority",
                     format!("priority {} is outside 0-1000", self.spec.priority),
                 )
@@ -438,7 +424,10 @@ impl ClusterNetworkPolicy {
                         for (k, n) in nets.iter().enumerate() {
                             cidrs.extend(errors.ok(
                                 n.parse::<septum_policy::cidr::Cidr>().map_err(|e| {
-                                    cerr(format!("{pf}.networks[{k}]"), format!("{e}"))
+                                    ConversionError::new(
+                                        format!("{pf}.networks[{k}]"),
+                                        format!("{e}"),
+                                    )
                                 }),
                             ));
                         }
@@ -458,9 +447,7 @@ impl ClusterNetworkPolicy {
                 });
             }
         }
-        let (Some(name), Some(tier), Some(priority), Some(subject)) =
-            (name, tier, priority, subject)
-        else {
+        let (Some(tier), Some(priority), Some(subject)) = (tier, priority, subject) else {
             return Err(errors.0);
         };
         errors.finish(m::ClusterNetworkPolicy {

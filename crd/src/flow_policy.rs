@@ -11,7 +11,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use septum_policy::k8s::{ConversionError, Errors, first_error, port_ref, selector_into};
+use septum_policy::k8s::{ConversionError, Errors, name_of, namespace_of, port_ref, selector_into};
 use septum_policy::model as m;
 use septum_policy::validate::Problem;
 
@@ -212,13 +212,6 @@ pub struct FlowPolicyStatus {
     pub observed_generation: Option<i64>,
 }
 
-fn cerr(field: impl Into<String>, message: impl Into<String>) -> ConversionError {
-    ConversionError {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
 fn convert_peer(p: &Peer, field: &str, errors: &mut Errors) -> Option<m::FlowPeer> {
     let count = [
         p.service.is_some(),
@@ -254,13 +247,13 @@ fn convert_peer(p: &Peer, field: &str, errors: &mut Errors) -> Option<m::FlowPee
         let cidr = errors.ok(b
             .cidr
             .parse::<septum_policy::cidr::Cidr>()
-            .map_err(|e| cerr(format!("{field}.cidr.cidr"), format!("{e}"))));
+            .map_err(|e| ConversionError::new(format!("{field}.cidr.cidr"), format!("{e}"))));
         let mut except = Vec::new();
         for (i, e) in b.except.iter().flatten().enumerate() {
             let f = format!("{field}.cidr.except[{i}]");
             let Some(c) = errors.ok(e
                 .parse::<septum_policy::cidr::Cidr>()
-                .map_err(|x| cerr(&f, format!("{x}"))))
+                .map_err(|x| ConversionError::new(&f, format!("{x}"))))
             else {
                 continue;
             };
@@ -290,15 +283,12 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) ->
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}]");
-        let port = match &p.port {
-            None => Some(None),
-            Some(x) => errors.ok(port_ref(x, &format!("{f}.port"))).map(Some),
-        };
+        let port = errors.optional(p.port.as_ref(), |x| port_ref(x, &format!("{f}.port")));
         let end_port = match p.end_port {
             None => Some(None),
             Some(e) => {
                 let e = errors.ok(u16::try_from(e).ok().filter(|x| *x != 0).ok_or_else(|| {
-                    cerr(
+                    ConversionError::new(
                         format!("{f}.endPort"),
                         format!("endPort {e} is outside 1-65535"),
                     )
@@ -323,15 +313,9 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) ->
                 }
             }
         };
-        let protocol = match p.protocol.as_deref() {
-            None => Some(None),
-            Some(x) => errors
-                .ok(septum_policy::k8s::protocol(
-                    Some(x),
-                    &format!("{f}.protocol"),
-                ))
-                .map(Some),
-        };
+        let protocol = errors.optional(p.protocol.as_deref(), |x| {
+            septum_policy::k8s::protocol(Some(x), &format!("{f}.protocol"))
+        });
         if let (Some(port), Some(end_port), Some(protocol)) = (port, end_port, protocol) {
             out.push(m::FlowPort {
                 protocol,
@@ -345,24 +329,11 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) ->
 
 impl FlowPolicy {
     /// Converts into the policy model, rejecting what the CEL rules reject (for objects that did
-    /// not pass through an API server, like files).
-    pub fn to_model(&self) -> Result<m::FlowPolicy, ConversionError> {
-        self.to_model_all().map_err(first_error)
-    }
-
-    /// Like [`FlowPolicy::to_model`], with every error.
-    pub fn to_model_all(&self) -> Result<m::FlowPolicy, Vec<ConversionError>> {
+    /// not pass through an API server, like files), with every error.
+    pub fn to_model(&self) -> Result<m::FlowPolicy, Vec<ConversionError>> {
         let mut errors = Errors::default();
-        let name = self.metadata.name.clone().filter(|n| !n.is_empty());
-        if name.is_none() {
-            errors.push("metadata.name", "missing");
-        }
-        let namespace = self
-            .metadata
-            .namespace
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "default".to_string());
+        let name = name_of(&self.metadata, &mut errors);
+        let namespace = namespace_of(&self.metadata);
         let s = &self.spec.subject;
         let count = [
             s.service.is_some(),
@@ -432,7 +403,7 @@ impl FlowPolicy {
             }
             egress = Some(out);
         }
-        let (Some(name), Some(subject)) = (name, subject) else {
+        let Some(subject) = subject else {
             return Err(errors.0);
         };
         errors.finish(m::FlowPolicy {

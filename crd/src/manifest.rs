@@ -561,42 +561,42 @@ impl Manifests {
                     let o: core::Namespace = parse_typed(&v).map_err(|e| vec![e])?;
                     findings.extend(check_unknown(serde_yaml::to_value(&o)));
                     findings.extend(lint::namespace(&o));
-                    let n = k8s::namespace_all(&o).map_err(conv)?;
+                    let n = k8s::namespace(&o).map_err(conv)?;
                     c.namespaces.insert(n.name.clone(), n);
                 }
                 "Node" => {
                     let o: core::Node = parse_typed(&v).map_err(|e| vec![e])?;
                     findings.extend(check_unknown(serde_yaml::to_value(&o)));
                     findings.extend(lint::node(&o));
-                    let n = k8s::node_all(&o).map_err(conv)?;
+                    let n = k8s::node(&o).map_err(conv)?;
                     c.nodes.insert(n.name.clone(), n);
                 }
                 "Pod" => {
                     let o: core::Pod = parse_typed(&v).map_err(|e| vec![e])?;
                     findings.extend(check_unknown(serde_yaml::to_value(&o)));
                     findings.extend(lint::pod(&o));
-                    let p = k8s::pod_all(&o).map_err(conv)?;
+                    let p = k8s::pod(&o).map_err(conv)?;
                     c.pods.insert(p.key(), p);
                 }
                 "Service" => {
                     let o: core::Service = parse_typed(&v).map_err(|e| vec![e])?;
                     findings.extend(check_unknown(serde_yaml::to_value(&o)));
                     findings.extend(lint::service(&o));
-                    let s = k8s::service_all(&o).map_err(conv)?;
+                    let s = k8s::service(&o).map_err(conv)?;
                     c.services.insert(s.key(), s);
                 }
                 "NetworkPolicy" => {
                     let o: net::NetworkPolicy = parse_typed(&v).map_err(|e| vec![e])?;
                     findings.extend(check_unknown(serde_yaml::to_value(&o)));
                     findings.extend(lint::network_policy(&o));
-                    let p = k8s::network_policy_all(&o).map_err(conv)?;
+                    let p = k8s::network_policy(&o).map_err(conv)?;
                     c.network_policies.insert(p.key(), p);
                 }
                 "FlowPolicy" => {
                     let o: FlowPolicy = parse_typed(&v).map_err(|e| vec![e])?;
                     findings.extend(check_unknown(serde_yaml::to_value(&o)));
                     findings.extend(lint::flow_policy(&o));
-                    let p = o.to_model_all().map_err(conv)?;
+                    let p = o.to_model().map_err(conv)?;
                     c.flow_policies
                         .insert(ObjectKey::new(&p.namespace, &p.name), p);
                 }
@@ -604,7 +604,7 @@ impl Manifests {
                     let o: ClusterNetworkPolicy = parse_typed(&v).map_err(|e| vec![e])?;
                     findings.extend(check_unknown(serde_yaml::to_value(&o)));
                     findings.extend(lint::cluster_network_policy(&o));
-                    let p = o.to_model_all().map_err(conv)?;
+                    let p = o.to_model().map_err(conv)?;
                     c.cluster_network_policies.insert(p.name.clone(), p);
                 }
             }

@@ -119,6 +119,8 @@ struct RuleData {
     subjects: BTreeSet<u32>,
     peer_ids: BTreeSet<u32>,
     peer_classes: BTreeSet<Cidr>,
+    /// Namespaces where the subject or a pod peer can select pods (its `rules_by_ns` keys).
+    namespaces: BTreeSet<String>,
 }
 
 /// What evaluation reads of an isolation (kept beside the subject index: no lookup by key).
@@ -143,6 +145,8 @@ impl IsoBrief {
 struct IsoData {
     iso: Isolation,
     subjects: BTreeSet<u32>,
+    /// Namespaces where the subject can select pods (its `isos_by_ns` keys).
+    namespaces: Vec<String>,
 }
 
 /// Everything derived from the model that compilation reads.
@@ -177,7 +181,7 @@ struct Index {
     /// Pod identity -> rules naming it as a peer.
     peer_rules: HashMap<u32, BTreeSet<u32>>,
     /// Policy prefix -> rules naming it as a peer.
-    class_rules: BTreeMap<Cidr, BTreeSet<u32>>,
+    class_rules: HashMap<Cidr, BTreeSet<u32>>,
     /// Egress rules with named ports (resolved on every destination pod).
     named_egress: BTreeSet<u32>,
 }
@@ -203,14 +207,14 @@ impl Index {
 
     /// Namespaces a pod match can select pods in. Namespace labels enter the index only in a
     /// rebuild, so this set holds until the next one.
-    fn match_namespaces<'a>(&'a self, m: &'a PodMatch) -> Vec<&'a str> {
+    fn match_namespaces(&self, m: &PodMatch) -> Vec<String> {
         match &m.namespace {
-            crate::rules::NamespaceMatch::Exact(ns) => vec![ns.as_str()],
+            crate::rules::NamespaceMatch::Exact(ns) => vec![ns.clone()],
             crate::rules::NamespaceMatch::Selector(sel) => self
                 .ns_labels
                 .iter()
                 .filter(|(_, labels)| sel.matches(labels))
-                .map(|(ns, _)| ns.as_str())
+                .map(|(ns, _)| ns.clone())
                 .collect(),
         }
     }
@@ -218,7 +222,7 @@ impl Index {
     /// Identities a pod match may select (narrowed by namespace).
     fn candidates(&self, m: &PodMatch) -> Vec<u32> {
         self.match_namespaces(m)
-            .into_iter()
+            .iter()
             .filter_map(|ns| self.by_namespace.get(ns))
             .flatten()
             .copied()
@@ -226,8 +230,8 @@ impl Index {
     }
 
     /// Namespaces in which a rule can select subjects or pod peers.
-    fn rule_namespaces<'a>(&'a self, rule: &'a Rule) -> BTreeSet<&'a str> {
-        let mut out: BTreeSet<&str> = self.match_namespaces(&rule.subject).into_iter().collect();
+    fn rule_namespaces(&self, rule: &Rule) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.match_namespaces(&rule.subject).into_iter().collect();
         for p in &rule.peers {
             if let PeerMatch::Pods(m) = p {
                 out.extend(self.match_namespaces(m));
@@ -306,6 +310,7 @@ impl Index {
             }
         }
         RuleData {
+            namespaces: self.rule_namespaces(&rule),
             rule,
             key,
             handle: 0,
@@ -336,13 +341,8 @@ impl Index {
         if data.rule.direction == Direction::Egress && data.rule.ports.has_named() {
             self.named_egress.insert(h);
         }
-        let namespaces: Vec<String> = self
-            .rule_namespaces(&data.rule)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        for ns in namespaces {
-            self.rules_by_ns.entry(ns).or_default().insert(h);
+        for ns in &data.namespaces {
+            self.rules_by_ns.entry(ns.clone()).or_default().insert(h);
         }
         self.slot_rules.entry(key.4).or_default().push(h);
         self.rules.insert(h, data);
@@ -362,26 +362,11 @@ impl Index {
             remove_from(&mut self.peer_rules, id, &h);
         }
         for c in &data.peer_classes {
-            if let Some(set) = self.class_rules.get_mut(c) {
-                set.remove(&h);
-                if set.is_empty() {
-                    self.class_rules.remove(c);
-                }
-            }
+            remove_from(&mut self.class_rules, c, &h);
         }
         self.named_egress.remove(&h);
-        let namespaces: Vec<String> = self
-            .rule_namespaces(&data.rule)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        for ns in &namespaces {
-            if let Some(set) = self.rules_by_ns.get_mut(ns) {
-                set.remove(&h);
-                if set.is_empty() {
-                    self.rules_by_ns.remove(ns);
-                }
-            }
+        for ns in &data.namespaces {
+            remove_from(&mut self.rules_by_ns, ns, &h);
         }
         Some(data)
     }
@@ -399,13 +384,12 @@ impl Index {
                 .or_default()
                 .insert(key.clone(), IsoBrief::of(&iso));
         }
-        let namespaces: Vec<String> = self
-            .match_namespaces(&iso.subject)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        for ns in namespaces {
-            self.isos_by_ns.entry(ns).or_default().insert(key.clone());
+        let namespaces = self.match_namespaces(&iso.subject);
+        for ns in &namespaces {
+            self.isos_by_ns
+                .entry(ns.clone())
+                .or_default()
+                .insert(key.clone());
         }
         self.slot_isos
             .entry(key.0.clone())
@@ -416,6 +400,7 @@ impl Index {
             IsoData {
                 iso,
                 subjects: subjects.clone(),
+                namespaces,
             },
         );
         subjects
@@ -433,18 +418,8 @@ impl Index {
                 }
             }
         }
-        let namespaces: Vec<String> = self
-            .match_namespaces(&data.iso.subject)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        for ns in &namespaces {
-            if let Some(set) = self.isos_by_ns.get_mut(ns) {
-                set.remove(key);
-                if set.is_empty() {
-                    self.isos_by_ns.remove(ns);
-                }
-            }
+        for ns in &data.namespaces {
+            remove_from(&mut self.isos_by_ns, ns, key);
         }
         data.subjects
     }
@@ -577,7 +552,12 @@ impl Index {
     }
 }
 
-fn remove_from(map: &mut HashMap<u32, BTreeSet<u32>>, key: &u32, value: &u32) {
+/// Removes `value` from the set at `key`, dropping the set when it empties.
+fn remove_from<K: Eq + std::hash::Hash, V: Ord>(
+    map: &mut HashMap<K, BTreeSet<V>>,
+    key: &K,
+    value: &V,
+) {
     if let Some(set) = map.get_mut(key) {
         set.remove(value);
         if set.is_empty() {

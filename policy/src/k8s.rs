@@ -25,11 +25,18 @@ pub struct ConversionError {
     pub message: String,
 }
 
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConversionError {
-    ConversionError {
-        field: field.into(),
-        message: message.into(),
+impl ConversionError {
+    /// An error at a field.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConversionError {
+    ConversionError::new(field, message)
 }
 
 /// Collects every conversion error of one object, so that one bad field does not hide the next.
@@ -48,6 +55,19 @@ impl Errors {
         }
     }
 
+    /// Converts an optional value: `Some(None)` when absent, `Some(Some(v))` when it converts,
+    /// `None` after recording the error.
+    pub fn optional<T, U>(
+        &mut self,
+        v: Option<T>,
+        convert: impl FnOnce(T) -> Result<U, ConversionError>,
+    ) -> Option<Option<U>> {
+        match v {
+            None => Some(None),
+            Some(v) => self.ok(convert(v)).map(Some),
+        }
+    }
+
     /// Records an error.
     pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(err(field, message));
@@ -61,14 +81,6 @@ impl Errors {
             Err(self.0)
         }
     }
-}
-
-/// The first of several errors (for the single-error API).
-pub fn first_error(errors: Vec<ConversionError>) -> ConversionError {
-    errors
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| err("-", "invalid object"))
 }
 
 /// Converts a label selector, recording every malformed expression.
@@ -104,13 +116,6 @@ pub fn selector_into(s: &meta::LabelSelector, field: &str, errors: &mut Errors) 
     out
 }
 
-/// Converts a label selector.
-pub fn selector(s: &meta::LabelSelector, field: &str) -> Result<LabelSelector, ConversionError> {
-    let mut errors = Errors::default();
-    let out = selector_into(s, field, &mut errors);
-    errors.finish(out).map_err(first_error)
-}
-
 /// Parses a protocol name.
 pub fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, ConversionError> {
     match p {
@@ -144,7 +149,8 @@ fn ip(s: &str, field: &str) -> Result<IpAddr, ConversionError> {
         .map_err(|_| err(field, format!("{s:?} is not an IP address")))
 }
 
-fn name_of(m: &meta::ObjectMeta, errors: &mut Errors) -> String {
+/// The object's name; a missing or empty one is recorded as an error.
+pub fn name_of(m: &meta::ObjectMeta, errors: &mut Errors) -> String {
     let name = m.name.clone().filter(|n| !n.is_empty());
     errors
         .ok(name.ok_or_else(|| err("metadata.name", "missing")))
@@ -152,20 +158,15 @@ fn name_of(m: &meta::ObjectMeta, errors: &mut Errors) -> String {
 }
 
 /// The object's namespace; missing or empty means `default`, as kubectl reads manifests.
-fn namespace_of(m: &meta::ObjectMeta) -> String {
+pub fn namespace_of(m: &meta::ObjectMeta) -> String {
     m.namespace
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".to_string())
 }
 
-/// Converts a Namespace.
-pub fn namespace(n: &core::Namespace) -> Result<Namespace, ConversionError> {
-    namespace_all(n).map_err(first_error)
-}
-
 /// Converts a Namespace, with every error.
-pub fn namespace_all(n: &core::Namespace) -> Result<Namespace, Vec<ConversionError>> {
+pub fn namespace(n: &core::Namespace) -> Result<Namespace, Vec<ConversionError>> {
     let mut errors = Errors::default();
     let name = name_of(&n.metadata, &mut errors);
     errors.finish(Namespace {
@@ -174,13 +175,8 @@ pub fn namespace_all(n: &core::Namespace) -> Result<Namespace, Vec<ConversionErr
     })
 }
 
-/// Converts a Node (its InternalIP/ExternalIP addresses).
-pub fn node(n: &core::Node) -> Result<Node, ConversionError> {
-    node_all(n).map_err(first_error)
-}
-
-/// Converts a Node, with every error.
-pub fn node_all(n: &core::Node) -> Result<Node, Vec<ConversionError>> {
+/// Converts a Node (its InternalIP/ExternalIP addresses), with every error.
+pub fn node(n: &core::Node) -> Result<Node, Vec<ConversionError>> {
     let mut errors = Errors::default();
     let mut ips = Vec::new();
     for (i, a) in n
@@ -199,13 +195,8 @@ pub fn node_all(n: &core::Node) -> Result<Node, Vec<ConversionError>> {
     errors.finish(Node { name, ips })
 }
 
-/// Converts a Pod (IPs from `status.podIPs`, else `status.podIP`).
-pub fn pod(p: &core::Pod) -> Result<Pod, ConversionError> {
-    pod_all(p).map_err(first_error)
-}
-
-/// Converts a Pod, with every error.
-pub fn pod_all(p: &core::Pod) -> Result<Pod, Vec<ConversionError>> {
+/// Converts a Pod (IPs from `status.podIPs`, else `status.podIP`), with every error.
+pub fn pod(p: &core::Pod) -> Result<Pod, Vec<ConversionError>> {
     let mut errors = Errors::default();
     let spec = p.spec.as_ref();
     let mut ports = Vec::new();
@@ -259,13 +250,8 @@ pub fn pod_all(p: &core::Pod) -> Result<Pod, Vec<ConversionError>> {
     })
 }
 
-/// Converts a Service (every ClusterIP and externalIP is a VIP).
-pub fn service(s: &core::Service) -> Result<Service, ConversionError> {
-    service_all(s).map_err(first_error)
-}
-
-/// Converts a Service, with every error.
-pub fn service_all(s: &core::Service) -> Result<Service, Vec<ConversionError>> {
+/// Converts a Service (every ClusterIP and externalIP is a VIP), with every error.
+pub fn service(s: &core::Service) -> Result<Service, Vec<ConversionError>> {
     let mut errors = Errors::default();
     let spec = s.spec.as_ref();
     let mut ports = Vec::new();
@@ -281,12 +267,9 @@ pub fn service_all(s: &core::Service) -> Result<Service, Vec<ConversionError>> {
             p.protocol.as_deref(),
             &format!("{field}.protocol"),
         ));
-        let target_port = match &p.target_port {
-            None => Some(None),
-            Some(t) => errors
-                .ok(port_ref(t, &format!("{field}.targetPort")))
-                .map(Some),
-        };
+        let target_port = errors.optional(p.target_port.as_ref(), |t| {
+            port_ref(t, &format!("{field}.targetPort"))
+        });
         if let (Some(port), Some(protocol), Some(target_port)) = (port, protocol, target_port) {
             ports.push(ServicePort {
                 name: p.name.clone(),
@@ -389,20 +372,11 @@ fn np_ports(
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}]");
-        let protocol = match p.protocol.as_deref() {
-            None => Some(None),
-            Some(x) => errors
-                .ok(protocol(Some(x), &format!("{f}.protocol")))
-                .map(Some),
-        };
-        let port = match &p.port {
-            None => Some(None),
-            Some(x) => errors.ok(port_ref(x, &format!("{f}.port"))).map(Some),
-        };
-        let end_port = match p.end_port {
-            None => Some(None),
-            Some(e) => errors.ok(port_number(e, &format!("{f}.endPort"))).map(Some),
-        };
+        let protocol = errors.optional(p.protocol.as_deref(), |x| {
+            protocol(Some(x), &format!("{f}.protocol"))
+        });
+        let port = errors.optional(p.port.as_ref(), |x| port_ref(x, &format!("{f}.port")));
+        let end_port = errors.optional(p.end_port, |e| port_number(e, &format!("{f}.endPort")));
         if let (Some(protocol), Some(port), Some(end_port)) = (protocol, port, end_port) {
             out.push(NetworkPolicyPort {
                 protocol,
@@ -414,13 +388,8 @@ fn np_ports(
     out
 }
 
-/// Converts a NetworkPolicy.
-pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, ConversionError> {
-    network_policy_all(np).map_err(first_error)
-}
-
 /// Converts a NetworkPolicy, with every error.
-pub fn network_policy_all(np: &net::NetworkPolicy) -> Result<NetworkPolicy, Vec<ConversionError>> {
+pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, Vec<ConversionError>> {
     let mut errors = Errors::default();
     let spec = np.spec.clone().unwrap_or_default();
     let policy_types = spec.policy_types.as_ref().map(|list| {
