@@ -170,8 +170,9 @@ fn np_rule(rng: &mut Rng) -> NetworkPolicyRule {
 }
 
 pub fn network_policy(rng: &mut Rng, name: &str) -> NetworkPolicy {
-    let policy_types = match rng.below(4) {
+    let policy_types = match rng.below(5) {
         0 => None,
+        4 => Some(vec![]),
         1 => Some(vec![PolicyType::Ingress]),
         2 => Some(vec![PolicyType::Egress]),
         _ => Some(vec![PolicyType::Ingress, PolicyType::Egress]),
