@@ -8,7 +8,7 @@
 //! `septum.agent.v1.EndpointRegistry` gRPC service on a unix socket.
 //!
 //! Modules, each owning one concern:
-//! - [`env`]: the `CNI_*` environment; [`config`]: the network configuration on stdin;
+//! - [`env`](mod@env): the `CNI_*` environment; [`config`]: the network configuration on stdin;
 //!   [`version`]: spec versions.
 //! - [`prev_result`]: reading and cross-checking `prevResult`; [`link`]: finding the host veth
 //!   through netlink inside and outside the pod's namespace.
