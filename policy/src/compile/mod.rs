@@ -1,0 +1,243 @@
+//! Compilation of the model into [`ClusterState`], full and incremental.
+//!
+//! [`Engine`] owns the model, the allocation store, the normalized rules and an index (identities,
+//! each rule's subject and peer sets, policy prefixes, pod-in-CIDR pairs). A full compile builds
+//! the index and compiles every subject identity; [`Engine::apply`] updates the index for one
+//! [`Change`] and recompiles only the subjects whose entries can change, returning the minimal
+//! [`StateDiff`]. Changes that alter the set of policy prefixes, namespaces or nodes rebuild
+//! everything and diff (still minimal, just slower).
+//!
+//! Per subject and direction, the compiler evaluates the final decision (all tiers, audit
+//! included) over the (protocol, port) space for: a peer nothing names (written under
+//! `IDENTITY_ANY`), every pod identity some applicable rule names, every policy prefix some
+//! applicable rule names, and every pod-in-prefix pair whose pod or prefix is named; each is
+//! written only where it differs from the layer below it (see [`crate::state`] for the bands).
+//!
+//! The work is housed by concern:
+//! - `index`: what compilation reads, derived from the model, and its upkeep per change;
+//! - `evaluate`: the tier semantics, one subject toward one peer over the (protocol, port) space;
+//! - `encode`: that decision written as policy LPM entries (port blocks, precedence bands);
+//! - `subject`: which peers get entries of their own, per subject and direction;
+//! - `full`: the rebuild from the model; `maps`: ipcache, endpoint, Service and identity entries;
+//! - `incremental`: one [`Change`] to the minimal [`StateDiff`].
+
+mod encode;
+mod evaluate;
+mod full;
+mod incremental;
+mod index;
+mod maps;
+mod subject;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
+
+use crate::cidr::Cidr;
+use crate::identity::{AllocationStore, IdentityKey};
+use crate::model::{Cluster, ObjectKey};
+use crate::ports::Segmented;
+use crate::rules::{Direction, Isolation, Rule, RuleSet};
+use crate::state::ClusterState;
+
+pub use evaluate::port_matches;
+use index::Index;
+
+/// A final decision for one point of the (protocol, port) space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Decision {
+    /// `ACTION_*`.
+    pub action: u8,
+    /// The decisive rule's cookie (0: not policed).
+    pub cookie: u32,
+}
+
+impl Decision {
+    /// Nothing polices the flow: allowed, no cookie.
+    pub const UNPOLICED: Decision = Decision {
+        action: ACTION_ALLOW,
+        cookie: 0,
+    };
+
+    /// Allowed by a rule.
+    pub const fn allow(cookie: u32) -> Self {
+        Self {
+            action: ACTION_ALLOW,
+            cookie,
+        }
+    }
+
+    /// Denied by a rule.
+    pub const fn deny(cookie: u32) -> Self {
+        Self {
+            action: ACTION_DENY,
+            cookie,
+        }
+    }
+
+    /// Would be denied by an Audit-mode policy.
+    pub const fn audit(cookie: u32) -> Self {
+        Self {
+            action: ACTION_AUDIT,
+            cookie,
+        }
+    }
+}
+
+/// One pod identity and its pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityInfo {
+    /// Number.
+    pub number: u32,
+    /// What it stands for.
+    pub key: IdentityKey,
+    /// Pods that have it.
+    pub pods: BTreeSet<ObjectKey>,
+}
+
+/// A peer as the evaluator sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum Peer<'a> {
+    /// An address no policy prefix contains (and no pod): world, or a node.
+    Outside,
+    /// An address outside the pods whose most specific policy prefix is this.
+    Class(Cidr),
+    /// A pod of an identity, at an address whose most specific policy prefix is `class`.
+    Pod {
+        /// The identity.
+        identity: &'a IdentityInfo,
+        /// The prefix class of the address.
+        class: Option<Cidr>,
+    },
+}
+
+/// The compiler with its model, allocations and current output.
+#[derive(Debug)]
+pub struct Engine<S: AllocationStore> {
+    cluster: Cluster,
+    store: S,
+    ruleset: RuleSet,
+    index: Index,
+    state: ClusterState,
+    subject_flags: BTreeMap<u32, u8>,
+    cidr_refs: BTreeMap<Cidr, usize>,
+}
+
+/// Compiles a model in one go (allocating numbers in `store`).
+pub fn compile<S: AllocationStore>(cluster: &Cluster, store: S) -> (ClusterState, S) {
+    let e = Engine::new(cluster.clone(), store);
+    (e.state, e.store)
+}
+
+impl<S: AllocationStore> Engine<S> {
+    /// Builds the engine and compiles the whole model.
+    pub fn new(cluster: Cluster, store: S) -> Self {
+        let mut e = Self {
+            cluster,
+            store,
+            ruleset: RuleSet::default(),
+            index: Index::default(),
+            state: ClusterState::default(),
+            subject_flags: BTreeMap::new(),
+            cidr_refs: BTreeMap::new(),
+        };
+        e.rebuild();
+        e
+    }
+
+    /// The model.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The current compiled state.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// The allocation store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The normalized rules.
+    pub fn ruleset(&self) -> &RuleSet {
+        &self.ruleset
+    }
+
+    /// The identity of a pod, if it is an endpoint.
+    pub fn pod_identity(&self, pod: &ObjectKey) -> Option<u32> {
+        self.index.pod_identity.get(pod).copied()
+    }
+
+    /// The identities, by number.
+    pub fn identities(&self) -> &BTreeMap<u32, IdentityInfo> {
+        &self.index.identities
+    }
+
+    /// The pod-in-CIDR identity of a pod address, if the address is in a policy prefix.
+    pub fn cidr_identity_of(&self, ip: IpAddr) -> u32 {
+        self.state
+            .ipcache
+            .get(&Cidr::host(ip))
+            .map(|e| e.cidr_identity)
+            .or_else(|| self.index.class_of(ip).map(|c| self.index.class_ids[&c]))
+            .unwrap_or(0)
+    }
+
+    /// The decision function of `subject` toward a peer, straight from the rules (what the
+    /// compiled entries reproduce). Used by explain.
+    pub fn decide(
+        &self,
+        subject: u32,
+        direction: Direction,
+        peer: &Peer<'_>,
+    ) -> Segmented<Decision> {
+        match self.index.identities.get(&subject) {
+            None => Segmented::constant(Decision::UNPOLICED),
+            Some(info) => {
+                let ctx = self.index.subject_ctx(info, direction);
+                self.index.evaluate(&ctx, peer)
+            }
+        }
+    }
+
+    /// The policy prefix class of an address (most specific policy prefix containing it).
+    pub fn class_of(&self, ip: IpAddr) -> Option<Cidr> {
+        self.index.class_of(ip)
+    }
+
+    /// The rules that apply to a subject in a direction, in evaluation order.
+    pub fn rules_of(&self, subject: u32, direction: Direction) -> Vec<&Rule> {
+        self.index
+            .subject_rules
+            .get(&subject)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .map(|h| &self.index.rules[h].rule)
+            .filter(|r| r.direction == direction)
+            .collect()
+    }
+
+    /// The isolations of a subject in a direction.
+    pub fn isolations_of(&self, subject: u32, direction: Direction) -> Vec<&Isolation> {
+        self.index
+            .subject_isos
+            .get(&subject)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .map(|k| &self.index.isolations[k].iso)
+            .filter(|i| i.direction == direction)
+            .collect()
+    }
+
+    /// The full recompile of the current model with this engine's allocations (what every
+    /// incremental result must equal).
+    pub fn full_recompile(&self) -> ClusterState
+    where
+        S: Clone,
+    {
+        compile(&self.cluster, self.store.clone()).0
+    }
+}
