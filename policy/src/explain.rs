@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
 
+use crate::allocation::AllocationStore;
 use crate::compile::{Decision, Engine, Peer};
-use crate::identity::AllocationStore;
 use crate::lpm;
 use crate::model::{ObjectKey, Pod, PortRef, Protocol};
 use crate::rules::{Direction, PeerMatch, RuleAction, Tier};

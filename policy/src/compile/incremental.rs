@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use septum_datapath_common::{IpCacheEntry, PolicyEntry, PolicyKeyData};
 
 use super::{Engine, IdentityInfo};
+use crate::allocation::{AllocationKey, AllocationStore};
 use crate::cidr::Cidr;
-use crate::identity::{AllocationKey, AllocationStore, IdentityKey};
+use crate::identity::IdentityKey;
 use crate::model::{Change, ObjectKey, Pod};
 use crate::rules::{PolicySlot, RuleDescription};
 use crate::state::{
@@ -555,7 +556,7 @@ impl<S: AllocationStore> Engine<S> {
             .cluster
             .flow_policies
             .iter()
-            .filter(|(_, fp)| crate::validate::flow_policy_references(fp, &key))
+            .filter(|(_, fp)| crate::rules::references_service(fp, &key))
             .map(|(k, _)| PolicySlot::Flow(k.clone()))
             .collect();
         self.refresh_slots(&slots, vec![key])

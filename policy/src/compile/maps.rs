@@ -10,8 +10,8 @@ use septum_datapath_common::{
 };
 
 use super::Engine;
+use crate::allocation::{AllocationKey, AllocationStore};
 use crate::cidr::Cidr;
-use crate::identity::{AllocationKey, AllocationStore};
 use crate::model::ObjectKey;
 use crate::state::{EndpointState, IdentityDescription, ServiceVip};
 

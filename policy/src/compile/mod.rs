@@ -34,8 +34,9 @@ use std::net::IpAddr;
 
 use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
 
+use crate::allocation::AllocationStore;
 use crate::cidr::Cidr;
-use crate::identity::{AllocationStore, IdentityKey};
+use crate::identity::IdentityKey;
 use crate::model::{Cluster, ObjectKey};
 use crate::ports::Segmented;
 use crate::rules::{Direction, Isolation, Rule, RuleSet};

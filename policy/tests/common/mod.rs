@@ -14,7 +14,7 @@ pub mod world;
 use std::net::IpAddr;
 
 use septum_datapath_common::{ACTION_ALLOW, IDENTITY_WORLD, PolicyEntry};
-use septum_policy::identity::AllocationStore;
+use septum_policy::allocation::AllocationStore;
 use septum_policy::lpm;
 use septum_policy::model::*;
 use septum_policy::node::node_state;

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
-use septum_policy::identity::{AllocationKey, AllocationStore, RuleId};
+use septum_policy::allocation::{AllocationKey, AllocationStore, RuleId};
 use septum_policy::model::*;
 use septum_policy::selector::LabelSelector;
 
