@@ -27,6 +27,8 @@
 //! `domainNames` peers are not supported (rejected when loading); namespace and node changes
 //! recompile everything (still a minimal diff).
 
+#![forbid(unsafe_code)]
+
 pub mod allocation;
 pub mod cidr;
 pub mod compile;

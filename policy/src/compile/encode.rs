@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 
 use septum_datapath_common::{
-    ACTION_ALLOW, IDENTITY_HOST, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyEntry,
-    PolicyKeyData,
+    Identity, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PolicyEntry,
 };
 
 use super::Decision;
@@ -20,9 +19,9 @@ use crate::state::{PRECEDENCE_HOST, PolicyKey};
 /// from `fallback` (what the layers below yield).
 pub(super) fn emit(
     out: &mut Vec<(PolicyKey, PolicyEntry)>,
-    subject: u32,
+    subject: Identity,
     direction: Direction,
-    peer: u32,
+    peer: Identity,
     precedence: u16,
     f: &Segmented<Decision>,
     fallback: &Segmented<Decision>,
@@ -30,19 +29,10 @@ pub(super) fn emit(
     if f == fallback {
         return;
     }
-    let dir = direction.code();
     let mut push = |protocol: u8, port: u16, prefix_len: u32, d: Decision| {
         out.push((
-            PolicyKey {
-                data: PolicyKeyData::new(subject, dir, peer, protocol, port),
-                prefix_len,
-            },
-            PolicyEntry {
-                action: d.action,
-                _pad: 0,
-                precedence,
-                cookie: d.cookie,
-            },
+            PolicyKey::new(subject, direction, peer, protocol, port, prefix_len),
+            policy_entry(d, precedence),
         ));
     };
     let cover_all = f.other != fallback.other;
@@ -118,18 +108,27 @@ fn blocks_where_differs(
     out
 }
 
+/// The map value of a decision at a precedence band.
+fn policy_entry(d: Decision, precedence: u16) -> PolicyEntry {
+    PolicyEntry {
+        action: d.action.code(),
+        _pad: 0,
+        precedence,
+        cookie: d.cookie.get(),
+    }
+}
+
 /// The entry that lets the node reach subject `s` whatever its ingress policy says.
-pub(super) fn host_entry(s: u32) -> (PolicyKey, PolicyEntry) {
+pub(super) fn host_entry(s: Identity) -> (PolicyKey, PolicyEntry) {
     (
-        PolicyKey {
-            data: PolicyKeyData::new(s, Direction::Ingress.code(), IDENTITY_HOST, 0, 0),
-            prefix_len: POLICY_PREFIX_ANY_PROTO,
-        },
-        PolicyEntry {
-            action: ACTION_ALLOW,
-            _pad: 0,
-            precedence: PRECEDENCE_HOST,
-            cookie: COOKIE_HOST,
-        },
+        PolicyKey::new(
+            s,
+            Direction::Ingress,
+            Identity::HOST,
+            0,
+            0,
+            POLICY_PREFIX_ANY_PROTO,
+        ),
+        policy_entry(Decision::allow(COOKIE_HOST), PRECEDENCE_HOST),
     )
 }

@@ -4,7 +4,7 @@
 //! subject, only a namespaced allow lets a flow through (an Audit-mode policy turns its would-be
 //! denies into audits); otherwise Baseline rules decide, and nothing else allows.
 
-use septum_datapath_common::ACTION_DENY;
+use septum_datapath_common::{Action, Cookie};
 
 use super::index::{Index, RuleData};
 use super::{Decision, IdentityInfo, Peer};
@@ -57,13 +57,13 @@ enum AdminVal {
     Pass,
 }
 
-/// The cookies of the isolations of a subject in one direction (0: none).
+/// The cookies of the isolations of a subject in one direction ([`Cookie::NONE`]: none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct IsolationCookies {
     /// The first enforcing isolation (its default deny drops).
-    pub(super) enforce: u32,
+    pub(super) enforce: Cookie,
     /// The first isolation, enforcing or audit (its default deny at least audits).
-    pub(super) any: u32,
+    pub(super) any: Cookie,
 }
 
 /// The tiers painted over the (protocol, port) space by the rules that match one peer. Rules
@@ -72,10 +72,10 @@ pub(super) struct IsolationCookies {
 pub(super) struct TierPaint {
     admin: Segmented<AdminVal>,
     baseline: Segmented<Decision>,
-    /// Cookie of the first enforcing namespaced allow (0: none).
-    allow_enforce: Segmented<u32>,
-    /// Cookie of the first namespaced allow, audit-mode ones included (0: none).
-    allow_any: Segmented<u32>,
+    /// Cookie of the first enforcing namespaced allow (none: no allow).
+    allow_enforce: Segmented<Cookie>,
+    /// Cookie of the first namespaced allow, audit-mode ones included (none: no allow).
+    allow_any: Segmented<Cookie>,
 }
 
 impl TierPaint {
@@ -84,8 +84,8 @@ impl TierPaint {
         Self {
             admin: Segmented::constant(AdminVal::None),
             baseline: Segmented::constant(Decision::UNPOLICED),
-            allow_enforce: Segmented::constant(0),
-            allow_any: Segmented::constant(0),
+            allow_enforce: Segmented::constant(Cookie::NONE),
+            allow_any: Segmented::constant(Cookie::NONE),
         }
     }
 
@@ -121,12 +121,12 @@ impl TierPaint {
     /// (allowed by some rule, or the isolation's default deny; where only an Audit-mode policy
     /// would deny, audit); else Baseline.
     pub(super) fn decide(&self, iso: IsolationCookies) -> Segmented<Decision> {
-        let tier = |allow: &Segmented<u32>, iso: u32| -> Segmented<Decision> {
-            if iso == 0 {
+        let tier = |allow: &Segmented<Cookie>, iso: Cookie| -> Segmented<Decision> {
+            if iso == Cookie::NONE {
                 self.baseline.clone()
             } else {
                 allow.map(|c| {
-                    if c != 0 {
+                    if c != Cookie::NONE {
                         Decision::allow(c)
                     } else {
                         Decision::deny(iso)
@@ -140,9 +140,9 @@ impl TierPaint {
         } else {
             let hypothetical = tier(&self.allow_any, iso.any);
             enforced.zip(&hypothetical, |e, h| {
-                if e.action == ACTION_DENY {
+                if e.action == Action::Deny {
                     e
-                } else if h.action == ACTION_DENY {
+                } else if h.action == Action::Deny {
                     Decision::audit(h.cookie)
                 } else {
                     e
@@ -190,10 +190,10 @@ impl Index {
             if iso.direction != direction {
                 continue;
             }
-            if isolation.any == 0 {
+            if isolation.any == Cookie::NONE {
                 isolation.any = iso.cookie;
             }
-            if iso.enforce && isolation.enforce == 0 {
+            if iso.enforce && isolation.enforce == Cookie::NONE {
                 isolation.enforce = iso.cookie;
             }
         }

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use septum_datapath_common::{IDENTITY_WORLD, IPCACHE_KIND_WORLD, IpCacheEntry};
+use septum_datapath_common::{IPCACHE_KIND_WORLD, Identity, IpCacheEntry};
 
 use super::index::Index;
 use super::maps::{cidr_entry, world_prefixes};
 use super::{Engine, IdentityInfo};
-use crate::allocation::{AllocationKey, AllocationStore};
+use crate::allocation::AllocationStore;
 use crate::cidr::Cidr;
 use crate::identity::IdentityKey;
 use crate::model::ObjectKey;
@@ -17,9 +17,8 @@ use crate::rules::{PolicySlot, RuleSet};
 use crate::state::{ClusterState, StateDiff};
 
 impl<S: AllocationStore> Engine<S> {
-    pub(super) fn identity_of_pod(&mut self, pod: &crate::model::Pod) -> u32 {
-        let key = IdentityKey::of_pod(pod);
-        self.store.allocate(&AllocationKey::Identity(key))
+    pub(super) fn identity_of_pod(&mut self, pod: &crate::model::Pod) -> Identity {
+        self.store.allocate_identity(IdentityKey::of_pod(pod))
     }
 
     /// Rebuilds everything from the model; returns the diff from the previous state.
@@ -48,7 +47,7 @@ impl<S: AllocationStore> Engine<S> {
             }
         }
         for (key, pods) in keys {
-            let n = self.store.allocate(&AllocationKey::Identity(key.clone()));
+            let n = self.store.allocate_identity(key.clone());
             for p in &pods {
                 ix.pod_identity.insert(p.clone(), n);
             }
@@ -79,11 +78,11 @@ impl<S: AllocationStore> Engine<S> {
         }
         ix.classes = self.cidr_refs.keys().copied().collect();
         for c in &ix.classes {
-            let n = self.store.allocate(&AllocationKey::Cidr(*c));
+            let n = self.store.allocate_cidr(*c);
             ix.class_ids.insert(*c, n);
         }
         // Pairs in sorted order.
-        let mut pairs: BTreeMap<(u32, Cidr), usize> = BTreeMap::new();
+        let mut pairs: BTreeMap<(Identity, Cidr), usize> = BTreeMap::new();
         for (ip, owners) in &ix.ip_owners {
             for o in owners {
                 if let (Some(c), Some(id)) = (ix.class_of(*ip), ix.pod_identity.get(o)) {
@@ -92,10 +91,7 @@ impl<S: AllocationStore> Engine<S> {
             }
         }
         for ((id, c), count) in pairs {
-            let n = self.store.allocate(&AllocationKey::PodInCidr {
-                identity: id,
-                cidr: c,
-            });
+            let n = self.store.allocate_pod_in_cidr(id, c);
             ix.pairs.insert((id, c), (n, count));
             ix.pairs_by_class.entry(c).or_default().insert(id);
         }
@@ -134,7 +130,7 @@ impl<S: AllocationStore> Engine<S> {
         }
         for world in world_prefixes() {
             st.ipcache.entry(world).or_insert(IpCacheEntry {
-                identity: IDENTITY_WORLD,
+                identity: Identity::WORLD.get(),
                 cidr_identity: 0,
                 kind: IPCACHE_KIND_WORLD,
                 _pad: [0; 3],

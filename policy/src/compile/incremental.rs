@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use septum_datapath_common::{IpCacheEntry, PolicyEntry, PolicyKeyData};
+use septum_datapath_common::{Cookie, Identity, IpCacheEntry, PolicyEntry, ServiceId};
 
 use super::{Engine, IdentityInfo};
-use crate::allocation::{AllocationKey, AllocationStore};
+use crate::allocation::AllocationStore;
 use crate::cidr::Cidr;
 use crate::identity::IdentityKey;
 use crate::model::{Change, ObjectKey, Pod};
@@ -63,23 +63,23 @@ impl<K, V> Default for Tracker<K, V> {
 #[derive(Debug, Default)]
 struct PeerSlice {
     /// Peer numbers (the identity, its pod-in-prefix pairs) whose entries may exist now or before.
-    clear: BTreeSet<u32>,
+    clear: BTreeSet<Identity>,
     /// Subjects that may hold entries for them.
-    subjects: BTreeSet<u32>,
+    subjects: BTreeSet<Identity>,
 }
 
 /// What one pod change touches, gathered step by step, and the maps' original values.
 #[derive(Default)]
 struct PodUpdate {
     /// Per peer identity whose entries change.
-    slices: BTreeMap<u32, PeerSlice>,
+    slices: BTreeMap<Identity, PeerSlice>,
     /// Subjects compiled whole (new identities).
-    full: BTreeSet<u32>,
+    full: BTreeSet<Identity>,
     /// Identities gone.
-    removed_subjects: BTreeSet<u32>,
+    removed_subjects: BTreeSet<Identity>,
     /// Addresses whose ipcache entry is rewritten.
     touched_ips: BTreeSet<IpAddr>,
-    identities: Tracker<u32, IdentityDescription>,
+    identities: Tracker<Identity, IdentityDescription>,
     policy: Tracker<PolicyKey, PolicyEntry>,
     endpoints: Tracker<ObjectKey, EndpointState>,
     ipcache: Tracker<Cidr, IpCacheEntry>,
@@ -129,7 +129,7 @@ impl<S: AllocationStore> Engine<S> {
 
     fn recompile_subjects(
         &mut self,
-        subjects: &BTreeSet<u32>,
+        subjects: &BTreeSet<Identity>,
         policy: &mut Tracker<PolicyKey, PolicyEntry>,
         endpoints: &mut Tracker<ObjectKey, EndpointState>,
     ) {
@@ -169,11 +169,11 @@ impl<S: AllocationStore> Engine<S> {
     /// before). Subjects where that is not exact are recompiled whole.
     fn recompile_peer_slice(
         &mut self,
-        subjects: &BTreeSet<u32>,
-        peer: Option<u32>,
-        clear: &BTreeSet<u32>,
+        subjects: &BTreeSet<Identity>,
+        peer: Option<Identity>,
+        clear: &BTreeSet<Identity>,
         policy: &mut Tracker<PolicyKey, PolicyEntry>,
-        full: &mut BTreeSet<u32>,
+        full: &mut BTreeSet<Identity>,
     ) {
         for s in subjects {
             if full.contains(s) || !self.index.identities.contains_key(s) {
@@ -186,12 +186,8 @@ impl<S: AllocationStore> Engine<S> {
             let new_keys: BTreeSet<PolicyKey> = entries.iter().map(|(k, _)| *k).collect();
             let mut stale = Vec::new();
             for p in clear {
-                let start = PolicyKey {
-                    data: PolicyKeyData::new(*s, 0, *p, 0, 0),
-                    prefix_len: 0,
-                };
-                for (k, _) in self.state.policy.range(start..) {
-                    if k.data.subject() != *s || k.data.peer() != *p {
+                for (k, _) in self.state.policy.range(PolicyKey::peer_start(*s, *p)..) {
+                    if k.subject() != *s || k.peer() != *p {
                         break;
                     }
                     if !new_keys.contains(k) {
@@ -249,7 +245,7 @@ impl<S: AllocationStore> Engine<S> {
         }
         self.drop_removed_subjects(&mut up);
         self.recompile_slices(&mut up);
-        let full: BTreeSet<u32> = std::mem::take(&mut up.full)
+        let full: BTreeSet<Identity> = std::mem::take(&mut up.full)
             .into_iter()
             .filter(|s| self.index.identities.contains_key(s))
             .collect();
@@ -303,7 +299,7 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     /// A pod-in-prefix pair lost its last address: its entries in every interested subject go.
-    fn drop_pair(&mut self, id: u32, c: Cidr, n: u32, up: &mut PodUpdate) {
+    fn drop_pair(&mut self, id: Identity, c: Cidr, n: Identity, up: &mut PodUpdate) {
         // Subjects interested in the pair, read before it leaves the index.
         let mut interested = self.index.interested_in_peer(id);
         interested.extend(self.index.interested_in_class(c));
@@ -319,7 +315,7 @@ impl<S: AllocationStore> Engine<S> {
 
     /// An identity lost its last pod: it leaves every rule and isolation, and as a peer its
     /// entries in every interested subject go.
-    fn drop_identity(&mut self, id: u32, up: &mut PodUpdate) {
+    fn drop_identity(&mut self, id: Identity, up: &mut PodUpdate) {
         let interested = self.index.interested_in_peer(id);
         let slice = up.slices.entry(id).or_default();
         slice.clear.insert(id);
@@ -371,7 +367,7 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     /// A new identity: it joins the rules and isolations that select it and is compiled whole.
-    fn add_identity(&mut self, id: u32, key: &ObjectKey, pod: &Pod, up: &mut PodUpdate) {
+    fn add_identity(&mut self, id: Identity, key: &ObjectKey, pod: &Pod, up: &mut PodUpdate) {
         let k = IdentityKey::of_pod(pod);
         self.index.by_key.insert(k.clone(), id);
         self.index
@@ -399,11 +395,8 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     /// A pod identity's first address in a policy prefix: a new pod-in-prefix identity.
-    fn add_pair(&mut self, id: u32, c: Cidr, up: &mut PodUpdate) {
-        let n = self.store.allocate(&AllocationKey::PodInCidr {
-            identity: id,
-            cidr: c,
-        });
+    fn add_pair(&mut self, id: Identity, c: Cidr, up: &mut PodUpdate) {
+        let n = self.store.allocate_pod_in_cidr(id, c);
         self.index.pairs.insert((id, c), (n, 1));
         self.index.pairs_by_class.entry(c).or_default().insert(id);
         up.identities.set(
@@ -441,7 +434,7 @@ impl<S: AllocationStore> Engine<S> {
                 // Every current pair too: the slice is recomputed whole.
                 clear.extend(self.index.pairs_of(peer).map(|(_, n)| n));
             }
-            let subjects: BTreeSet<u32> = subjects
+            let subjects: BTreeSet<Identity> = subjects
                 .into_iter()
                 .filter(|s| !up.removed_subjects.contains(s))
                 .collect();
@@ -461,7 +454,7 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     fn refresh_slots(&mut self, slots: &[PolicySlot], services: Vec<ObjectKey>) -> StateDiff {
-        let old_descriptions: BTreeMap<u32, RuleDescription> = slots
+        let old_descriptions: BTreeMap<Cookie, RuleDescription> = slots
             .iter()
             .filter_map(|s| self.ruleset.policies.get(s))
             .flat_map(|p| p.descriptions.iter().map(|(k, v)| (*k, v.clone())))
@@ -505,7 +498,7 @@ impl<S: AllocationStore> Engine<S> {
             affected.extend(self.index.remove_slot(slot));
             affected.extend(self.index.add_slot(slot, &self.ruleset));
         }
-        let descriptions: BTreeMap<u32, RuleDescription> = slots
+        let descriptions: BTreeMap<Cookie, RuleDescription> = slots
             .iter()
             .filter_map(|s| self.ruleset.policies.get(s))
             .flat_map(|p| p.descriptions.iter().map(|(k, v)| (*k, v.clone())))
@@ -520,13 +513,13 @@ impl<S: AllocationStore> Engine<S> {
                 rules.set(&mut self.state.rules, c, Some(d));
             }
         }
-        let affected: BTreeSet<u32> = affected
+        let affected: BTreeSet<Identity> = affected
             .into_iter()
             .filter(|s| self.index.identities.contains_key(s))
             .collect();
         self.recompile_subjects(&affected, &mut policy, &mut endpoints);
         for k in services {
-            let id = self.store.get(&AllocationKey::Service(k.clone()));
+            let id = self.store.service_id(k.clone()).map(ServiceId::get);
             let mut vips: BTreeSet<ServiceVip> = self
                 .state
                 .services

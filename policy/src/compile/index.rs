@@ -6,27 +6,37 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use septum_datapath_common::{Cookie, Identity};
+
 use super::maps::world_prefixes;
 use super::{IdentityInfo, Peer};
 use crate::cidr::Cidr;
 use crate::identity::IdentityKey;
 use crate::model::ObjectKey;
-use crate::rules::{Direction, Isolation, PeerMatch, PodMatch, PolicySlot, Rule, RuleSet, Tier};
+use crate::rules::{Direction, Isolation, PeerMatch, PodMatch, PolicySlot, Rule, RuleKey, RuleSet};
 use crate::selector::Labels;
 
-pub(super) type RuleKey = (Tier, u32, String, u32, PolicySlot, u32);
+/// An isolation's place: its policy and its position among the policy's isolations.
 pub(super) type IsoKey = (PolicySlot, u32);
+
+/// The short handle the indexes use for a rule (a [`RuleKey`] holds strings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct RuleHandle(u32);
 
 #[derive(Clone, Debug)]
 pub(super) struct RuleData {
     pub(super) rule: Rule,
     /// Position in evaluation order.
     pub(super) key: RuleKey,
-    /// Short handle the indexes use (a [`RuleKey`] holds strings).
-    pub(super) handle: u32,
+    /// Its handle.
+    pub(super) handle: RuleHandle,
+    /// Whether a peer is `Any` (then the peer sets are empty).
     pub(super) any: bool,
-    pub(super) subjects: BTreeSet<u32>,
-    pub(super) peer_ids: BTreeSet<u32>,
+    /// Identities it applies to.
+    pub(super) subjects: BTreeSet<Identity>,
+    /// Pod identities it names as peers.
+    pub(super) peer_ids: BTreeSet<Identity>,
+    /// Policy prefixes (classes) it names as peers.
     pub(super) peer_classes: BTreeSet<Cidr>,
     /// Namespaces where the subject or a pod peer can select pods (its `rules_by_ns` keys).
     pub(super) namespaces: BTreeSet<String>,
@@ -37,7 +47,7 @@ pub(super) struct RuleData {
 pub(super) struct IsoBrief {
     pub(super) direction: Direction,
     pub(super) enforce: bool,
-    pub(super) cookie: u32,
+    pub(super) cookie: Cookie,
 }
 
 impl IsoBrief {
@@ -53,7 +63,7 @@ impl IsoBrief {
 #[derive(Clone, Debug)]
 pub(super) struct IsoData {
     pub(super) iso: Isolation,
-    pub(super) subjects: BTreeSet<u32>,
+    pub(super) subjects: BTreeSet<Identity>,
     /// Namespaces where the subject can select pods (its `isos_by_ns` keys).
     pub(super) namespaces: Vec<String>,
 }
@@ -62,37 +72,37 @@ pub(super) struct IsoData {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Index {
     pub(super) ns_labels: BTreeMap<String, Labels>,
-    pub(super) identities: BTreeMap<u32, IdentityInfo>,
-    pub(super) by_key: HashMap<IdentityKey, u32>,
-    pub(super) by_namespace: BTreeMap<String, BTreeSet<u32>>,
-    pub(super) pod_identity: BTreeMap<ObjectKey, u32>,
+    pub(super) identities: BTreeMap<Identity, IdentityInfo>,
+    pub(super) by_key: HashMap<IdentityKey, Identity>,
+    pub(super) by_namespace: BTreeMap<String, BTreeSet<Identity>>,
+    pub(super) pod_identity: BTreeMap<ObjectKey, Identity>,
     pub(super) ip_owners: BTreeMap<IpAddr, BTreeSet<ObjectKey>>,
     pub(super) node_ips: BTreeMap<IpAddr, String>,
     pub(super) classes: Vec<Cidr>,
-    pub(super) class_ids: BTreeMap<Cidr, u32>,
-    pub(super) pairs: BTreeMap<(u32, Cidr), (u32, usize)>,
-    pub(super) pairs_by_class: BTreeMap<Cidr, BTreeSet<u32>>,
+    pub(super) class_ids: BTreeMap<Cidr, Identity>,
+    pub(super) pairs: BTreeMap<(Identity, Cidr), (Identity, usize)>,
+    pub(super) pairs_by_class: BTreeMap<Cidr, BTreeSet<Identity>>,
     /// Rules by handle.
-    pub(super) rules: HashMap<u32, RuleData>,
+    pub(super) rules: HashMap<RuleHandle, RuleData>,
     pub(super) isolations: BTreeMap<IsoKey, IsoData>,
     /// Subject identity -> its rules in evaluation order (key -> handle).
-    pub(super) subject_rules: BTreeMap<u32, BTreeMap<RuleKey, u32>>,
+    pub(super) subject_rules: BTreeMap<Identity, BTreeMap<RuleKey, RuleHandle>>,
     /// Subject identity -> its isolations in order, with what evaluation reads of them.
-    pub(super) subject_isos: BTreeMap<u32, BTreeMap<IsoKey, IsoBrief>>,
+    pub(super) subject_isos: BTreeMap<Identity, BTreeMap<IsoKey, IsoBrief>>,
     // Reverse indexes, so that one change touches only what it can affect.
-    pub(super) next_handle: u32,
-    pub(super) slot_rules: HashMap<PolicySlot, Vec<u32>>,
+    pub(super) next_handle: RuleHandle,
+    pub(super) slot_rules: HashMap<PolicySlot, Vec<RuleHandle>>,
     pub(super) slot_isos: HashMap<PolicySlot, Vec<IsoKey>>,
     /// Namespace -> rules whose subject or a pod peer can select pods in it.
-    pub(super) rules_by_ns: HashMap<String, BTreeSet<u32>>,
+    pub(super) rules_by_ns: HashMap<String, BTreeSet<RuleHandle>>,
     /// Namespace -> isolations whose subject can select pods in it.
     pub(super) isos_by_ns: HashMap<String, BTreeSet<IsoKey>>,
     /// Pod identity -> rules naming it as a peer.
-    pub(super) peer_rules: HashMap<u32, BTreeSet<u32>>,
+    pub(super) peer_rules: HashMap<Identity, BTreeSet<RuleHandle>>,
     /// Policy prefix -> rules naming it as a peer.
-    pub(super) class_rules: HashMap<Cidr, BTreeSet<u32>>,
+    pub(super) class_rules: HashMap<Cidr, BTreeSet<RuleHandle>>,
     /// Egress rules with named ports (resolved on every destination pod).
-    pub(super) named_egress: BTreeSet<u32>,
+    pub(super) named_egress: BTreeSet<RuleHandle>,
 }
 
 fn empty_labels() -> &'static Labels {
@@ -129,7 +139,7 @@ impl Index {
     }
 
     /// Identities a pod match may select (narrowed by namespace).
-    fn candidates(&self, m: &PodMatch) -> Vec<u32> {
+    fn candidates(&self, m: &PodMatch) -> Vec<Identity> {
         self.match_namespaces(m)
             .iter()
             .filter_map(|ns| self.by_namespace.get(ns))
@@ -150,7 +160,11 @@ impl Index {
     }
 
     /// Subjects of the given rules.
-    fn subjects_of<'a>(&self, handles: impl IntoIterator<Item = &'a u32>, out: &mut BTreeSet<u32>) {
+    fn subjects_of<'a>(
+        &self,
+        handles: impl IntoIterator<Item = &'a RuleHandle>,
+        out: &mut BTreeSet<Identity>,
+    ) {
         for h in handles {
             if let Some(d) = self.rules.get(h) {
                 out.extend(d.subjects.iter().copied());
@@ -159,7 +173,7 @@ impl Index {
     }
 
     /// Subjects that may hold entries for peer identity `id` (or its pod-in-CIDR pairs).
-    pub(super) fn interested_in_peer(&self, id: u32) -> BTreeSet<u32> {
+    pub(super) fn interested_in_peer(&self, id: Identity) -> BTreeSet<Identity> {
         let mut out = BTreeSet::new();
         self.subjects_of(self.peer_rules.get(&id).into_iter().flatten(), &mut out);
         self.subjects_of(&self.named_egress, &mut out);
@@ -170,7 +184,7 @@ impl Index {
     }
 
     /// The pod-in-prefix pairs of pod identity `id`: (prefix, pair identity), by prefix.
-    pub(super) fn pairs_of(&self, id: u32) -> impl Iterator<Item = (Cidr, u32)> + '_ {
+    pub(super) fn pairs_of(&self, id: Identity) -> impl Iterator<Item = (Cidr, Identity)> + '_ {
         // The smallest prefix sorts first: the scan starts at the identity's first pair.
         self.pairs
             .range((id, world_prefixes()[0])..)
@@ -179,7 +193,7 @@ impl Index {
     }
 
     /// Subjects that may hold entries for addresses in policy prefix `class`.
-    pub(super) fn interested_in_class(&self, class: Cidr) -> BTreeSet<u32> {
+    pub(super) fn interested_in_class(&self, class: Cidr) -> BTreeSet<Identity> {
         let mut out = BTreeSet::new();
         self.subjects_of(self.class_rules.get(&class).into_iter().flatten(), &mut out);
         out
@@ -228,7 +242,7 @@ impl Index {
             namespaces: self.rule_namespaces(&rule),
             rule,
             key,
-            handle: 0,
+            handle: RuleHandle::default(),
             any,
             subjects,
             peer_ids,
@@ -239,7 +253,7 @@ impl Index {
     fn insert_rule(&mut self, mut data: RuleData) {
         let key = data.key.clone();
         let h = self.next_handle;
-        self.next_handle = self.next_handle.wrapping_add(1);
+        self.next_handle = RuleHandle(h.0.wrapping_add(1));
         data.handle = h;
         for s in &data.subjects {
             self.subject_rules
@@ -259,11 +273,11 @@ impl Index {
         for ns in &data.namespaces {
             self.rules_by_ns.entry(ns.clone()).or_default().insert(h);
         }
-        self.slot_rules.entry(key.4).or_default().push(h);
+        self.slot_rules.entry(key.slot).or_default().push(h);
         self.rules.insert(h, data);
     }
 
-    fn remove_rule(&mut self, h: u32) -> Option<RuleData> {
+    fn remove_rule(&mut self, h: RuleHandle) -> Option<RuleData> {
         let data = self.rules.remove(&h)?;
         for s in &data.subjects {
             if let Some(set) = self.subject_rules.get_mut(s) {
@@ -286,7 +300,7 @@ impl Index {
         Some(data)
     }
 
-    fn insert_iso(&mut self, key: IsoKey, iso: Isolation) -> BTreeSet<u32> {
+    fn insert_iso(&mut self, key: IsoKey, iso: Isolation) -> BTreeSet<Identity> {
         let mut subjects = BTreeSet::new();
         for id in self.candidates(&iso.subject) {
             if self.pod_match(&iso.subject, &self.identities[&id]) {
@@ -321,7 +335,7 @@ impl Index {
         subjects
     }
 
-    fn remove_iso(&mut self, key: &IsoKey) -> BTreeSet<u32> {
+    fn remove_iso(&mut self, key: &IsoKey) -> BTreeSet<Identity> {
         let Some(data) = self.isolations.remove(key) else {
             return BTreeSet::new();
         };
@@ -339,13 +353,13 @@ impl Index {
         data.subjects
     }
 
-    pub(super) fn add_slot(&mut self, slot: &PolicySlot, rs: &RuleSet) -> BTreeSet<u32> {
+    pub(super) fn add_slot(&mut self, slot: &PolicySlot, rs: &RuleSet) -> BTreeSet<Identity> {
         let mut affected = BTreeSet::new();
         let Some(p) = rs.policies.get(slot) else {
             return affected;
         };
         for (seq, r) in p.rules.iter().enumerate() {
-            let key = rule_key(slot, seq as u32, r);
+            let key = RuleKey::of(slot, seq as u32, r);
             let data = self.rule_data(key, r.clone());
             affected.extend(data.subjects.iter().copied());
             self.insert_rule(data);
@@ -356,7 +370,7 @@ impl Index {
         affected
     }
 
-    pub(super) fn remove_slot(&mut self, slot: &PolicySlot) -> BTreeSet<u32> {
+    pub(super) fn remove_slot(&mut self, slot: &PolicySlot) -> BTreeSet<Identity> {
         let mut affected = BTreeSet::new();
         for h in self.slot_rules.remove(slot).unwrap_or_default() {
             if let Some(d) = self.remove_rule(h) {
@@ -371,9 +385,9 @@ impl Index {
 
     /// Adds a new identity to the subject and peer sets of the rules and isolations that can
     /// select it (those of its namespace).
-    pub(super) fn index_identity(&mut self, id: u32) {
+    pub(super) fn index_identity(&mut self, id: Identity) {
         let info = self.identities[&id].clone();
-        let handles: Vec<u32> = self
+        let handles: Vec<RuleHandle> = self
             .rules_by_ns
             .get(&info.key.namespace)
             .map(|s| s.iter().copied().collect())
@@ -424,7 +438,7 @@ impl Index {
     }
 
     /// Removes an identity from every rule and isolation.
-    pub(super) fn unindex_identity(&mut self, id: u32) {
+    pub(super) fn unindex_identity(&mut self, id: Identity) {
         for h in self
             .subject_rules
             .remove(&id)
@@ -479,15 +493,4 @@ fn remove_from<K: Eq + std::hash::Hash, V: Ord>(
             map.remove(key);
         }
     }
-}
-
-fn rule_key(slot: &PolicySlot, seq: u32, r: &Rule) -> RuleKey {
-    (
-        r.tier,
-        r.order.0,
-        r.order.1.clone(),
-        r.order.2,
-        slot.clone(),
-        seq,
-    )
 }

@@ -5,18 +5,18 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    IDENTITY_REMOTE_NODE, IPCACHE_KIND_CIDR, IPCACHE_KIND_POD, IPCACHE_KIND_REMOTE_NODE,
-    IpCacheEntry, MODE_ENFORCE, ServiceEntry,
+    IPCACHE_KIND_CIDR, IPCACHE_KIND_POD, IPCACHE_KIND_REMOTE_NODE, Identity, IpCacheEntry,
+    MODE_ENFORCE, ServiceEntry,
 };
 
 use super::Engine;
-use crate::allocation::{AllocationKey, AllocationStore};
+use crate::allocation::AllocationStore;
 use crate::cidr::Cidr;
 use crate::model::ObjectKey;
 use crate::state::{EndpointState, IdentityDescription, ServiceVip};
 
 impl<S: AllocationStore> Engine<S> {
-    pub(super) fn identity_table(&self) -> BTreeMap<u32, IdentityDescription> {
+    pub(super) fn identity_table(&self) -> BTreeMap<Identity, IdentityDescription> {
         let mut t = BTreeMap::new();
         for (n, i) in &self.index.identities {
             t.insert(*n, IdentityDescription::Pod(i.key.clone()));
@@ -56,7 +56,7 @@ impl<S: AllocationStore> Engine<S> {
             return Vec::new();
         }
         let svc = svc.clone();
-        let id = self.store.allocate(&AllocationKey::Service(k.clone()));
+        let id = self.store.allocate_service(k.clone());
         let mut out = Vec::new();
         for ip in &svc.cluster_ips {
             for p in &svc.ports {
@@ -66,7 +66,9 @@ impl<S: AllocationStore> Engine<S> {
                         port: p.port,
                         protocol: p.protocol,
                     },
-                    ServiceEntry { service_id: id },
+                    ServiceEntry {
+                        service_id: id.get(),
+                    },
                 ));
             }
         }
@@ -86,8 +88,10 @@ impl<S: AllocationStore> Engine<S> {
                         .any(|p| p.port == vip.port && p.protocol == vip.protocol)
             })?
             .key();
-        let id = self.store.allocate(&AllocationKey::Service(owner));
-        Some(ServiceEntry { service_id: id })
+        let id = self.store.allocate_service(owner);
+        Some(ServiceEntry {
+            service_id: id.get(),
+        })
     }
 
     pub(super) fn ipcache_host_entry(&self, ip: IpAddr) -> Option<IpCacheEntry> {
@@ -96,9 +100,9 @@ impl<S: AllocationStore> Engine<S> {
             let id = self.index.pod_identity[owner];
             let cidr_identity = class
                 .and_then(|c| self.index.pairs.get(&(id, c)))
-                .map_or(0, |p| p.0);
+                .map_or(0, |p| p.0.get());
             return Some(IpCacheEntry {
-                identity: id,
+                identity: id.get(),
                 cidr_identity,
                 kind: IPCACHE_KIND_POD,
                 _pad: [0; 3],
@@ -106,8 +110,8 @@ impl<S: AllocationStore> Engine<S> {
         }
         if self.index.node_ips.contains_key(&ip) {
             return Some(IpCacheEntry {
-                identity: IDENTITY_REMOTE_NODE,
-                cidr_identity: class.map_or(0, |c| self.index.class_ids[&c]),
+                identity: Identity::REMOTE_NODE.get(),
+                cidr_identity: class.map_or(0, |c| self.index.class_ids[&c].get()),
                 kind: IPCACHE_KIND_REMOTE_NODE,
                 _pad: [0; 3],
             });
@@ -117,10 +121,11 @@ impl<S: AllocationStore> Engine<S> {
     }
 }
 
-pub(super) fn cidr_entry(id: u32) -> IpCacheEntry {
+/// The ipcache entry of a policy prefix (or of an address in it that is no pod or node).
+pub(super) fn cidr_entry(id: Identity) -> IpCacheEntry {
     IpCacheEntry {
-        identity: id,
-        cidr_identity: id,
+        identity: id.get(),
+        cidr_identity: id.get(),
         kind: IPCACHE_KIND_CIDR,
         _pad: [0; 3],
     }

@@ -32,7 +32,7 @@ mod subject;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
+use septum_datapath_common::{Action, Cookie, Identity};
 
 use crate::allocation::AllocationStore;
 use crate::cidr::Cidr;
@@ -48,39 +48,39 @@ use index::Index;
 /// A final decision for one point of the (protocol, port) space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Decision {
-    /// `ACTION_*`.
-    pub action: u8,
-    /// The decisive rule's cookie (0: not policed).
-    pub cookie: u32,
+    /// What happens to the flow.
+    pub action: Action,
+    /// The decisive rule's cookie ([`Cookie::NONE`]: not policed).
+    pub cookie: Cookie,
 }
 
 impl Decision {
     /// Nothing polices the flow: allowed, no cookie.
     pub const UNPOLICED: Decision = Decision {
-        action: ACTION_ALLOW,
-        cookie: 0,
+        action: Action::Allow,
+        cookie: Cookie::NONE,
     };
 
     /// Allowed by a rule.
-    pub const fn allow(cookie: u32) -> Self {
+    pub const fn allow(cookie: Cookie) -> Self {
         Self {
-            action: ACTION_ALLOW,
+            action: Action::Allow,
             cookie,
         }
     }
 
     /// Denied by a rule.
-    pub const fn deny(cookie: u32) -> Self {
+    pub const fn deny(cookie: Cookie) -> Self {
         Self {
-            action: ACTION_DENY,
+            action: Action::Deny,
             cookie,
         }
     }
 
     /// Would be denied by an Audit-mode policy.
-    pub const fn audit(cookie: u32) -> Self {
+    pub const fn audit(cookie: Cookie) -> Self {
         Self {
-            action: ACTION_AUDIT,
+            action: Action::Audit,
             cookie,
         }
     }
@@ -89,8 +89,8 @@ impl Decision {
 /// One pod identity and its pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityInfo {
-    /// Number.
-    pub number: u32,
+    /// The identity.
+    pub number: Identity,
     /// What it stands for.
     pub key: IdentityKey,
     /// Pods that have it.
@@ -121,7 +121,7 @@ pub struct Engine<S: AllocationStore> {
     ruleset: RuleSet,
     index: Index,
     state: ClusterState,
-    subject_flags: BTreeMap<u32, u8>,
+    subject_flags: BTreeMap<Identity, u8>,
     cidr_refs: BTreeMap<Cidr, usize>,
 }
 
@@ -168,30 +168,29 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     /// The identity of a pod, if it is an endpoint.
-    pub fn pod_identity(&self, pod: &ObjectKey) -> Option<u32> {
+    pub fn pod_identity(&self, pod: &ObjectKey) -> Option<Identity> {
         self.index.pod_identity.get(pod).copied()
     }
 
-    /// The identities, by number.
-    pub fn identities(&self) -> &BTreeMap<u32, IdentityInfo> {
+    /// The pod identities.
+    pub fn identities(&self) -> &BTreeMap<Identity, IdentityInfo> {
         &self.index.identities
     }
 
     /// The pod-in-CIDR identity of a pod address, if the address is in a policy prefix.
-    pub fn cidr_identity_of(&self, ip: IpAddr) -> u32 {
-        self.state
-            .ipcache
-            .get(&Cidr::host(ip))
-            .map(|e| e.cidr_identity)
-            .or_else(|| self.index.class_of(ip).map(|c| self.index.class_ids[&c]))
-            .unwrap_or(0)
+    pub fn cidr_identity_of(&self, ip: IpAddr) -> Option<Identity> {
+        match self.state.ipcache.get(&Cidr::host(ip)) {
+            // The address's own entry says (0: in no policy prefix).
+            Some(e) => (e.cidr_identity != 0).then_some(Identity::new(e.cidr_identity)),
+            None => self.index.class_of(ip).map(|c| self.index.class_ids[&c]),
+        }
     }
 
     /// The decision function of `subject` toward a peer, straight from the rules (what the
     /// compiled entries reproduce). Used by explain.
     pub fn decide(
         &self,
-        subject: u32,
+        subject: Identity,
         direction: Direction,
         peer: &Peer<'_>,
     ) -> Segmented<Decision> {
@@ -210,7 +209,7 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     /// The rules that apply to a subject in a direction, in evaluation order.
-    pub fn rules_of(&self, subject: u32, direction: Direction) -> Vec<&Rule> {
+    pub fn rules_of(&self, subject: Identity, direction: Direction) -> Vec<&Rule> {
         self.index
             .subject_rules
             .get(&subject)
@@ -222,7 +221,7 @@ impl<S: AllocationStore> Engine<S> {
     }
 
     /// The isolations of a subject in a direction.
-    pub fn isolations_of(&self, subject: u32, direction: Direction) -> Vec<&Isolation> {
+    pub fn isolations_of(&self, subject: Identity, direction: Direction) -> Vec<&Isolation> {
         self.index
             .subject_isos
             .get(&subject)

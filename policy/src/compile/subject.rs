@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use septum_datapath_common::{
-    ENDPOINT_F_EGRESS_POLICY, ENDPOINT_F_INGRESS_POLICY, IDENTITY_ANY, PolicyEntry,
+    Cookie, ENDPOINT_F_EGRESS_POLICY, ENDPOINT_F_INGRESS_POLICY, Identity, PolicyEntry,
 };
 
 use super::encode::{emit, host_entry};
@@ -31,7 +31,7 @@ struct DirCompile<'a> {
 impl DirCompile<'_> {
     /// Whether a pod identity gets entries of its own (the decision toward it may differ from
     /// the generic one).
-    fn is_special(&self, id: u32, info: &IdentityInfo) -> bool {
+    fn is_special(&self, id: Identity, info: &IdentityInfo) -> bool {
         self.ctx.rules.iter().any(|d| d.peer_ids.contains(&id))
             || (!self.named_any.is_empty()
                 && info
@@ -50,7 +50,7 @@ impl Index {
         direction: Direction,
     ) -> Option<DirCompile<'a>> {
         let ctx = self.subject_ctx(info, direction);
-        if ctx.rules.is_empty() && ctx.isolation.any == 0 {
+        if ctx.rules.is_empty() && ctx.isolation.any == Cookie::NONE {
             return None;
         }
         let generic = self.evaluate(&ctx, &Peer::Outside);
@@ -78,7 +78,12 @@ impl Index {
     }
 
     /// Entries keyed by pod identity `id` and by its pod-in-CIDR identities.
-    fn emit_peer(&self, dc: &DirCompile<'_>, id: u32, out: &mut Vec<(PolicyKey, PolicyEntry)>) {
+    fn emit_peer(
+        &self,
+        dc: &DirCompile<'_>,
+        id: Identity,
+        out: &mut Vec<(PolicyKey, PolicyEntry)>,
+    ) {
         let Some(pinfo) = self.identities.get(&id) else {
             return;
         };
@@ -121,7 +126,7 @@ impl Index {
     }
 
     /// Every entry of one subject identity, sorted, and its endpoint flags.
-    pub(super) fn compile_subject(&self, s: u32) -> (Vec<(PolicyKey, PolicyEntry)>, u8) {
+    pub(super) fn compile_subject(&self, s: Identity) -> (Vec<(PolicyKey, PolicyEntry)>, u8) {
         let mut out = Vec::new();
         let mut flags = 0u8;
         let Some(info) = self.identities.get(&s) else {
@@ -136,13 +141,13 @@ impl Index {
                 &mut out,
                 s,
                 direction,
-                IDENTITY_ANY,
+                Identity::ANY,
                 PRECEDENCE_ANY_PEER,
                 &dc.generic,
                 &Segmented::constant(Decision::UNPOLICED),
             );
             // Identities with entries of their own, or with pairs in a named prefix.
-            let mut ids: BTreeSet<u32> = BTreeSet::new();
+            let mut ids: BTreeSet<Identity> = BTreeSet::new();
             for d in &dc.ctx.rules {
                 ids.extend(d.peer_ids.iter().copied());
             }
@@ -191,8 +196,8 @@ impl Index {
     /// subject is policed at all in a direction (then only a whole-subject compile is exact).
     pub(super) fn compile_subject_peer(
         &self,
-        s: u32,
-        peer: Option<u32>,
+        s: Identity,
+        peer: Option<Identity>,
     ) -> Option<Vec<(PolicyKey, PolicyEntry)>> {
         let info = self.identities.get(&s)?;
         let mut out = Vec::new();

@@ -3,8 +3,8 @@
 
 use super::describe::describe_rule;
 use super::{
-    Direction, NamespaceMatch, NormalizedPolicy, PeerMatch, PodMatch, PolicyRef, PortItem,
-    PortMatch, Rule, RuleAction, Tier, rule_cookie,
+    Direction, NamespaceMatch, NormalizedPolicy, PeerMatch, PodMatch, PolicyKind, PolicyRef,
+    PortItem, PortMatch, Rule, RuleAction, RuleOrder, Section, Tier, rule_cookie,
 };
 use crate::allocation::AllocationStore;
 use crate::model::{
@@ -71,7 +71,7 @@ pub fn normalize_cluster_network_policy(
     store: &mut dyn AllocationStore,
 ) -> NormalizedPolicy {
     let policy = PolicyRef {
-        kind: "ClusterNetworkPolicy",
+        kind: PolicyKind::ClusterNetworkPolicy,
         object: ObjectKey::new("", &cnp.name),
     };
     let subject = match &cnp.subject {
@@ -99,11 +99,14 @@ pub fn normalize_cluster_network_policy(
                 // Pass is not a Baseline action; validation reports it and it matches nothing.
                 (CnpAction::Pass, _) => continue,
             };
-            let c = rule_cookie(store, &policy, direction.as_str(), index);
+            let c = rule_cookie(store, &policy, Section::rules(direction), index);
             let rule = Rule {
                 cookie: c,
                 tier,
-                order: (cnp.priority, cnp.name.clone(), index),
+                order: RuleOrder {
+                    priority: cnp.priority,
+                    index,
+                },
                 enforce: true,
                 direction,
                 action,

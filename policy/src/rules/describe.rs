@@ -2,7 +2,8 @@
 //! compiled cookie table).
 
 use super::{
-    Direction, PeerMatch, PolicyRef, PortItem, PortMatch, Rule, RuleAction, RuleDescription, Tier,
+    Direction, PeerMatch, PolicyKind, PolicyRef, PortItem, PortMatch, Rule, RuleAction,
+    RuleDescription, Section, Tier,
 };
 use crate::model::ObjectKey;
 use crate::ports::PortSel;
@@ -12,10 +13,10 @@ pub fn host_description() -> RuleDescription {
     RuleDescription {
         tier: Tier::Builtin,
         policy: PolicyRef {
-            kind: "builtin",
+            kind: PolicyKind::Builtin,
             object: ObjectKey::new("", "node-to-pod"),
         },
-        section: "ingress".into(),
+        section: Section::Ingress,
         index: 0,
         text: "the node may always reach its own pods".into(),
     }
@@ -83,7 +84,7 @@ pub(super) fn describe_rule(rule: &Rule, index: u32, label: &str) -> RuleDescrip
     RuleDescription {
         tier: rule.tier,
         policy: rule.policy.clone(),
-        section: rule.direction.as_str().to_string(),
+        section: Section::rules(rule.direction),
         index,
         text: format!(
             "{} {}[{}]{}: {verb} {dir_word} {} on {}{}",

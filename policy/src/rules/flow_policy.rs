@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use super::describe::describe_rule;
 use super::network_policy::np_port;
 use super::{
-    Direction, NamespaceMatch, NormalizedPolicy, PeerMatch, PodMatch, PolicyRef, PortItem,
-    PortMatch, Rule, RuleAction, Tier, rule_cookie,
+    Direction, NamespaceMatch, NormalizedPolicy, PeerMatch, PodMatch, PolicyKind, PolicyRef,
+    PortItem, PortMatch, Rule, RuleAction, RuleOrder, Section, Tier, rule_cookie,
 };
 use crate::allocation::AllocationStore;
 use crate::model::{
@@ -76,7 +76,7 @@ pub fn normalize_flow_policy(
     store: &mut dyn AllocationStore,
 ) -> NormalizedPolicy {
     let policy = PolicyRef {
-        kind: "FlowPolicy",
+        kind: PolicyKind::FlowPolicy,
         object: fp.key(),
     };
     let enforce = fp.mode == FlowMode::Enforce;
@@ -116,7 +116,7 @@ pub fn normalize_flow_policy(
         );
         for (i, r) in rules.iter().enumerate() {
             let index = i as u32;
-            let c = rule_cookie(store, &policy, direction.as_str(), index);
+            let c = rule_cookie(store, &policy, Section::rules(direction), index);
             // Groups of (peers, ports): Service peers of egress rules resolve ports through their
             // own Service, so each gets its own group.
             let mut groups: Vec<(Vec<PeerMatch>, PortMatch)> = Vec::new();
@@ -177,7 +177,7 @@ pub fn normalize_flow_policy(
                 out.rules.push(Rule {
                     cookie: c,
                     tier: Tier::Namespaced,
-                    order: (0, String::new(), 0),
+                    order: RuleOrder::default(),
                     enforce,
                     direction,
                     action: RuleAction::Allow,
@@ -190,7 +190,7 @@ pub fn normalize_flow_policy(
             let summary = Rule {
                 cookie: c,
                 tier: Tier::Namespaced,
-                order: (0, String::new(), 0),
+                order: RuleOrder::default(),
                 enforce,
                 direction,
                 action: RuleAction::Allow,

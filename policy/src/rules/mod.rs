@@ -20,10 +20,10 @@ mod network_policy;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use septum_datapath_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+pub use septum_datapath_common::{Cookie, Direction};
 
-use crate::allocation::{AllocationKey, AllocationStore, RuleId};
-pub use crate::allocation::{COOKIE_HOST, FIRST_RULE_COOKIE};
+use crate::allocation::{AllocationStore, RuleId};
+pub use crate::allocation::{COOKIE_HOST, FIRST_RULE_COOKIE, PolicyKind, Section};
 use crate::cidr::Cidr;
 use crate::model::{Cluster, ObjectKey, Protocol};
 use crate::ports::PortSel;
@@ -33,36 +33,6 @@ pub use cluster_network_policy::normalize_cluster_network_policy;
 pub use describe::host_description;
 pub use flow_policy::{normalize_flow_policy, references_service};
 pub use network_policy::normalize_network_policy;
-
-/// Direction of a rule, from its subject's point of view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Direction {
-    /// Traffic into the subject.
-    Ingress,
-    /// Traffic out of the subject.
-    Egress,
-}
-
-impl Direction {
-    /// Both directions.
-    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    /// The datapath code (`DIRECTION_*`).
-    pub const fn code(self) -> u8 {
-        match self {
-            Self::Ingress => DIRECTION_INGRESS,
-            Self::Egress => DIRECTION_EGRESS,
-        }
-    }
-
-    /// `ingress` or `egress`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Ingress => "ingress",
-            Self::Egress => "egress",
-        }
-    }
-}
 
 /// Evaluation tier, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -209,8 +179,8 @@ impl PortMatch {
 /// The object a rule came from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyRef {
-    /// `NetworkPolicy`, `FlowPolicy` or `ClusterNetworkPolicy`.
-    pub kind: &'static str,
+    /// Its kind.
+    pub kind: PolicyKind,
     /// Namespace (empty for cluster-scoped) and name.
     pub object: ObjectKey,
 }
@@ -229,11 +199,11 @@ impl fmt::Display for PolicyRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Cookie (shared by the parts of one source rule).
-    pub cookie: u32,
+    pub cookie: Cookie,
     /// Tier.
     pub tier: Tier,
-    /// Position in evaluation order inside its tier (lower first).
-    pub order: (u32, String, u32),
+    /// Position in evaluation order inside its tier and policy (lower first).
+    pub order: RuleOrder,
     /// False for rules of an Audit-mode FlowPolicy.
     pub enforce: bool,
     /// Direction.
@@ -254,7 +224,7 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Isolation {
     /// Cookie of the default deny it causes.
-    pub cookie: u32,
+    pub cookie: Cookie,
     /// Direction.
     pub direction: Direction,
     /// False for Audit-mode FlowPolicies.
@@ -272,8 +242,8 @@ pub struct RuleDescription {
     pub tier: Tier,
     /// Source object (kind `builtin` for builtin cookies).
     pub policy: PolicyRef,
-    /// `ingress`, `egress`, `ingress isolation`, ...
-    pub section: String,
+    /// Its part of the source object.
+    pub section: Section,
     /// Rule index in its list.
     pub index: u32,
     /// One-line summary.
@@ -294,7 +264,7 @@ pub struct NormalizedPolicy {
     /// Its isolations.
     pub isolations: Vec<Isolation>,
     /// Descriptions of its cookies.
-    pub descriptions: BTreeMap<u32, RuleDescription>,
+    pub descriptions: BTreeMap<Cookie, RuleDescription>,
 }
 
 impl NormalizedPolicy {
@@ -326,10 +296,7 @@ impl NormalizedPolicy {
         direction: Direction,
         enforce: bool,
     ) {
-        let section = match direction {
-            Direction::Ingress => "ingress-isolation",
-            Direction::Egress => "egress-isolation",
-        };
+        let section = Section::isolation(direction);
         let c = rule_cookie(store, policy, section, 0);
         self.isolations.push(Isolation {
             cookie: c,
@@ -343,7 +310,7 @@ impl NormalizedPolicy {
             RuleDescription {
                 tier: Tier::Namespaced,
                 policy: policy.clone(),
-                section: section.to_string(),
+                section,
                 index: 0,
                 text: describe::isolation_text(policy, subject_text, direction, enforce),
             },
@@ -355,15 +322,15 @@ impl NormalizedPolicy {
 fn rule_cookie(
     store: &mut dyn AllocationStore,
     policy: &PolicyRef,
-    section: &'static str,
+    section: Section,
     index: u32,
-) -> u32 {
-    store.allocate(&AllocationKey::Rule(RuleId {
+) -> Cookie {
+    store.allocate_cookie(RuleId {
         kind: policy.kind,
         object: policy.object.clone(),
         section,
         index,
-    }))
+    })
 }
 
 /// Which policy object a [`NormalizedPolicy`] came from (its slot in a [`RuleSet`]).
@@ -375,6 +342,48 @@ pub enum PolicySlot {
     Network(ObjectKey),
     /// A FlowPolicy.
     Flow(ObjectKey),
+}
+
+/// Where a rule stands inside its tier and policy: ClusterNetworkPolicy priority (0 for the
+/// namespaced tier) and its index in its list (0 for the namespaced tier, where rules only
+/// allow and their order decides nothing but which cookie is reported).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleOrder {
+    /// ClusterNetworkPolicy `priority` (lower first).
+    pub priority: u32,
+    /// Index of the rule in its list.
+    pub index: u32,
+}
+
+/// A rule's place in evaluation order among every rule of a cluster: by tier, by priority, by
+/// source object (its [`PolicySlot`]: a ClusterNetworkPolicy's slot is its name, so equal
+/// priorities go by name; namespaced policies go by kind, namespace and name), by index in its
+/// list, then by its place among the parts a source rule became.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleKey {
+    /// Tier.
+    pub tier: Tier,
+    /// ClusterNetworkPolicy priority.
+    pub priority: u32,
+    /// Source object.
+    pub slot: PolicySlot,
+    /// Index in its list.
+    pub index: u32,
+    /// Position among the normalized rules of its object.
+    pub seq: u32,
+}
+
+impl RuleKey {
+    /// The key of rule number `seq` of the policy in `slot`.
+    pub fn of(slot: &PolicySlot, seq: u32, rule: &Rule) -> Self {
+        Self {
+            tier: rule.tier,
+            priority: rule.order.priority,
+            slot: slot.clone(),
+            index: rule.order.index,
+            seq,
+        }
+    }
 }
 
 /// Every normalized policy of a cluster.
@@ -447,8 +456,8 @@ impl RuleSet {
     }
 
     /// Every cookie description, plus the builtin ones.
-    pub fn descriptions(&self) -> BTreeMap<u32, RuleDescription> {
-        let mut out: BTreeMap<u32, RuleDescription> = self
+    pub fn descriptions(&self) -> BTreeMap<Cookie, RuleDescription> {
+        let mut out: BTreeMap<Cookie, RuleDescription> = self
             .policies
             .values()
             .flat_map(|p| p.descriptions.iter().map(|(k, v)| (*k, v.clone())))
@@ -457,15 +466,20 @@ impl RuleSet {
         out
     }
 
-    /// Every rule, in evaluation order: Admin (by priority, name, index), namespaced (by kind,
-    /// namespace, name, index: the first allowing rule is the one reported), Baseline.
+    /// Every rule, in evaluation order (see [`RuleKey`]).
     pub fn ordered_rules(&self) -> Vec<&Rule> {
-        let mut rules: Vec<&Rule> = self.policies.values().flat_map(|p| &p.rules).collect();
-        rules.sort_by(|a, b| {
-            (a.tier, &a.order.0, &a.order.1, a.order.2)
-                .cmp(&(b.tier, &b.order.0, &b.order.1, b.order.2))
-        });
-        rules
+        let mut rules: Vec<(RuleKey, &Rule)> = self
+            .policies
+            .iter()
+            .flat_map(|(slot, p)| {
+                p.rules
+                    .iter()
+                    .enumerate()
+                    .map(move |(seq, r)| (RuleKey::of(slot, seq as u32, r), r))
+            })
+            .collect();
+        rules.sort_by(|a, b| a.0.cmp(&b.0));
+        rules.into_iter().map(|(_, r)| r).collect()
     }
 
     /// Every isolation, in the namespaced order.

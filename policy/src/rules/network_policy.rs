@@ -3,8 +3,8 @@
 
 use super::describe::describe_rule;
 use super::{
-    Direction, NamespaceMatch, NormalizedPolicy, PeerMatch, PodMatch, PolicyRef, PortItem,
-    PortMatch, Rule, RuleAction, Tier, rule_cookie,
+    Direction, NamespaceMatch, NormalizedPolicy, PeerMatch, PodMatch, PolicyKind, PolicyRef,
+    PortItem, PortMatch, Rule, RuleAction, RuleOrder, Section, Tier, rule_cookie,
 };
 use crate::allocation::AllocationStore;
 use crate::model::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PortRef, Protocol};
@@ -59,7 +59,7 @@ pub fn normalize_network_policy(
     store: &mut dyn AllocationStore,
 ) -> NormalizedPolicy {
     let policy = PolicyRef {
-        kind: "NetworkPolicy",
+        kind: PolicyKind::NetworkPolicy,
         object: np.key(),
     };
     let subject = PodMatch {
@@ -81,7 +81,7 @@ pub fn normalize_network_policy(
         out.isolate(store, &policy, &subject, &subject_text, direction, true);
         for (i, r) in rules.iter().enumerate() {
             let index = i as u32;
-            let c = rule_cookie(store, &policy, direction.as_str(), index);
+            let c = rule_cookie(store, &policy, Section::rules(direction), index);
             let peers = if r.peers.is_empty() {
                 vec![PeerMatch::Any]
             } else {
@@ -98,7 +98,7 @@ pub fn normalize_network_policy(
             let rule = Rule {
                 cookie: c,
                 tier: Tier::Namespaced,
-                order: (0, String::new(), 0),
+                order: RuleOrder::default(),
                 enforce: true,
                 direction,
                 action: RuleAction::Allow,
