@@ -8,7 +8,7 @@
 //! - [`identity`]: what makes pods one security identity.
 //! - [`allocation`]: the numbers (identities, Service ids, rule cookies), their ranges, the keys
 //!   they are allocated for and the [`allocation::AllocationStore`] that keeps them.
-//! - [`compile`]: [`compile::compile`] (model -> [`state::ClusterState`]) and
+//! - [`compile`](mod@compile): [`compile::compile`] (model -> [`state::ClusterState`]) and
 //!   [`compile::Engine::apply`] (one change -> minimal [`state::StateDiff`]).
 //! - [`state`]: the compiled form in `septum-datapath-common` shapes, diffs, per-node slices.
 //! - [`lpm`]: the datapath's reading of that state (reference for tests).

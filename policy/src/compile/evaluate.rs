@@ -225,3 +225,217 @@ impl Index {
         tiers.decide(ctx.isolation)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use septum_datapath_common::proto;
+
+    use super::*;
+    use crate::allocation::PolicyKind;
+    use crate::model::ObjectKey;
+    use crate::rules::{NamespaceMatch, PeerMatch, PodMatch, PolicyRef, RuleOrder};
+    use crate::selector::LabelSelector;
+
+    const ALL: PortSel = PortSel::All;
+
+    fn port(p: u16) -> PortSel {
+        PortSel::Range(Protocol::Tcp, p, p)
+    }
+
+    fn rule(tier: Tier, action: RuleAction, enforce: bool, cookie: u32) -> Rule {
+        Rule {
+            cookie: Cookie::new(cookie),
+            tier,
+            order: RuleOrder::default(),
+            enforce,
+            direction: Direction::Ingress,
+            action,
+            subject: PodMatch {
+                namespace: NamespaceMatch::Exact("ns".into()),
+                pods: LabelSelector::everything(),
+                service_account: None,
+            },
+            peers: vec![PeerMatch::Any],
+            ports: PortMatch::Any,
+            policy: PolicyRef {
+                kind: PolicyKind::ClusterNetworkPolicy,
+                object: ObjectKey::new("", "p"),
+            },
+        }
+    }
+
+    fn admin(action: RuleAction, cookie: u32) -> Rule {
+        rule(Tier::Admin, action, true, cookie)
+    }
+
+    fn baseline(action: RuleAction, cookie: u32) -> Rule {
+        rule(Tier::Baseline, action, true, cookie)
+    }
+
+    /// A NetworkPolicy or FlowPolicy allow (`enforce` false: an Audit-mode FlowPolicy's).
+    fn namespaced(enforce: bool, cookie: u32) -> Rule {
+        rule(Tier::Namespaced, RuleAction::Allow, enforce, cookie)
+    }
+
+    fn isolated(enforce: u32, any: u32) -> IsolationCookies {
+        IsolationCookies {
+            enforce: Cookie::new(enforce),
+            any: Cookie::new(any),
+        }
+    }
+
+    const NOT_ISOLATED: IsolationCookies = IsolationCookies {
+        enforce: Cookie::NONE,
+        any: Cookie::NONE,
+    };
+
+    /// The decision of rules given in evaluation order (painted last first, as `evaluate`
+    /// does), at each TCP port of `ports`.
+    fn decide(rules: &[(Rule, PortSel)], iso: IsolationCookies, ports: &[u16]) -> Vec<Decision> {
+        let mut tiers = TierPaint::new();
+        for (r, sel) in rules.iter().rev() {
+            tiers.paint(r, *sel);
+        }
+        let f = tiers.decide(iso);
+        ports.iter().map(|p| f.get(proto::TCP, *p)).collect()
+    }
+
+    fn allow(c: u32) -> Decision {
+        Decision::allow(Cookie::new(c))
+    }
+
+    fn deny(c: u32) -> Decision {
+        Decision::deny(Cookie::new(c))
+    }
+
+    fn audit(c: u32) -> Decision {
+        Decision::audit(Cookie::new(c))
+    }
+
+    #[test]
+    fn admin_decides_before_the_namespaced_tier_and_baseline() {
+        let rules = [
+            (admin(RuleAction::Deny, 10), port(80)),
+            (admin(RuleAction::Allow, 11), port(81)),
+            (namespaced(true, 20), ALL),
+            (baseline(RuleAction::Deny, 40), ALL),
+        ];
+        assert_eq!(
+            decide(&rules, isolated(30, 30), &[80, 81, 82]),
+            vec![deny(10), allow(11), allow(20)]
+        );
+    }
+
+    #[test]
+    fn the_first_matching_admin_rule_wins() {
+        let accept_first = [
+            (admin(RuleAction::Allow, 10), port(80)),
+            (
+                admin(RuleAction::Deny, 11),
+                PortSel::Range(Protocol::Tcp, 80, 90),
+            ),
+        ];
+        assert_eq!(
+            decide(&accept_first, NOT_ISOLATED, &[80, 85, 91]),
+            vec![allow(10), deny(11), Decision::UNPOLICED]
+        );
+        let deny_first = [
+            (
+                admin(RuleAction::Deny, 11),
+                PortSel::Range(Protocol::Tcp, 80, 90),
+            ),
+            (admin(RuleAction::Allow, 10), port(80)),
+        ];
+        assert_eq!(decide(&deny_first, NOT_ISOLATED, &[80]), vec![deny(11)]);
+    }
+
+    #[test]
+    fn pass_hands_the_decision_to_the_namespaced_tier() {
+        let rules = [
+            (admin(RuleAction::Pass, 10), port(80)),
+            (admin(RuleAction::Pass, 12), port(82)),
+            (admin(RuleAction::Deny, 11), ALL),
+            (namespaced(true, 20), port(82)),
+            (baseline(RuleAction::Deny, 40), ALL),
+        ];
+        // Isolated: a passed flow no namespaced rule allows meets the default deny; one a
+        // namespaced rule allows is allowed; a flow Pass does not cover meets the Admin deny.
+        assert_eq!(
+            decide(&rules, isolated(30, 30), &[80, 81, 82]),
+            vec![deny(30), deny(11), allow(20)]
+        );
+        // Not isolated: the passed flow goes on to Baseline.
+        assert_eq!(
+            decide(&rules, NOT_ISOLATED, &[80, 81]),
+            vec![deny(40), deny(11)]
+        );
+        // With no Baseline rule either, nothing polices it.
+        assert_eq!(
+            decide(&rules[..3], NOT_ISOLATED, &[80]),
+            vec![Decision::UNPOLICED]
+        );
+    }
+
+    #[test]
+    fn an_isolated_subject_is_allowed_only_by_namespaced_rules() {
+        let rules = [
+            (namespaced(true, 20), port(80)),
+            (namespaced(true, 21), PortSel::Range(Protocol::Tcp, 80, 81)),
+            (baseline(RuleAction::Allow, 40), ALL),
+        ];
+        // The first allowing rule is reported; Baseline is never reached.
+        assert_eq!(
+            decide(&rules, isolated(30, 30), &[80, 81, 82]),
+            vec![allow(20), allow(21), deny(30)]
+        );
+    }
+
+    #[test]
+    fn without_isolation_baseline_decides_in_order() {
+        let rules = [
+            (baseline(RuleAction::Deny, 41), port(80)),
+            (baseline(RuleAction::Allow, 40), ALL),
+        ];
+        assert_eq!(
+            decide(&rules, NOT_ISOLATED, &[80, 81]),
+            vec![deny(41), allow(40)]
+        );
+        assert_eq!(decide(&[], NOT_ISOLATED, &[80]), vec![Decision::UNPOLICED]);
+    }
+
+    #[test]
+    fn in_the_namespaced_tier_an_enforced_deny_wins_over_audit() {
+        // An enforcing isolation and an Audit-mode one; the Audit-mode policy allows port 80,
+        // the enforcing one allows port 82.
+        let rules = [
+            (namespaced(false, 21), port(80)),
+            (namespaced(true, 20), port(82)),
+        ];
+        assert_eq!(
+            decide(&rules, isolated(30, 31), &[80, 81, 82]),
+            vec![deny(30), deny(30), allow(20)]
+        );
+    }
+
+    #[test]
+    fn an_audit_mode_isolation_alone_audits_what_it_would_deny() {
+        let rules = [(namespaced(false, 21), port(80))];
+        let iso = IsolationCookies {
+            enforce: Cookie::NONE,
+            any: Cookie::new(31),
+        };
+        assert_eq!(
+            decide(&rules, iso, &[80, 81]),
+            vec![Decision::UNPOLICED, audit(31)]
+        );
+        // Where Baseline denies, the deny stands; the audit only reports would-be denies.
+        let with_baseline = [
+            (namespaced(false, 21), port(80)),
+            (baseline(RuleAction::Deny, 41), port(81)),
+        ];
+        assert_eq!(
+            decide(&with_baseline, iso, &[81, 82]),
+            vec![deny(41), audit(31)]
+        );
+    }
+}

@@ -137,3 +137,116 @@ pub(super) fn world_prefixes() -> [Cidr; 2] {
         Cidr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0).expect("valid /0"),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use septum_datapath_common::{FAMILY_IPV4, IPCACHE_KIND_WORLD, IpPrefixData};
+
+    use super::*;
+    use crate::allocation::InMemoryAllocations;
+    use crate::cidr::addr_bytes;
+    use crate::lpm;
+    use crate::model::{Cluster, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule, Pod};
+    use crate::selector::LabelSelector;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().expect("test CIDR")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test IP")
+    }
+
+    /// One policy naming 10.1.0.0/16 except 10.1.2.0/24; pod `in` at 10.1.2.5, pod `out` at
+    /// 10.2.0.1.
+    fn engine() -> Engine<InMemoryAllocations> {
+        let mut c = Cluster::default();
+        for (name, addr) in [("in", "10.1.2.5"), ("out", "10.2.0.1")] {
+            let p = Pod {
+                namespace: "ns".into(),
+                name: name.into(),
+                ips: vec![ip(addr)],
+                service_account: "default".into(),
+                ..Pod::default()
+            };
+            c.pods.insert(p.key(), p);
+        }
+        let np = NetworkPolicy {
+            namespace: "ns".into(),
+            name: "np".into(),
+            pod_selector: LabelSelector::everything(),
+            policy_types: None,
+            ingress: vec![NetworkPolicyRule {
+                peers: vec![NetworkPolicyPeer::IpBlock {
+                    cidr: cidr("10.1.0.0/16"),
+                    except: vec![cidr("10.1.2.0/24")],
+                }],
+                ports: Vec::new(),
+            }],
+            egress: Vec::new(),
+        };
+        c.network_policies.insert(np.key(), np);
+        Engine::new(c, InMemoryAllocations::new())
+    }
+
+    #[test]
+    fn a_prefix_key_is_the_family_then_the_masked_address() {
+        let (data, len) = cidr("10.1.0.0/16").lpm_key();
+        assert_eq!(
+            data,
+            IpPrefixData::new(FAMILY_IPV4, addr_bytes(ip("10.1.0.0")))
+        );
+        assert_eq!(len, 32 + 16);
+        assert_eq!(cidr("2001:db8::/64").lpm_key().1, 32 + 64);
+    }
+
+    #[test]
+    fn policy_prefixes_get_cidr_identities_and_the_longest_prefix_wins() {
+        let e = engine();
+        let state = e.state();
+        let class = |c: &str| {
+            let entry = state.ipcache[&cidr(c)];
+            assert_eq!(entry.kind, IPCACHE_KIND_CIDR, "{c}");
+            assert_eq!(entry.identity, entry.cidr_identity, "{c}");
+            entry.identity
+        };
+        let (wide, carve_out) = (class("10.1.0.0/16"), class("10.1.2.0/24"));
+        assert_ne!(wide, carve_out);
+        let lookup = |a: &str| lpm::ipcache_lookup(state, ip(a)).expect("the world covers all");
+        assert_eq!(lookup("10.1.3.4").identity, wide);
+        assert_eq!(lookup("10.1.2.9").identity, carve_out);
+        let world = lookup("8.8.8.8");
+        assert_eq!(
+            (world.identity, world.kind),
+            (Identity::WORLD.get(), IPCACHE_KIND_WORLD)
+        );
+        assert_eq!(lookup("2001:db8::1").identity, Identity::WORLD.get());
+    }
+
+    #[test]
+    fn a_pod_in_a_policy_prefix_carries_a_pod_in_cidr_identity() {
+        let e = engine();
+        let state = e.state();
+        let inside = e
+            .pod_identity(&ObjectKey::new("ns", "in"))
+            .expect("an endpoint");
+        let entry = state.ipcache[&Cidr::host(ip("10.1.2.5"))];
+        assert_eq!(
+            (entry.identity, entry.kind),
+            (inside.get(), IPCACHE_KIND_POD)
+        );
+        let pair = Identity::new(entry.cidr_identity);
+        assert_eq!(
+            state.identities.get(&pair),
+            Some(&IdentityDescription::PodInCidr {
+                identity: inside,
+                cidr: cidr("10.1.2.0/24"),
+            })
+        );
+        assert_eq!(e.cidr_identity_of(ip("10.1.2.5")), Some(pair));
+        // Outside every policy prefix: no CIDR identity.
+        let outside = state.ipcache[&Cidr::host(ip("10.2.0.1"))];
+        assert_eq!(outside.cidr_identity, 0);
+        assert_eq!(e.cidr_identity_of(ip("10.2.0.1")), None);
+    }
+}

@@ -3,8 +3,8 @@
 //! [`Engine`] owns the model, the allocation store, the normalized rules and an index (identities,
 //! each rule's subject and peer sets, policy prefixes, pod-in-CIDR pairs). A full compile builds
 //! the index and compiles every subject identity; [`Engine::apply`] updates the index for one
-//! [`Change`] and recompiles only the subjects whose entries can change, returning the minimal
-//! [`StateDiff`]. Changes that alter the set of policy prefixes, namespaces or nodes rebuild
+//! [`Change`](crate::model::Change) and recompiles only the subjects whose entries can change, returning the minimal
+//! [`StateDiff`](crate::state::StateDiff). Changes that alter the set of policy prefixes, namespaces or nodes rebuild
 //! everything and diff (still minimal, just slower).
 //!
 //! Per subject and direction, the compiler evaluates the final decision (all tiers, audit
@@ -19,7 +19,7 @@
 //! - `encode`: that decision written as policy LPM entries (port blocks, precedence bands);
 //! - `subject`: which peers get entries of their own, per subject and direction;
 //! - `full`: the rebuild from the model; `maps`: ipcache, endpoint, Service and identity entries;
-//! - `incremental`: one [`Change`] to the minimal [`StateDiff`].
+//! - `incremental`: one change to the minimal diff.
 
 mod encode;
 mod evaluate;
@@ -239,5 +239,153 @@ impl<S: AllocationStore> Engine<S> {
         S: Clone,
     {
         compile(&self.cluster, self.store.clone()).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocation::InMemoryAllocations;
+    use crate::explain::{ExplainQuery, FlowEnd, explain};
+    use crate::model::{
+        NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicyRule, Pod, PolicyType,
+        PortRef, Protocol,
+    };
+    use crate::selector::LabelSelector;
+
+    fn pod(name: &str, ip: &str) -> Pod {
+        Pod {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: [("app".to_string(), name.to_string())]
+                .into_iter()
+                .collect(),
+            ips: vec![ip.parse().expect("test IP")],
+            service_account: "default".into(),
+            ..Pod::default()
+        }
+    }
+
+    fn app(name: &str) -> LabelSelector {
+        LabelSelector::from_labels([("app", name)])
+    }
+
+    /// `a` may send to `b` on TCP/80 only (egress isolated); `b` accepts nothing unless
+    /// `b_accepts` (ingress isolated either way).
+    fn cluster(b_accepts: bool) -> Cluster {
+        let mut c = Cluster::default();
+        for p in [pod("a", "10.0.0.1"), pod("b", "10.0.0.2")] {
+            c.pods.insert(p.key(), p);
+        }
+        let egress = NetworkPolicy {
+            namespace: "ns".into(),
+            name: "a-egress".into(),
+            pod_selector: app("a"),
+            policy_types: Some(vec![PolicyType::Egress]),
+            ingress: Vec::new(),
+            egress: vec![NetworkPolicyRule {
+                peers: vec![NetworkPolicyPeer::Pods {
+                    pod_selector: Some(app("b")),
+                    namespace_selector: None,
+                }],
+                ports: vec![NetworkPolicyPort {
+                    protocol: Some(Protocol::Tcp),
+                    port: Some(PortRef::Number(80)),
+                    end_port: None,
+                }],
+            }],
+        };
+        let ingress = NetworkPolicy {
+            namespace: "ns".into(),
+            name: "b-ingress".into(),
+            pod_selector: app("b"),
+            policy_types: Some(vec![PolicyType::Ingress]),
+            ingress: if b_accepts {
+                vec![NetworkPolicyRule::default()]
+            } else {
+                Vec::new()
+            },
+            egress: Vec::new(),
+        };
+        for np in [egress, ingress] {
+            c.network_policies.insert(np.key(), np);
+        }
+        c
+    }
+
+    /// (egress action, ingress action, verdict) of a -> b on TCP `port`.
+    fn flow(c: &Cluster, port: u16) -> (String, String, String) {
+        let engine = Engine::new(c.clone(), InMemoryAllocations::new());
+        let query = ExplainQuery {
+            from: FlowEnd::Pod(ObjectKey::new("ns", "a")),
+            to: FlowEnd::Pod(ObjectKey::new("ns", "b")),
+            port: PortRef::Number(port),
+            protocol: Protocol::Tcp,
+        };
+        let out = explain(&engine, &query).expect("both pods exist and have addresses");
+        let [f] = out.as_slice() else {
+            panic!("one destination, one explanation: {out:?}");
+        };
+        (
+            f.egress.action.clone(),
+            f.ingress.action.clone(),
+            f.verdict.clone(),
+        )
+    }
+
+    fn strings(a: &str, b: &str, c: &str) -> (String, String, String) {
+        (a.into(), b.into(), c.into())
+    }
+
+    #[test]
+    fn a_flow_passes_only_if_both_sides_allow_it() {
+        // The source allows, the destination does not.
+        assert_eq!(flow(&cluster(false), 80), strings("allow", "deny", "deny"));
+        // The destination allows, the source does not.
+        assert_eq!(flow(&cluster(true), 81), strings("deny", "allow", "deny"));
+        // Both allow.
+        assert_eq!(flow(&cluster(true), 80), strings("allow", "allow", "allow"));
+    }
+
+    #[test]
+    fn each_side_is_compiled_for_its_own_subject() {
+        let engine = Engine::new(cluster(false), InMemoryAllocations::new());
+        let id = |n: &str| {
+            engine
+                .pod_identity(&ObjectKey::new("ns", n))
+                .expect("pods are endpoints")
+        };
+        let (a, b) = (id("a"), id("b"));
+        let b_info = &engine.identities()[&b];
+        let a_info = &engine.identities()[&a];
+        let to_b = engine.decide(
+            a,
+            Direction::Egress,
+            &Peer::Pod {
+                identity: b_info,
+                class: None,
+            },
+        );
+        let from_a = engine.decide(
+            b,
+            Direction::Ingress,
+            &Peer::Pod {
+                identity: a_info,
+                class: None,
+            },
+        );
+        let tcp = Protocol::Tcp.number();
+        assert_eq!(to_b.get(tcp, 80).action, Action::Allow);
+        assert_eq!(to_b.get(tcp, 81).action, Action::Deny);
+        assert_eq!(from_a.get(tcp, 80).action, Action::Deny);
+        // b's egress and a's ingress are not policed at all.
+        assert_eq!(
+            engine.decide(b, Direction::Egress, &Peer::Outside),
+            Segmented::constant(Decision::UNPOLICED)
+        );
+        assert_eq!(
+            engine.decide(a, Direction::Ingress, &Peer::Outside),
+            Segmented::constant(Decision::UNPOLICED)
+        );
     }
 }
