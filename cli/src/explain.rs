@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use septum_policy::explain::{ExplainQuery, FlowEnd, FlowExplanation, SideReport, explain};
 use septum_policy::model::{ObjectKey, PortRef, Protocol};
@@ -220,23 +220,12 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
     };
     match a.output {
         Output::Json => {
-            let v = if flows.len() == 1 {
-                flow_json(first)
+            let text = if flows.len() == 1 {
+                serde_json::to_string_pretty(first)?
             } else {
-                let verdict = if flows.iter().all(|f| f.verdict == "allow") {
-                    "allow"
-                } else {
-                    "deny"
-                };
-                json!({
-                    "verdict": verdict,
-                    "service": first.service,
-                    "egress": side_json(&first.egress),
-                    "ingress": side_json(&first.ingress),
-                    "backends": flows.iter().map(flow_json).collect::<Vec<_>>(),
-                })
+                serde_json::to_string_pretty(&ServiceExplanation::new(&flows))?
             };
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{text}");
         }
         Output::Text => {
             for f in &flows {
@@ -247,42 +236,32 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn side_json(s: &SideReport) -> Value {
-    json!({
-        "subject": s.subject,
-        "identity": s.identity.map(u32::from),
-        "policed": s.policed,
-        "action": s.action,
-        "cookie": u32::from(s.cookie),
-        "decisiveRule": s.decisive_rule,
-        "datapath": {"action": s.datapath.0, "cookie": u32::from(s.datapath.1)},
-        "tiers": s.tiers.iter().map(|t| json!({
-            "tier": t.tier,
-            "outcome": t.outcome,
-            "rules": t.rules.iter().map(|r| json!({
-                "cookie": u32::from(r.cookie),
-                "action": r.action,
-                "rule": r.description,
-                "decisive": r.decisive,
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
+/// The JSON of a flow to a Service with several backends: the overall verdict (deny when any
+/// backend's flow is denied), the first backend's sides for a quick look, and every backend.
+#[derive(Serialize)]
+struct ServiceExplanation<'a> {
+    verdict: &'static str,
+    service: Option<&'a str>,
+    egress: &'a SideReport,
+    ingress: &'a SideReport,
+    backends: &'a [FlowExplanation],
 }
 
-fn flow_json(f: &FlowExplanation) -> Value {
-    json!({
-        "verdict": f.verdict,
-        "audit": f.audit,
-        "from": f.from,
-        "to": f.to,
-        "service": f.service,
-        "srcIP": f.src_ip.to_string(),
-        "dstIP": f.dst_ip.to_string(),
-        "port": f.port,
-        "protocol": f.protocol.as_str(),
-        "egress": side_json(&f.egress),
-        "ingress": side_json(&f.ingress),
-    })
+impl<'a> ServiceExplanation<'a> {
+    fn new(flows: &'a [FlowExplanation]) -> Self {
+        let first = &flows[0];
+        Self {
+            verdict: if flows.iter().all(|f| f.verdict == "allow") {
+                "allow"
+            } else {
+                "deny"
+            },
+            service: first.service.as_deref(),
+            egress: &first.egress,
+            ingress: &first.ingress,
+            backends: flows,
+        }
+    }
 }
 
 fn print_side(s: &SideReport) {

@@ -149,6 +149,14 @@ macro_rules! number_newtype {
                 core::fmt::Display::fmt(&self.0, f)
             }
         }
+
+        /// Serialised as the bare number (reports, APIs), like [`Display`](core::fmt::Display).
+        #[cfg(feature = "serde")]
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_u32(self.0)
+            }
+        }
     };
 }
 

@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use septum_datapath_common::{Cookie, Identity};
+use serde::Serialize;
 
 use crate::allocation::AllocationStore;
 use crate::compile::{Decision, Engine, Peer};
@@ -94,20 +95,23 @@ pub enum ExplainError {
 }
 
 /// One rule considered on one side.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RuleReport {
     /// Cookie.
     pub cookie: Cookie,
     /// `allow`, `deny`, `pass`, `isolate`.
     pub action: String,
     /// Description.
+    #[serde(rename = "rule")]
     pub description: String,
     /// Whether this rule decided the side.
     pub decisive: bool,
 }
 
 /// What one tier said.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TierReport {
     /// Tier name.
     pub tier: String,
@@ -118,7 +122,8 @@ pub struct TierReport {
 }
 
 /// One side (egress or ingress) of a flow.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SideReport {
     /// `egress` or `ingress`.
     pub direction: String,
@@ -137,11 +142,13 @@ pub struct SideReport {
     /// Tier by tier.
     pub tiers: Vec<TierReport>,
     /// Action and cookie read from the compiled entries like the datapath does.
+    #[serde(serialize_with = "datapath_reading")]
     pub datapath: (String, Cookie),
 }
 
 /// The explanation of one flow (one backend, for Services).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FlowExplanation {
     /// Source, readable.
     pub from: String,
@@ -150,8 +157,10 @@ pub struct FlowExplanation {
     /// Service the destination was reached through.
     pub service: Option<String>,
     /// Source address.
+    #[serde(rename = "srcIP")]
     pub src_ip: IpAddr,
     /// Destination address (after DNAT).
+    #[serde(rename = "dstIP")]
     pub dst_ip: IpAddr,
     /// Destination port (after DNAT and name resolution).
     pub port: u16,
@@ -165,6 +174,18 @@ pub struct FlowExplanation {
     pub egress: SideReport,
     /// Ingress side.
     pub ingress: SideReport,
+}
+
+/// `{"action": ..., "cookie": ...}` for the datapath's reading of a side.
+fn datapath_reading<S: serde::Serializer>(
+    reading: &(String, Cookie),
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("DatapathReading", 2)?;
+    st.serialize_field("action", &reading.0)?;
+    st.serialize_field("cookie", &reading.1)?;
+    st.end()
 }
 
 struct End<'a> {

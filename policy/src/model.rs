@@ -14,8 +14,9 @@ use crate::selector::{LabelSelector, Labels};
 /// Label every namespace carries implicitly (set by the API server since Kubernetes 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// Transport protocols that policies name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Transport protocols that policies name. Serialised as written in Kubernetes objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     /// TCP (the default when a policy port omits the protocol).
     Tcp,

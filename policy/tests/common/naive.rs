@@ -116,14 +116,17 @@ fn flow_port_matches(
     port: u16,
 ) -> bool {
     match (svc, &p.port) {
+        // A Service port is its name, or its number and protocol together; a number without a
+        // protocol names every Service port of that number.
         (Some(svc), Some(pr)) => svc
             .ports
             .iter()
-            .find(|sp| match pr {
+            .filter(|sp| match pr {
                 PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
                 PortRef::Number(x) => sp.port == *x,
             })
-            .is_some_and(|sp| target_matches(&sp.target(), sp.protocol, dest, proto, port)),
+            .filter(|sp| p.protocol.is_none_or(|want| want == sp.protocol))
+            .any(|sp| target_matches(&sp.target(), sp.protocol, dest, proto, port)),
         _ => np_port_matches(
             &NetworkPolicyPort {
                 protocol: p.protocol,
