@@ -4,8 +4,8 @@
     clippy::too_many_arguments
 )]
 //! Shared test support: an independent naive evaluator, a reader of compiled state that follows
-//! the datapath's lookups through per-node slices, a random world generator, and a small DSL for
-//! data-driven cases.
+//! the datapath's lookups through per-node slices, and proptest strategies for worlds and
+//! changes.
 #![allow(dead_code)]
 
 pub mod naive;
@@ -21,6 +21,14 @@ use septum_policy::node::node_state;
 use septum_policy::state::ClusterState;
 
 use naive::End;
+
+/// Cases per property: 256, or `PROPTEST_CASES` when set (a deeper search before a release).
+pub fn proptest_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
 
 /// (action, cookie) of one side as the datapath would decide it, from the node slice where the
 /// check runs. `None`: that end is not a pod endpoint.

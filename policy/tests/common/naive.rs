@@ -310,13 +310,15 @@ pub fn side(
         if !np_selects(np, subject) {
             continue;
         }
+        // The API server defaults a missing or empty `policyTypes` to Ingress, plus Egress when
+        // there are egress rules.
         let types_in = match &np.policy_types {
-            Some(t) => t.contains(&PolicyType::Ingress),
-            None => true,
+            Some(t) if !t.is_empty() => t.contains(&PolicyType::Ingress),
+            _ => true,
         };
         let types_out = match &np.policy_types {
-            Some(t) => t.contains(&PolicyType::Egress),
-            None => !np.egress.is_empty(),
+            Some(t) if !t.is_empty() => t.contains(&PolicyType::Egress),
+            _ => !np.egress.is_empty(),
         };
         let isolates = if ingress { types_in } else { types_out };
         if !isolates {
