@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod naive;
+pub mod service_world;
 pub mod world;
 
 use std::net::IpAddr;
@@ -128,6 +129,16 @@ pub fn check_world(
     state: &ClusterState,
     store: &dyn AllocationStore,
 ) -> Result<usize, String> {
+    check_world_on_ports(c, state, store, &[53, 79, 80, 443, 8080, 9090, 9091])
+}
+
+/// [`check_world`] on the given destination ports (TCP, UDP, SCTP and ICMP each).
+pub fn check_world_on_ports(
+    c: &Cluster,
+    state: &ClusterState,
+    store: &dyn AllocationStore,
+    ports: &[u16],
+) -> Result<usize, String> {
     let ends = ends(c);
     let mut checked = 0;
     let slices: std::collections::BTreeMap<String, septum_policy::node::NodeState> = c
@@ -162,7 +173,7 @@ pub fn check_world(
                 continue;
             }
             for proto in [6u8, 17, 132, 1] {
-                for port in [53u16, 79, 80, 443, 8080, 9090, 9091] {
+                for &port in ports {
                     let (eg, ing) = naive::flow(c, src, dst, proto, port);
                     let ceg = compiled_side(c, state, &slices, src, dst, false, proto, port);
                     let cing = compiled_side(c, state, &slices, dst, src, true, proto, port);

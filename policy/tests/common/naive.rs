@@ -116,13 +116,8 @@ fn flow_port_matches(
     port: u16,
 ) -> bool {
     match (svc, &p.port) {
-        (Some(svc), Some(pr)) => svc
-            .ports
-            .iter()
-            .find(|sp| match pr {
-                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
-                PortRef::Number(x) => sp.port == *x,
-            })
+        // A Service port by name, or by number and the rule's protocol (TCP when omitted).
+        (Some(svc), Some(pr)) => service_port(svc, pr, p.protocol.unwrap_or(Protocol::Tcp))
             .is_some_and(|sp| target_matches(&sp.target(), sp.protocol, dest, proto, port)),
         _ => np_port_matches(
             &NetworkPolicyPort {
@@ -472,4 +467,53 @@ pub fn flow(
     let eg = peer_pod(c, src).map(|s| side(c, s, false, dst, proto, port));
     let ing = peer_pod(c, dst).map(|d| side(c, d, true, src, proto, port));
     (eg, ing)
+}
+
+/// The Service port a client addresses, from the Service API: by name, or by number and
+/// protocol together (the API server refuses two ports with the same number and protocol, so
+/// 53/TCP and 53/UDP are two ports).
+pub fn service_port<'a>(
+    svc: &'a Service,
+    port: &PortRef,
+    protocol: Protocol,
+) -> Option<&'a ServicePort> {
+    svc.ports.iter().find(|sp| match port {
+        PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
+        PortRef::Number(x) => sp.port == *x && sp.protocol == protocol,
+    })
+}
+
+/// The endpoints of one Service port, as the EndpointSlice controller computes them: each pod
+/// of the Service's namespace whose labels include every entry of a non-empty selector (septum
+/// polices pod endpoints, so host-network pods and pods without an address are left out), with
+/// the port its targetPort resolves to on that pod. A numeric targetPort (or none: the port
+/// itself) is taken as is; a named one is looked up among the pod's container ports by name and
+/// the Service port's protocol, and a pod on which it does not resolve is not an endpoint of
+/// that port. Sorted by pod.
+pub fn service_endpoints(c: &Cluster, svc: &Service, sp: &ServicePort) -> Vec<(ObjectKey, u16)> {
+    let Some(selector) = svc.selector.as_ref().filter(|s| !s.is_empty()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pod in c.pods.values() {
+        if pod.namespace != svc.namespace || pod.host_network || pod.ips.is_empty() {
+            continue;
+        }
+        if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
+            continue;
+        }
+        let port = match &sp.target_port {
+            None => Some(sp.port),
+            Some(PortRef::Number(n)) => Some(*n),
+            Some(PortRef::Name(name)) => pod
+                .ports
+                .iter()
+                .find(|cp| cp.name.as_deref() == Some(name.as_str()) && cp.protocol == sp.protocol)
+                .map(|cp| cp.port),
+        };
+        if let Some(port) = port {
+            out.push((pod.key(), port));
+        }
+    }
+    out
 }
