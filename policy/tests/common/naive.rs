@@ -37,13 +37,19 @@ fn rid(kind: &'static str, object: ObjectKey, section: &'static str, index: usiz
     }
 }
 
+/// Cookie the naive verdict stands for when the engine allocated none for its rule (the
+/// engine never compiled that rule): it differs from every compiled cookie, so the flow is
+/// reported as a mismatch with the naive rule named, rather than as a panic.
+pub const NO_COOKIE: u32 = u32::MAX;
+
+/// The cookie the engine allocated for the rule that decided `v` (0: not policed).
 pub fn cookie_of(store: &dyn AllocationStore, v: &Verdict) -> u32 {
     match &v.1 {
         None => 0,
         Some(r) if r.kind == "builtin" => septum_policy::rules::COOKIE_HOST,
         Some(r) => store
             .get(&AllocationKey::Rule(r.clone()))
-            .unwrap_or_else(|| panic!("no cookie allocated for {r:?}")),
+            .unwrap_or(NO_COOKIE),
     }
 }
 
