@@ -41,9 +41,9 @@ pub struct ExplainArgs {
     /// Destination port: a number or a port name (of the pod, or of the Service).
     #[arg(long, allow_hyphen_values = true)]
     port: String,
-    /// TCP, UDP or SCTP.
-    #[arg(long, default_value = "TCP")]
-    protocol: String,
+    /// TCP, UDP or SCTP. Default: TCP, or the protocol of the Service port named by `--port`.
+    #[arg(long)]
+    protocol: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
@@ -93,7 +93,10 @@ fn parse_end(s: &str, destination: bool) -> Result<FlowEnd> {
     }
 }
 
-fn parse_port(s: &str) -> Result<PortRef> {
+/// Parses `--port`: a number, or a name. Toward a Service the name is a Service port name (a
+/// DNS-1123 label of up to 63 characters, e.g. `service-port-tcp-80`); toward a pod it is a
+/// container port name (an IANA service name of up to 15).
+fn parse_port(s: &str, toward_service: bool) -> Result<PortRef> {
     let s = s.trim();
     if !s.is_empty()
         && s.bytes()
@@ -109,22 +112,55 @@ fn parse_port(s: &str) -> Result<PortRef> {
             bail!("--port {s:?}: a port range cannot be explained; give one port");
         }
     }
-    lint::port_name(s).map_err(|m| anyhow::anyhow!("--port: not a number, and {m}"))?;
+    if toward_service {
+        lint::dns_label(s).map_err(|m| {
+            anyhow::anyhow!("--port: not a number, and not a Service port name: {m}")
+        })?;
+    } else {
+        lint::port_name(s).map_err(|m| anyhow::anyhow!("--port: not a number, and {m}"))?;
+    }
     Ok(PortRef::Name(s.to_string()))
+}
+
+/// The protocol of the flow: `--protocol` when given; otherwise the protocol of the Service
+/// port named by `--port` (its name says which one it is), else TCP as in Kubernetes.
+fn flow_protocol(
+    given: Option<&str>,
+    to: &FlowEnd,
+    port: &PortRef,
+    cluster: &septum_policy::model::Cluster,
+) -> Result<Protocol> {
+    if let Some(p) = given {
+        return Protocol::parse(p)
+            .with_context(|| format!("unknown protocol {p:?} (TCP, UDP, SCTP)"));
+    }
+    if let (FlowEnd::Service(k), PortRef::Name(_)) = (to, port)
+        && let Some(sp) = cluster
+            .services
+            .get(k)
+            .and_then(|svc| svc.ports_matching(port, None).next())
+    {
+        return Ok(sp.protocol);
+    }
+    Ok(Protocol::Tcp)
 }
 
 /// Runs `septum explain`.
 pub fn run(a: ExplainArgs) -> Result<ExitCode> {
-    let protocol = Protocol::parse(&a.protocol)
-        .with_context(|| format!("unknown protocol {:?} (TCP, UDP, SCTP)", a.protocol))?;
-    let port = parse_port(&a.port)?;
+    if let Some(p) = &a.protocol {
+        Protocol::parse(p).with_context(|| format!("unknown protocol {p:?} (TCP, UDP, SCTP)"))?;
+    }
+    let from = parse_end(&a.from, false)?;
+    let to = parse_end(&a.to, true)?;
+    let port = parse_port(&a.port, matches!(to, FlowEnd::Service(_)))?;
+    let m = manifest_files::load(&a.manifests)?;
+    let protocol = flow_protocol(a.protocol.as_deref(), &to, &port, &m.cluster)?;
     let query = ExplainQuery {
-        from: parse_end(&a.from, false)?,
-        to: parse_end(&a.to, true)?,
+        from,
+        to,
         port,
         protocol,
     };
-    let m = manifest_files::load(&a.manifests)?;
     let semantic = m.semantic_problems();
     let errors: Vec<_> = m
         .errors

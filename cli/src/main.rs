@@ -30,7 +30,19 @@ enum Command {
     Crd(crd::CrdCommand),
 }
 
+/// Restores the default SIGPIPE action, which Rust's runtime sets to "ignore": with it ignored,
+/// `septum explain ... | head` gets EPIPE on its next write and `println!` panics. With the
+/// default action the process ends quietly when its reader goes away, like every Unix filter.
+fn quiet_on_closed_pipe() {
+    // SAFETY: called first thing in main, before any other thread exists; setting a signal's
+    // disposition to SIG_DFL installs no handler code, so nothing can run in signal context.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(c) => policy::run(c),

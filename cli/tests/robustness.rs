@@ -557,14 +557,15 @@ fn every_conversion_error_of_an_object_is_reported() {
     let f = write(
         &d,
         "multi.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web3, namespace: a}\nspec:\n  selector: {app: web}\n  clusterIP: 10.0.0.300\n  ports: [{name: http, port: 80, targetPort: 0}, {name: b, port: 70000, protocol: ICMP}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: multi, namespace: a}\nspec:\n  podSelector: {matchExpressions: [{key: a, operator: Maybe}, {key: b, operator: In}, {key: c, operator: Exists, values: [x]}]}\n  policyTypes: [Sideways]\n  ingress: [{ports: [{port: 0, protocol: ICMP}], from: [{ipBlock: {cidr: bad, except: [worse]}}]}]\n---\napiVersion: septum.dev/v1alpha1\nkind: FlowPolicy\nmetadata: {name: fp, namespace: a}\nspec:\n  subject: {service: web, serviceAccount: web}\n  egress: [{to: [], ports: [{port: http, endPort: 90}, {port: 100, endPort: 90}, {port: 70000}]}]\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: cnp}\nspec: {tier: Middle, priority: -1, subject: {}, ingress: [{action: Allow, from: []}]}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web3, namespace: a}\nspec:\n  selector: {app: web}\n  clusterIP: 10.0.0.300\n  ports: [{name: http, port: 80, targetPort: -1}, {name: b, port: 70000, protocol: ICMP}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: multi, namespace: a}\nspec:\n  podSelector: {matchExpressions: [{key: a, operator: Maybe}, {key: b, operator: In}, {key: c, operator: Exists, values: [x]}]}\n  policyTypes: [Sideways]\n  ingress: [{ports: [{port: 0, protocol: ICMP}], from: [{ipBlock: {cidr: bad, except: [worse]}}]}]\n---\napiVersion: septum.dev/v1alpha1\nkind: FlowPolicy\nmetadata: {name: fp, namespace: a}\nspec:\n  subject: {service: web, serviceAccount: web}\n  egress: [{to: [], ports: [{port: http, endPort: 90}, {port: 100, endPort: 90}, {port: 70000}]}]\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: cnp}\nspec: {tier: Middle, priority: -1, subject: {}, ingress: [{action: Allow, from: []}]}\n",
     );
     let r = check(&[&f]);
     assert_eq!(r.code, 1);
     assert_has(
         &r,
         &[
-            "Service a/web3: spec.ports[0].targetPort: port 0 is outside 1-65535",
+            // targetPort 0 is defaulted to `port` by the API server; -1 is refused.
+            "Service a/web3: spec.ports[0].targetPort: port -1 is outside 1-65535",
             "Service a/web3: spec.ports[1].port: port 70000 is outside 1-65535",
             "Service a/web3: spec.ports[1].protocol: unknown protocol \"ICMP\"",
             "Service a/web3: spec.clusterIP: \"10.0.0.300\" is not an IP address",

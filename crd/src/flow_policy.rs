@@ -162,7 +162,9 @@ impl From<Protocol> for m::Protocol {
      "message": "endPort needs a numeric port and must not be lower than it"}
 ]))]
 pub struct Port {
-    /// TCP (default), UDP or SCTP. Ignored for Service ports, which carry their own.
+    /// TCP (default), UDP or SCTP. Toward a Service, a Service port is its number and
+    /// protocol together: with a protocol, only that protocol's port; without one, every
+    /// Service port with that number (53/TCP and 53/UDP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["TCP", "UDP", "SCTP"]))]
     pub protocol: Option<String>,

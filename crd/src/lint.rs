@@ -230,8 +230,9 @@ fn metadata(sink: &mut Sink, m: &ObjectMeta, rule: NameRule, namespaced: bool) {
 
 fn named_port(sink: &mut Sink, field: &str, p: Option<&IntOrString>) {
     if let Some(IntOrString::String(s)) = p {
-        // Numbers in strings are read as numbers; empty names are conversion errors.
-        if !s.is_empty() && s.parse::<i64>().is_err() {
+        // A string is a name even when it spells a number (`"80"` is refused by the API
+        // server's `IsValidPortName`); empty names are conversion errors.
+        if !s.is_empty() {
             sink.check(field, port_name(s));
         }
     }
@@ -276,7 +277,8 @@ pub fn pod(o: &core::Pod) -> Vec<Finding> {
         .enumerate()
     {
         for (pi, p) in c.ports.iter().flatten().enumerate() {
-            if let Some(n) = &p.name {
+            // An empty name is no name (`validateContainerPorts` checks only non-empty ones).
+            if let Some(n) = p.name.as_ref().filter(|n| !n.is_empty()) {
                 let f = format!("spec.containers[{ci}].ports[{pi}].name");
                 s.check(&f, port_name(n));
                 if !names.insert(n.clone()) {
@@ -319,8 +321,13 @@ pub fn service(o: &core::Service) -> Vec<Finding> {
     for (i, p) in ports.iter().enumerate() {
         let f = format!("spec.ports[{i}]");
         match &p.name {
+            // Service port names are DNS-1123 labels of up to 63 characters
+            // (`validateServicePort`), not the 15-character IANA names of container ports.
             Some(n) if !n.is_empty() => {
-                s.check(format!("{f}.name"), port_name(n));
+                s.check(
+                    format!("{f}.name"),
+                    dns_label(n).map_err(|m| format!("Service port name {m}")),
+                );
                 if !names.insert(n.clone()) {
                     s.error(format!("{f}.name"), format!("duplicate port name {n:?}"));
                 }
@@ -426,9 +433,23 @@ fn flow_peer(s: &mut Sink, field: &str, p: &Peer) {
     }
 }
 
-fn flow_ports(s: &mut Sink, field: &str, ports: Option<&Vec<crate::flow_policy::Port>>) {
+/// FlowPolicy ports name Service ports (DNS-1123 labels up to 63 characters) toward a Service,
+/// and container ports (IANA service names) otherwise.
+fn flow_ports(
+    s: &mut Sink,
+    field: &str,
+    ports: Option<&Vec<crate::flow_policy::Port>>,
+    toward_service: bool,
+) {
     for (i, p) in ports.into_iter().flatten().enumerate() {
-        named_port(s, &format!("{field}.ports[{i}].port"), p.port.as_ref());
+        let f = format!("{field}.ports[{i}].port");
+        match p.port.as_ref() {
+            Some(IntOrString::String(n)) if toward_service && !n.is_empty() => s.check(
+                f,
+                dns_label(n).map_err(|m| format!("Service port name {m}")),
+            ),
+            other => named_port(s, &f, other),
+        }
     }
 }
 
@@ -448,14 +469,15 @@ pub fn flow_policy(o: &FlowPolicy) -> Vec<Finding> {
     }
     for (i, r) in o.spec.ingress.iter().flatten().enumerate() {
         let f = format!("spec.ingress[{i}]");
-        flow_ports(&mut s, &f, r.ports.as_ref());
+        flow_ports(&mut s, &f, r.ports.as_ref(), subject.service.is_some());
         for (j, p) in r.from.iter().enumerate() {
             flow_peer(&mut s, &format!("{f}.from[{j}]"), p);
         }
     }
     for (i, r) in o.spec.egress.iter().flatten().enumerate() {
         let f = format!("spec.egress[{i}]");
-        flow_ports(&mut s, &f, r.ports.as_ref());
+        let toward_service = r.to.iter().any(|p| p.service.is_some());
+        flow_ports(&mut s, &f, r.ports.as_ref(), toward_service);
         for (j, p) in r.to.iter().enumerate() {
             flow_peer(&mut s, &format!("{f}.to[{j}]"), p);
         }
@@ -478,10 +500,14 @@ fn cnp_protocols(
     list: Option<&Vec<crate::cluster_network_policy::ProtocolEntry>>,
 ) {
     for (i, e) in list.into_iter().flatten().enumerate() {
-        if let Some(n) = &e.destination_named_port {
-            s.check(
+        // The upstream CRD takes any string here; one that is not a port name can never match a
+        // container port, which is worth a warning, not a refusal.
+        if let Some(n) = &e.destination_named_port
+            && let Err(m) = port_name(n)
+        {
+            s.warn(
                 format!("{field}.protocols[{i}].destinationNamedPort"),
-                port_name(n),
+                format!("{m}: it matches no container port"),
             );
         }
     }

@@ -78,6 +78,19 @@ pub enum ExplainError {
     /// The Service selects no pods.
     #[error("service {0} has no backend pods")]
     NoBackends(ObjectKey),
+    /// The Service selects pods, but the port's named targetPort resolves on none of them, so
+    /// the port has no endpoints and the flow no destination.
+    #[error(
+        "service {service} port {port} has no endpoints: its targetPort {target:?} resolves on none of the selected pods, so the flow has no destination"
+    )]
+    NoEndpoints {
+        /// Service.
+        service: ObjectKey,
+        /// The Service port, `number/protocol`.
+        port: String,
+        /// Its targetPort.
+        target: String,
+    },
 }
 
 /// One rule considered on one side.
@@ -188,25 +201,31 @@ pub fn explain<S: AllocationStore>(
                 .services
                 .get(k)
                 .ok_or_else(|| ExplainError::UnknownService(k.clone()))?;
+            // A Service port is (number, protocol) or its unique name, of the query's protocol.
             let sp = svc
-                .ports
-                .iter()
-                .find(|sp| match &query.port {
-                    PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
-                    PortRef::Number(x) => sp.port == *x,
-                })
+                .ports_matching(&query.port, Some(query.protocol))
+                .next()
                 .ok_or_else(|| ExplainError::UnknownServicePort {
                     service: k.clone(),
-                    port: query.port.to_string(),
+                    port: format!("{}/{}", query.port, query.protocol),
                 })?;
-            let backends: Vec<&Pod> = cluster.pods.values().filter(|p| svc.selects(p)).collect();
-            if backends.is_empty() {
+            if !cluster.pods.values().any(|p| svc.selects(p)) {
                 return Err(ExplainError::NoBackends(k.clone()));
             }
-            for b in backends {
+            // EndpointSlice semantics: a selected pod on which a named targetPort does not
+            // resolve is not an endpoint of this port.
+            let endpoints: Vec<(&Pod, u16)> = svc.endpoints(sp, cluster.pods.values()).collect();
+            if endpoints.is_empty() {
+                return Err(ExplainError::NoEndpoints {
+                    service: k.clone(),
+                    port: format!("{}/{}", sp.port, sp.protocol),
+                    target: sp.target().to_string(),
+                });
+            }
+            for (b, target) in endpoints {
                 dests.push((
                     FlowEnd::Pod(b.key()),
-                    sp.target(),
+                    PortRef::Number(target),
                     Some((format!("service/{k}"), sp.protocol)),
                 ));
             }

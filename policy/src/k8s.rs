@@ -116,13 +116,25 @@ pub fn selector_into(s: &meta::LabelSelector, field: &str, errors: &mut Errors) 
     out
 }
 
-/// Parses a protocol name.
+/// Parses a protocol name: TCP when missing; otherwise exactly `TCP`, `UDP` or `SCTP`, as the
+/// API server validates it (`tcp` is refused there too).
 pub fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, ConversionError> {
     match p {
         None => Ok(Protocol::Tcp),
-        Some(s) => Protocol::parse(s)
-            .ok_or_else(|| err(field, format!("unknown protocol {s:?} (TCP, UDP, SCTP)"))),
+        Some(s) => Protocol::from_api(s).ok_or_else(|| {
+            err(
+                field,
+                format!("unknown protocol {s:?} (TCP, UDP or SCTP, upper case)"),
+            )
+        }),
     }
+}
+
+/// A Service or container port's protocol: the API server defaults an empty string to TCP
+/// there too (`SetDefaults_ServicePort`, `SetDefaults_ContainerPort`), unlike NetworkPolicy
+/// ports, whose defaulting only fills a missing one.
+fn defaulted_protocol(p: Option<&str>, field: &str) -> Result<Protocol, ConversionError> {
+    protocol(p.filter(|s| !s.is_empty()), field)
 }
 
 fn port_number(n: i32, field: &str) -> Result<u16, ConversionError> {
@@ -136,11 +148,20 @@ fn port_number(n: i32, field: &str) -> Result<u16, ConversionError> {
 pub fn port_ref(p: &IntOrString, field: &str) -> Result<PortRef, ConversionError> {
     match p {
         IntOrString::Int(n) => Ok(PortRef::Number(port_number(*n, field)?)),
-        IntOrString::String(s) => match s.parse::<i32>() {
-            Ok(n) => Ok(PortRef::Number(port_number(n, field)?)),
-            Err(_) if !s.is_empty() => Ok(PortRef::Name(s.clone())),
-            Err(_) => Err(err(field, "empty port name")),
-        },
+        // A string is always a name, as for the API server, which validates it with
+        // `IsValidPortName` (so `"80"` is refused there, and by the name checks here).
+        IntOrString::String(s) if !s.is_empty() => Ok(PortRef::Name(s.clone())),
+        IntOrString::String(_) => Err(err(field, "empty port name")),
+    }
+}
+
+/// A Service port's `targetPort`: `0` and `""` are defaulted to `port` by the API server
+/// (`SetDefaults_Service`), so they mean the same as a missing one.
+fn target_port(p: &IntOrString, field: &str) -> Result<Option<PortRef>, ConversionError> {
+    match p {
+        IntOrString::Int(0) => Ok(None),
+        IntOrString::String(s) if s.is_empty() => Ok(None),
+        other => port_ref(other, field).map(Some),
     }
 }
 
@@ -187,8 +208,13 @@ pub fn node(n: &core::Node) -> Result<Node, Vec<ConversionError>> {
         .flatten()
         .enumerate()
     {
-        if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-            ips.extend(errors.ok(ip(&a.address, &format!("status.addresses[{i}].address"))));
+        // The API server does not validate node address formats: an address that is not an
+        // IP cannot be a node address on the wire, so it is skipped rather than refusing the
+        // whole Node.
+        if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            && let Ok(addr) = ip(&a.address, &format!("status.addresses[{i}].address"))
+        {
+            ips.push(addr);
         }
     }
     let name = name_of(&n.metadata, &mut errors);
@@ -212,7 +238,7 @@ pub fn pod(p: &core::Pod) -> Result<Pod, Vec<ConversionError>> {
                 cp.container_port,
                 &format!("{field}.containerPort"),
             ));
-            let protocol = errors.ok(protocol(
+            let protocol = errors.ok(defaulted_protocol(
                 cp.protocol.as_deref(),
                 &format!("{field}.protocol"),
             ));
@@ -263,13 +289,14 @@ pub fn service(s: &core::Service) -> Result<Service, Vec<ConversionError>> {
     {
         let field = format!("spec.ports[{i}]");
         let port = errors.ok(port_number(p.port, &format!("{field}.port")));
-        let protocol = errors.ok(protocol(
+        let protocol = errors.ok(defaulted_protocol(
             p.protocol.as_deref(),
             &format!("{field}.protocol"),
         ));
-        let target_port = errors.optional(p.target_port.as_ref(), |t| {
-            port_ref(t, &format!("{field}.targetPort"))
-        });
+        let target_port = match p.target_port.as_ref() {
+            None => Some(None),
+            Some(t) => errors.ok(target_port(t, &format!("{field}.targetPort"))),
+        };
         if let (Some(port), Some(protocol), Some(target_port)) = (port, protocol, target_port) {
             ports.push(ServicePort {
                 name: p.name.clone(),

@@ -66,7 +66,18 @@ impl Protocol {
         }
     }
 
-    /// Parses `TCP`, `UDP` or `SCTP` (case-insensitive).
+    /// Parses `TCP`, `UDP` or `SCTP` exactly as the API server accepts them (case-sensitive).
+    pub fn from_api(s: &str) -> Option<Self> {
+        match s {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Parses `TCP`, `UDP` or `SCTP` case-insensitively (command-line input; objects use
+    /// [`Protocol::from_api`]).
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_uppercase().as_str() {
             "TCP" => Some(Self::Tcp),
@@ -204,6 +215,23 @@ impl ServicePort {
             .clone()
             .unwrap_or(PortRef::Number(self.port))
     }
+
+    /// The port this Service port forwards to on `pod`, the way the EndpointSlice controller
+    /// resolves it (`FindPort`): a numeric `targetPort` as is; a named one through the pod's
+    /// container port of that name *and this port's protocol*. `None` when the name does not
+    /// resolve on the pod: the pod is then not an endpoint of this Service port.
+    pub fn target_on(&self, pod: &Pod) -> Option<u16> {
+        match self.target() {
+            PortRef::Number(n) => Some(n),
+            PortRef::Name(name) => pod
+                .ports
+                .iter()
+                .find(|cp| {
+                    cp.name.as_deref() == Some(name.as_str()) && cp.protocol == self.protocol
+                })
+                .map(|cp| cp.port),
+        }
+    }
 }
 
 /// A Service.
@@ -225,6 +253,37 @@ impl Service {
     /// The service's key.
     pub fn key(&self) -> ObjectKey {
         ObjectKey::new(&self.namespace, &self.name)
+    }
+
+    /// The Service ports a client's `port` refers to. A Service port is identified by its name
+    /// (unique within the Service) or by number *and* protocol together: `53` with `Some(UDP)`
+    /// is only the UDP port even when 53/TCP exists too. With `protocol` `None`, a number means
+    /// every Service port with that number (53/TCP and 53/UDP); a name ignores `protocol` only
+    /// when it is `None`, otherwise the named port must have that protocol.
+    pub fn ports_matching<'a>(
+        &'a self,
+        port: &'a PortRef,
+        protocol: Option<Protocol>,
+    ) -> impl Iterator<Item = &'a ServicePort> + 'a {
+        self.ports.iter().filter(move |sp| {
+            let same_port = match port {
+                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
+                PortRef::Number(x) => sp.port == *x,
+            };
+            same_port && protocol.is_none_or(|p| p == sp.protocol)
+        })
+    }
+
+    /// The endpoints of one of this Service's ports among `pods`: every selected pod on which
+    /// the port's `targetPort` resolves, with the resolved port (EndpointSlice semantics).
+    pub fn endpoints<'a>(
+        &'a self,
+        port: &'a ServicePort,
+        pods: impl IntoIterator<Item = &'a Pod> + 'a,
+    ) -> impl Iterator<Item = (&'a Pod, u16)> + 'a {
+        pods.into_iter()
+            .filter(|p| self.selects(p))
+            .filter_map(|p| port.target_on(p).map(|t| (p, t)))
     }
 
     /// Whether the Service selects `pod` as a backend.
@@ -299,7 +358,8 @@ pub struct NetworkPolicy {
     pub name: String,
     /// `spec.podSelector` (empty selects every pod of the namespace).
     pub pod_selector: LabelSelector,
-    /// `spec.policyTypes`; `None` means inferred (Ingress always, Egress if any egress rule).
+    /// `spec.policyTypes`; `None` or an empty list means inferred (Ingress always, Egress if any
+    /// egress rule), as the API server's defaulting does.
     pub policy_types: Option<Vec<PolicyType>>,
     /// `spec.ingress`.
     pub ingress: Vec<NetworkPolicyRule>,
@@ -317,11 +377,12 @@ impl NetworkPolicy {
     /// inference as the API server does it.
     pub fn isolates(&self) -> (bool, bool) {
         match &self.policy_types {
-            Some(types) => (
+            Some(types) if !types.is_empty() => (
                 types.contains(&PolicyType::Ingress),
                 types.contains(&PolicyType::Egress),
             ),
-            None => (true, !self.egress.is_empty()),
+            // The API server defaults an empty list exactly like a missing one.
+            _ => (true, !self.egress.is_empty()),
         }
     }
 }
@@ -385,7 +446,8 @@ pub enum FlowPeer {
 /// rule of a Service subject), `port` names or numbers a Service port and means its `targetPort`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowPort {
-    /// Protocol (TCP when omitted; ignored for Service ports, which carry their own).
+    /// Protocol (TCP when omitted). Toward a Service, a Service port is (number, protocol):
+    /// with a protocol only that port; without one every Service port of that number.
     pub protocol: Option<Protocol>,
     /// Port; every port of the protocol when omitted.
     pub port: Option<PortRef>,

@@ -569,11 +569,11 @@ fn flow_ports(ports: &[FlowPort], service: Option<Option<&Service>>) -> PortMatc
         match (service, &p.port) {
             (Some(svc), Some(port)) => {
                 let Some(svc) = svc else { continue };
-                let found = svc.ports.iter().find(|sp| match port {
-                    PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
-                    PortRef::Number(x) => sp.port == *x,
-                });
-                if let Some(sp) = found {
+                // A Service port is (number, protocol): `53` alone means 53/TCP and 53/UDP
+                // where both exist, `53` with `protocol: UDP` only the UDP one. A named
+                // targetPort stays named: it resolves per destination pod, and a pod on which
+                // it does not resolve is not an endpoint of that port (EndpointSlice semantics).
+                for sp in svc.ports_matching(port, p.protocol) {
                     items.push(match sp.target() {
                         PortRef::Number(t) => PortItem::Sel(PortSel::Range(sp.protocol, t, t)),
                         PortRef::Name(n) => PortItem::Named {

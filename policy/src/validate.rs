@@ -68,15 +68,38 @@ impl Sink<'_> {
     }
 }
 
-fn check_port(sink: &mut Sink<'_>, field: &str, port: &Option<PortRef>, end_port: Option<u16>) {
+/// Which names a `port` may carry: a container port name (an IANA service name, at most 15
+/// characters) or a Service port name (a DNS-1123 label, at most 63).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortNames {
+    Container,
+    Service,
+}
+
+impl PortNames {
+    fn max_len(self) -> usize {
+        match self {
+            Self::Container => 15,
+            Self::Service => 63,
+        }
+    }
+}
+
+fn check_port(
+    sink: &mut Sink<'_>,
+    field: &str,
+    port: &Option<PortRef>,
+    end_port: Option<u16>,
+    names: PortNames,
+) {
     match (port, end_port) {
         (Some(PortRef::Number(0)), _) => sink.push(
             format!("{field}.port"),
             "port 0 is not a valid port (1-65535)",
         ),
-        (Some(PortRef::Name(n)), _) if n.is_empty() || n.len() > 15 => sink.push(
+        (Some(PortRef::Name(n)), _) if n.is_empty() || n.len() > names.max_len() => sink.push(
             format!("{field}.port"),
-            format!("named port {n:?} must be 1-15 characters"),
+            format!("named port {n:?} must be 1-{} characters", names.max_len()),
         ),
         (Some(PortRef::Name(n)), Some(e)) => sink.push(
             format!("{field}.endPort"),
@@ -96,7 +119,13 @@ fn check_port(sink: &mut Sink<'_>, field: &str, port: &Option<PortRef>, end_port
 
 fn check_np_ports(sink: &mut Sink<'_>, field: &str, ports: &[NetworkPolicyPort]) {
     for (i, p) in ports.iter().enumerate() {
-        check_port(sink, &format!("{field}.ports[{i}]"), &p.port, p.end_port);
+        check_port(
+            sink,
+            &format!("{field}.ports[{i}]"),
+            &p.port,
+            p.end_port,
+            PortNames::Container,
+        );
     }
 }
 
@@ -124,13 +153,13 @@ pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
         out: &mut out,
     };
     sink.selector("spec.podSelector", &np.pod_selector);
-    if let Some(types) = &np.policy_types {
-        let ing = types.iter().filter(|t| **t == PolicyType::Ingress).count();
-        let eg = types.iter().filter(|t| **t == PolicyType::Egress).count();
-        if ing > 1 || eg > 1 {
+    // An empty list is defaulted like a missing one (see `NetworkPolicy::isolates`). The API
+    // server refuses more than two entries but lets duplicates through (`[Ingress, Ingress]`).
+    if let Some(types) = np.policy_types.as_ref().filter(|t| !t.is_empty()) {
+        if types.len() > 2 {
             sink.push(
                 "spec.policyTypes",
-                format!("duplicate entries in {types:?}"),
+                format!("may not specify more than two policyTypes: {types:?}"),
             );
         }
         if !types.contains(&PolicyType::Egress) && !np.egress.is_empty() {
@@ -204,14 +233,12 @@ fn check_service_ports(sink: &mut Sink<'_>, field: &str, ports: &[FlowPort], svc
     for (i, p) in ports.iter().enumerate() {
         let pf = format!("{field}.ports[{i}]");
         if let Some(port) = &p.port {
-            let found = svc.ports.iter().any(|sp| match port {
-                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
-                PortRef::Number(x) => sp.port == *x,
-            });
-            if !found {
+            // A Service port is (number, protocol): 53/UDP is not found on a 53/TCP-only Service.
+            if svc.ports_matching(port, p.protocol).next().is_none() {
+                let proto = p.protocol.map(|p| format!("/{p}")).unwrap_or_default();
                 sink.warn(
                     format!("{pf}.port"),
-                    format!("Service {} has no port {port}", svc.key()),
+                    format!("Service {} has no port {port}{proto}", svc.key()),
                 );
             }
         }
@@ -277,12 +304,19 @@ pub fn validate_flow_policy(
                 if let Some(svc) = subject_service {
                     check_service_ports(&mut sink, &field, &r.ports, svc);
                 } else {
+                    // With a Service subject (even a missing one) ports name Service ports.
+                    let names = if matches!(fp.subject, FlowSubject::Service(_)) {
+                        PortNames::Service
+                    } else {
+                        PortNames::Container
+                    };
                     for (j, p) in r.ports.iter().enumerate() {
                         check_port(
                             &mut sink,
                             &format!("{field}.ports[{j}]"),
                             &p.port,
                             p.end_port,
+                            names,
                         );
                     }
                 }
@@ -293,6 +327,7 @@ pub fn validate_flow_policy(
                         &format!("{field}.ports[{j}]"),
                         &p.port,
                         p.end_port,
+                        PortNames::Container,
                     );
                 }
             }

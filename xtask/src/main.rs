@@ -3,17 +3,34 @@
 //!
 //! Usage: `cargo xtask demo`, `cargo xtask bench [--quick]` (both as root).
 
+use clap::{Parser, Subcommand};
+
 mod bench;
 mod demo;
 
+/// septum's project tasks.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// The datapath demo: pods in network namespaces, maps filled by hand, flow events.
+    Demo,
+    /// ns/packet of the real programs via BPF_PROG_TEST_RUN beside an empty classifier.
+    Bench {
+        /// Fewer repetitions: a quick look rather than stable figures.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("demo") => demo::run(),
-        Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
-        _ => {
-            eprintln!("usage: xtask demo | xtask bench [--quick]");
-            std::process::exit(2);
-        }
+    match Cli::parse().task {
+        Task::Demo => demo::run(),
+        Task::Bench { quick } => bench::run(quick),
     }
 }
