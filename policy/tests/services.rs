@@ -26,9 +26,18 @@ use common::service_world::{CHECK_PORTS, service_world};
 
 type Engine0 = Engine<InMemoryAllocations>;
 
-/// Whether `result` says that the flow has no destination (the Service port has no endpoint).
-fn says_no_destination(result: &Result<Vec<FlowExplanation>, ExplainError>) -> bool {
-    matches!(result, Ok(v) if v.is_empty()) || matches!(result, Err(ExplainError::NoBackends(_)))
+/// Whether `result` says the flow has no destination: the Service selects no pod
+/// (`NoBackends`), or its pods give this port no endpoint (`NoEndpoints`).
+fn says_no_destination(
+    result: &Result<Vec<FlowExplanation>, ExplainError>,
+    selects_pods: bool,
+    svc: &ObjectKey,
+) -> bool {
+    match result {
+        Err(ExplainError::NoBackends(k)) => !selects_pods && k == svc,
+        Err(ExplainError::NoEndpoints { service, .. }) => selects_pods && service == svc,
+        _ => false,
+    }
 }
 
 /// Checks explain from `src` to one port of `svc`, addressed as `port`, against the naive
@@ -55,9 +64,16 @@ fn check_service_port(
         sp.protocol
     );
     if want.is_empty() {
+        let selects_pods = !naive::service_backends(c, svc).is_empty();
         prop_assert!(
-            says_no_destination(&result),
-            "{what}: no endpoint resolves, so the flow has no destination; got {result:?}"
+            says_no_destination(&result, selects_pods, &svc.key()),
+            "{what}: no endpoint (the Service selects {}), so the flow has no destination; got \
+             {result:?}",
+            if selects_pods {
+                "pods, on none of which the targetPort resolves"
+            } else {
+                "no pod"
+            }
         );
         return Ok(());
     }
@@ -154,7 +170,9 @@ fn check_services(c: &Cluster) -> Result<(), TestCaseError> {
                     check_service_port(&engine, src, svc, sp, PortRef::Name(name.clone()))?;
                 }
                 for protocol in Protocol::ALL {
-                    if naive::service_port(svc, &PortRef::Number(sp.port), protocol).is_some() {
+                    if !naive::service_ports(svc, &PortRef::Number(sp.port), Some(protocol))
+                        .is_empty()
+                    {
                         continue;
                     }
                     let query = ExplainQuery {

@@ -122,9 +122,10 @@ fn flow_port_matches(
     port: u16,
 ) -> bool {
     match (svc, &p.port) {
-        // A Service port by name, or by number and the rule's protocol (TCP when omitted).
-        (Some(svc), Some(pr)) => service_port(svc, pr, p.protocol.unwrap_or(Protocol::Tcp))
-            .is_some_and(|sp| target_matches(&sp.target(), sp.protocol, dest, proto, port)),
+        // Toward a Service, the rule's port means Service ports (their targetPorts).
+        (Some(svc), Some(pr)) => service_ports(svc, pr, p.protocol)
+            .into_iter()
+            .any(|sp| target_matches(&sp.target(), sp.protocol, dest, proto, port)),
         _ => np_port_matches(
             &NetworkPolicyPort {
                 protocol: p.protocol,
@@ -475,51 +476,67 @@ pub fn flow(
     (eg, ing)
 }
 
-/// The Service port a client addresses, from the Service API: by name, or by number and
-/// protocol together (the API server refuses two ports with the same number and protocol, so
-/// 53/TCP and 53/UDP are two ports).
-pub fn service_port<'a>(
+/// The Service ports a port reference means. A Service port is identified by its name (unique
+/// within the Service) or by its number and protocol together (the API server refuses two ports
+/// with the same number and protocol, so 53/TCP and 53/UDP are two ports). With a protocol, only
+/// that protocol's port; without one (a FlowPolicy port that names none), every Service port with
+/// that number, or the named one.
+pub fn service_ports<'a>(
     svc: &'a Service,
     port: &PortRef,
-    protocol: Protocol,
-) -> Option<&'a ServicePort> {
-    svc.ports.iter().find(|sp| match port {
-        PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
-        PortRef::Number(x) => sp.port == *x && sp.protocol == protocol,
-    })
+    protocol: Option<Protocol>,
+) -> Vec<&'a ServicePort> {
+    svc.ports
+        .iter()
+        .filter(|sp| {
+            let same = match port {
+                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
+                PortRef::Number(x) => sp.port == *x,
+            };
+            same && protocol.is_none_or(|p| p == sp.protocol)
+        })
+        .collect()
 }
 
-/// The endpoints of one Service port, as the EndpointSlice controller computes them: each pod
-/// of the Service's namespace whose labels include every entry of a non-empty selector (septum
-/// polices pod endpoints, so host-network pods and pods without an address are left out), with
-/// the port its targetPort resolves to on that pod. A numeric targetPort (or none: the port
-/// itself) is taken as is; a named one is looked up among the pod's container ports by name and
-/// the Service port's protocol, and a pod on which it does not resolve is not an endpoint of
-/// that port. Sorted by pod.
-pub fn service_endpoints(c: &Cluster, svc: &Service, sp: &ServicePort) -> Vec<(ObjectKey, u16)> {
+/// The pods a Service selects: those of its namespace whose labels include every entry of a
+/// non-empty selector (septum polices pod endpoints, so host-network pods and pods without an
+/// address are left out). Sorted by pod.
+pub fn service_backends<'a>(c: &'a Cluster, svc: &Service) -> Vec<&'a Pod> {
     let Some(selector) = svc.selector.as_ref().filter(|s| !s.is_empty()) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for pod in c.pods.values() {
-        if pod.namespace != svc.namespace || pod.host_network || pod.ips.is_empty() {
-            continue;
-        }
-        if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
-            continue;
-        }
-        let port = match &sp.target_port {
-            None => Some(sp.port),
-            Some(PortRef::Number(n)) => Some(*n),
-            Some(PortRef::Name(name)) => pod
-                .ports
-                .iter()
-                .find(|cp| cp.name.as_deref() == Some(name.as_str()) && cp.protocol == sp.protocol)
-                .map(|cp| cp.port),
-        };
-        if let Some(port) = port {
-            out.push((pod.key(), port));
-        }
-    }
-    out
+    c.pods
+        .values()
+        .filter(|pod| {
+            pod.namespace == svc.namespace
+                && !pod.host_network
+                && !pod.ips.is_empty()
+                && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        })
+        .collect()
+}
+
+/// The endpoints of one Service port, as the EndpointSlice controller computes them: each
+/// selected pod ([`service_backends`]) with the port its targetPort resolves to there. A numeric
+/// targetPort (or none: the port itself) is taken as is; a named one is looked up among the
+/// pod's container ports by name and the Service port's protocol, and a pod on which it does not
+/// resolve is not an endpoint of that port. Sorted by pod.
+pub fn service_endpoints(c: &Cluster, svc: &Service, sp: &ServicePort) -> Vec<(ObjectKey, u16)> {
+    service_backends(c, svc)
+        .into_iter()
+        .filter_map(|pod| {
+            let port = match &sp.target_port {
+                None => Some(sp.port),
+                Some(PortRef::Number(n)) => Some(*n),
+                Some(PortRef::Name(name)) => pod
+                    .ports
+                    .iter()
+                    .find(|cp| {
+                        cp.name.as_deref() == Some(name.as_str()) && cp.protocol == sp.protocol
+                    })
+                    .map(|cp| cp.port),
+            };
+            port.map(|port| (pod.key(), port))
+        })
+        .collect()
 }
