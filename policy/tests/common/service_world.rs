@@ -18,8 +18,6 @@ use super::world::NODES;
 
 /// Namespaces of a Service world (both always present).
 pub const NAMESPACES: [&str; 2] = ["a", "b"];
-/// Service names FlowPolicies refer to (`gone` never exists).
-pub const SERVICE_NAMES: [&str; 4] = ["s0", "s1", "s2", "gone"];
 /// Ports worth checking flows on in a Service world: every Service port, targetPort and
 /// container port drawn, and one nothing uses.
 pub const CHECK_PORTS: [u16; 7] = [53, 80, 443, 5353, 8080, 9090, 9091];
@@ -34,9 +32,17 @@ const SERVICE_PORTS: [(u16, Protocol); 5] = [
     (443, Protocol::Tcp),
 ];
 
-/// Names a targetPort may give: `dns`, `http` and `metrics` are declared by some pods (with
+/// A name a targetPort may give: `dns`, `http` and `metrics` are declared by some pods (with
 /// varying protocols), `nope` by none.
-const TARGET_NAMES: [&str; 4] = ["dns", "http", "metrics", "nope"];
+fn target_name() -> impl Strategy<Value = &'static str> {
+    prop_oneof![3 => Just("dns"), 2 => Just("http"), 1 => Just("metrics"), 1 => Just("nope")]
+}
+
+/// A Service name for FlowPolicies: mostly one that exists (`s0` always does), now and then
+/// `gone`, which never does.
+fn service_name() -> impl Strategy<Value = &'static str> {
+    prop_oneof![3 => Just("s0"), 2 => Just("s1"), 1 => Just("s2"), 1 => Just("gone")]
+}
 
 /// The Service port name for (number, protocol): `service-port-udp-53` as the upstream e2e suite
 /// writes them, or that prefix padded to the full 63 characters of a DNS-1123 label.
@@ -141,7 +147,7 @@ fn target_port() -> impl Strategy<Value = Option<PortRef>> {
     prop_oneof![
         2 => Just(None),
         2 => select(&[53u16, 5353, 8080][..]).prop_map(|n| Some(PortRef::Number(n))),
-        4 => select(&TARGET_NAMES[..]).prop_map(|n| Some(PortRef::Name(n.to_string()))),
+        4 => target_name().prop_map(|n| Some(PortRef::Name(n.to_string()))),
     ]
 }
 
@@ -199,7 +205,7 @@ fn flow_peer() -> impl Strategy<Value = FlowPeer> {
     prop_oneof![
         3 => (
             option::of(select(&NAMESPACES[..]).prop_map(String::from)),
-            select(&SERVICE_NAMES[..]),
+            service_name(),
         )
             .prop_map(|(namespace, name)| FlowPeer::Service {
                 namespace,
@@ -229,7 +235,7 @@ fn flow_policy() -> impl Strategy<Value = FlowPolicy> {
         prop_oneof![3 => Just("a"), 1 => Just("b")],
         prop_oneof![3 => Just(FlowMode::Enforce), 1 => Just(FlowMode::Audit)],
         prop_oneof![
-            3 => select(&SERVICE_NAMES[..]).prop_map(|n| FlowSubject::Service(n.to_string())),
+            3 => service_name().prop_map(|n| FlowSubject::Service(n.to_string())),
             1 => app_selector().prop_map(FlowSubject::Pods),
         ],
         flow_rules(),
@@ -245,13 +251,13 @@ fn flow_policy() -> impl Strategy<Value = FlowPolicy> {
         })
 }
 
-/// A Service world: namespaces `a` and `b`, both nodes, 1 to 6 pods, 1 to 3 Services `s{i}`
-/// (VIP `10.96.0.{10+i}`), up to 2 FlowPolicies `fp{i}`.
+/// A Service world: namespaces `a` and `b`, both nodes, 2 to 8 pods, 1 to 3 Services `s{i}`
+/// (VIP `10.96.0.{10+i}`), 1 or 2 FlowPolicies `fp{i}`.
 pub fn service_world() -> impl Strategy<Value = Cluster> {
     (
-        vec(pod(), 1..=6),
+        vec(pod(), 2..=8),
         vec(service(), 1..=3),
-        vec(flow_policy(), 0..3),
+        vec(flow_policy(), 1..=2),
     )
         .prop_map(|(pods, services, fps)| {
             let mut c = Cluster::default();
