@@ -250,17 +250,17 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
 fn side_json(s: &SideReport) -> Value {
     json!({
         "subject": s.subject,
-        "identity": s.identity,
+        "identity": s.identity.map(u32::from),
         "policed": s.policed,
         "action": s.action,
-        "cookie": s.cookie,
+        "cookie": u32::from(s.cookie),
         "decisiveRule": s.decisive_rule,
-        "datapath": {"action": s.datapath.0, "cookie": s.datapath.1},
+        "datapath": {"action": s.datapath.0, "cookie": u32::from(s.datapath.1)},
         "tiers": s.tiers.iter().map(|t| json!({
             "tier": t.tier,
             "outcome": t.outcome,
             "rules": t.rules.iter().map(|r| json!({
-                "cookie": r.cookie,
+                "cookie": u32::from(r.cookie),
                 "action": r.action,
                 "rule": r.description,
                 "decisive": r.decisive,

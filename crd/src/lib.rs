@@ -13,6 +13,8 @@
 //!
 //! Only types and pure conversions live here: no client, no I/O.
 
+#![forbid(unsafe_code)]
+
 pub mod cluster_network_policy;
 pub mod flow_policy;
 pub mod generate;

@@ -109,6 +109,82 @@ pub const IDENTITY_FIRST_POD: u32 = 256;
 /// First identity number allocated to CIDR prefixes named by policies.
 pub const IDENTITY_FIRST_CIDR: u32 = 1 << 24;
 
+/// Typed numbers: one `#[repr(transparent)]` newtype per kind of number, so that an identity, a
+/// rule cookie and a Service id cannot be mixed up. The map structs below keep plain `u32`
+/// fields (the eBPF programs read them as such); user space converts at the map boundary with
+/// `From`/`Into`.
+macro_rules! number_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[repr(transparent)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(u32);
+
+        impl $name {
+            /// The typed form of a raw number.
+            pub const fn new(n: u32) -> Self {
+                Self(n)
+            }
+
+            /// The raw number, as stored in the maps.
+            pub const fn get(self) -> u32 {
+                self.0
+            }
+        }
+
+        impl From<u32> for $name {
+            fn from(n: u32) -> Self {
+                Self(n)
+            }
+        }
+
+        impl From<$name> for u32 {
+            fn from(n: $name) -> u32 {
+                n.0
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                core::fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+number_newtype!(
+    /// A security identity: a pod identity, a reserved identity (`IDENTITY_*`), a CIDR identity
+    /// or a pod-in-CIDR identity. Policy keys and ipcache entries hold its number.
+    Identity
+);
+
+impl Identity {
+    /// [`IDENTITY_ANY`]: the wildcard peer of policy keys.
+    pub const ANY: Self = Self(IDENTITY_ANY);
+    /// [`IDENTITY_HOST`].
+    pub const HOST: Self = Self(IDENTITY_HOST);
+    /// [`IDENTITY_WORLD`].
+    pub const WORLD: Self = Self(IDENTITY_WORLD);
+    /// [`IDENTITY_REMOTE_NODE`].
+    pub const REMOTE_NODE: Self = Self(IDENTITY_REMOTE_NODE);
+}
+
+number_newtype!(
+    /// A rule cookie: names the rule that decided a flow, in policy entries, conntrack and flow
+    /// events. [`Cookie::NONE`] means that nothing policed the flow.
+    Cookie
+);
+
+impl Cookie {
+    /// No rule: the flow was not policed.
+    pub const NONE: Self = Self(0);
+}
+
+number_newtype!(
+    /// A Service id, the value of the services map.
+    ServiceId
+);
+
 // ---------------------------------------------------------------------------------------------
 // Small codes
 
@@ -131,6 +207,49 @@ pub const DIRECTION_INGRESS: u8 = 1;
 /// Direction of a policy, from the subject's point of view.
 pub const DIRECTION_EGRESS: u8 = 2;
 
+/// Direction of a policy, from its subject's point of view; the code is `DIRECTION_*`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Traffic into the subject.
+    Ingress = DIRECTION_INGRESS,
+    /// Traffic out of the subject.
+    Egress = DIRECTION_EGRESS,
+}
+
+impl Direction {
+    /// Both directions.
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    /// The datapath code (`DIRECTION_*`).
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Decodes a direction byte; unknown values are `None`.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            DIRECTION_INGRESS => Some(Self::Ingress),
+            DIRECTION_EGRESS => Some(Self::Egress),
+            _ => None,
+        }
+    }
+
+    /// `ingress` or `egress`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+impl core::fmt::Display for Direction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a packet was observed.
 pub const POINT_FROM_POD: u8 = 1;
 /// Where a packet was observed.
@@ -142,6 +261,66 @@ pub const ACTION_ALLOW: u8 = 1;
 pub const ACTION_DENY: u8 = 2;
 /// Would deny, but the packet passes and is reported with verdict audit.
 pub const ACTION_AUDIT: u8 = 3;
+
+/// What a policy entry does; the code is `ACTION_*`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// The flow passes.
+    Allow = ACTION_ALLOW,
+    /// The flow is dropped.
+    Deny = ACTION_DENY,
+    /// The flow passes and is reported as a would-be deny.
+    Audit = ACTION_AUDIT,
+}
+
+impl Action {
+    /// The datapath code (`ACTION_*`).
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Decodes an action byte; unknown values are `None`.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            ACTION_ALLOW => Some(Self::Allow),
+            ACTION_DENY => Some(Self::Deny),
+            ACTION_AUDIT => Some(Self::Audit),
+            _ => None,
+        }
+    }
+
+    /// The tie-break between entries of equal precedence found by different lookups: deny beats
+    /// audit beats allow.
+    pub const fn rank(self) -> u8 {
+        match self {
+            Self::Deny => 3,
+            Self::Audit => 2,
+            Self::Allow => 1,
+        }
+    }
+
+    /// `allow`, `deny` or `audit`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+impl From<Action> for u8 {
+    fn from(a: Action) -> u8 {
+        a.code()
+    }
+}
+
+impl core::fmt::Display for Action {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Precedence band of the default deny that isolates a subject.
 pub const PRECEDENCE_DEFAULT_DENY: u16 = 0;
@@ -673,6 +852,34 @@ mod tests {
                 assert_eq!(x as u8, v);
             }
         }
+    }
+
+    #[test]
+    fn typed_codes_round_trip() {
+        for v in 0..=255u8 {
+            if let Some(a) = Action::from_u8(v) {
+                assert_eq!(a.code(), v);
+            }
+            if let Some(d) = Direction::from_u8(v) {
+                assert_eq!(d.code(), v);
+            }
+        }
+        assert_eq!(Action::from_u8(ACTION_AUDIT), Some(Action::Audit));
+        assert_eq!(
+            Direction::from_u8(DIRECTION_EGRESS),
+            Some(Direction::Egress)
+        );
+        assert!(Action::Deny.rank() > Action::Audit.rank());
+        assert!(Action::Audit.rank() > Action::Allow.rank());
+    }
+
+    #[test]
+    fn number_newtypes_keep_the_number() {
+        assert_eq!(u32::from(Identity::from(300)), 300);
+        assert_eq!(Identity::HOST.get(), IDENTITY_HOST);
+        assert_eq!(Cookie::NONE, Cookie::new(0));
+        assert_eq!(ServiceId::new(7).get(), 7);
+        assert_eq!(size_of::<Identity>(), size_of::<u32>());
     }
 
     #[test]

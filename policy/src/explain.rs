@@ -6,10 +6,10 @@
 
 use std::net::IpAddr;
 
-use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
+use septum_datapath_common::{Cookie, Identity};
 
+use crate::allocation::AllocationStore;
 use crate::compile::{Decision, Engine, Peer};
-use crate::identity::AllocationStore;
 use crate::lpm;
 use crate::model::{ObjectKey, Pod, PortRef, Protocol};
 use crate::rules::{Direction, PeerMatch, RuleAction, Tier};
@@ -97,7 +97,7 @@ pub enum ExplainError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleReport {
     /// Cookie.
-    pub cookie: u32,
+    pub cookie: Cookie,
     /// `allow`, `deny`, `pass`, `isolate`.
     pub action: String,
     /// Description.
@@ -124,20 +124,20 @@ pub struct SideReport {
     pub direction: String,
     /// Subject pod and identity (none when that end is not a pod endpoint).
     pub subject: Option<String>,
-    /// Identity number of the subject.
-    pub identity: Option<u32>,
+    /// Identity of the subject.
+    pub identity: Option<Identity>,
     /// Whether anything polices this side.
     pub policed: bool,
     /// `allow`, `deny` or `audit`.
     pub action: String,
-    /// Decisive cookie (0: not policed).
-    pub cookie: u32,
+    /// Decisive cookie ([`Cookie::NONE`]: not policed).
+    pub cookie: Cookie,
     /// Decisive rule.
     pub decisive_rule: Option<String>,
     /// Tier by tier.
     pub tiers: Vec<TierReport>,
     /// Action and cookie read from the compiled entries like the datapath does.
-    pub datapath: (String, u32),
+    pub datapath: (String, Cookie),
 }
 
 /// The explanation of one flow (one backend, for Services).
@@ -326,16 +326,16 @@ fn side<S: AllocationStore>(
     protocol: Protocol,
     port: u16,
 ) -> SideReport {
-    let not_policed = |subject: Option<String>, identity: Option<u32>| SideReport {
+    let not_policed = |subject: Option<String>, identity: Option<Identity>| SideReport {
         direction: direction.as_str().to_string(),
         subject,
         identity,
         policed: false,
         action: "allow".to_string(),
-        cookie: 0,
+        cookie: Cookie::NONE,
         decisive_rule: None,
         tiers: Vec::new(),
-        datapath: ("allow".to_string(), 0),
+        datapath: ("allow".to_string(), Cookie::NONE),
     };
     let Some(subject_pod) = subject_end.pod.filter(|p| !p.host_network) else {
         return not_policed(None, None);
@@ -379,26 +379,29 @@ fn side<S: AllocationStore>(
     };
     // Datapath reading.
     let (peer_id, peer_cidr) = match lpm::ipcache_lookup(state, peer_end.ip) {
-        Some(e) => (e.identity, e.cidr_identity),
-        None => (septum_datapath_common::IDENTITY_WORLD, 0),
+        Some(e) => (
+            Identity::new(e.identity),
+            (e.cidr_identity != 0).then_some(Identity::new(e.cidr_identity)),
+        ),
+        None => (Identity::WORLD, None),
     };
     let peer_id = if from_own_node {
-        septum_datapath_common::IDENTITY_HOST
+        Identity::HOST
     } else {
         peer_id
     };
     let dp = lpm::policy_decision(
         &state.policy,
         subject,
-        direction.code(),
+        direction,
         peer_id,
         peer_cidr,
         protocol.number(),
         port,
     );
     let datapath = match dp {
-        Some(e) => (action_name(e.action).to_string(), e.cookie),
-        None => ("allow".to_string(), 0),
+        Some(e) => (action_name(e.action).to_string(), Cookie::new(e.cookie)),
+        None => ("allow".to_string(), Cookie::NONE),
     };
     // Tier by tier.
     let point_matches = |r: &crate::rules::Rule| -> bool {
@@ -503,19 +506,13 @@ fn side<S: AllocationStore>(
             rules: Vec::new(),
         });
     }
-    let action = match decision.action {
-        ACTION_DENY => "deny",
-        ACTION_AUDIT => "audit",
-        ACTION_ALLOW => "allow",
-        _ => "allow",
-    };
     SideReport {
         direction: direction.as_str().to_string(),
         subject: label,
         identity: Some(subject),
-        policed: decision.cookie != 0
+        policed: decision.cookie != Cookie::NONE
             || f != crate::ports::Segmented::constant(Decision::UNPOLICED),
-        action: action.to_string(),
+        action: decision.action.as_str().to_string(),
         cookie: decision.cookie,
         decisive_rule: rules_table.get(&decision.cookie).map(|d| d.text.clone()),
         tiers,

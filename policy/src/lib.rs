@@ -5,8 +5,10 @@
 //! - [`selector`], [`cidr`], [`ports`]: label selectors, prefixes, (protocol, port) functions.
 //! - [`rules`]: normalization of NetworkPolicy, FlowPolicy and ClusterNetworkPolicy into rules
 //!   with cookies, settling the Kubernetes defaults and traps.
-//! - [`identity`]: security identities and the [`identity::AllocationStore`] that numbers them.
-//! - [`compile`]: [`compile::compile`] (model -> [`state::ClusterState`]) and
+//! - [`identity`]: what makes pods one security identity.
+//! - [`allocation`]: the numbers (identities, Service ids, rule cookies), their ranges, the keys
+//!   they are allocated for and the [`allocation::AllocationStore`] that keeps them.
+//! - [`compile`](mod@compile): [`compile::compile`] (model -> [`state::ClusterState`]) and
 //!   [`compile::Engine::apply`] (one change -> minimal [`state::StateDiff`]).
 //! - [`state`]: the compiled form in `septum-datapath-common` shapes, diffs, per-node slices.
 //! - [`lpm`]: the datapath's reading of that state (reference for tests).
@@ -25,6 +27,9 @@
 //! `domainNames` peers are not supported (rejected when loading); namespace and node changes
 //! recompile everything (still a minimal diff).
 
+#![forbid(unsafe_code)]
+
+pub mod allocation;
 pub mod cidr;
 pub mod compile;
 pub mod explain;
@@ -40,7 +45,7 @@ pub mod selector;
 pub mod state;
 pub mod validate;
 
+pub use allocation::{AllocationStore, InMemoryAllocations};
 pub use compile::{Engine, compile};
-pub use identity::{AllocationStore, InMemoryAllocations};
 pub use model::{Change, Cluster};
 pub use state::{ClusterState, StateDiff};

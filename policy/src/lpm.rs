@@ -8,19 +8,20 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, IDENTITY_ANY, IpCacheEntry, POLICY_PREFIX_ANY_PORT,
-    POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, PolicyEntry, PolicyKeyData,
+    Action, Direction, Identity, IpCacheEntry, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
+    POLICY_PREFIX_FULL, PolicyEntry,
 };
 
 use crate::cidr::Cidr;
 use crate::state::{ClusterState, PolicyKey};
 
-/// Longest-prefix match of one policy lookup.
+/// Longest-prefix match of one policy lookup. `protocol` is any IP protocol number, as the
+/// datapath reads it from the packet.
 pub fn policy_lookup(
     policy: &BTreeMap<PolicyKey, PolicyEntry>,
-    subject: u32,
-    direction: u8,
-    peer: u32,
+    subject: Identity,
+    direction: Direction,
+    peer: Identity,
     protocol: u8,
     port: u16,
 ) -> Option<PolicyEntry> {
@@ -30,48 +31,51 @@ pub fn policy_lookup(
         } else {
             u16::MAX << (16 - bits)
         };
-        let key = PolicyKey {
-            data: PolicyKeyData::new(subject, direction, peer, protocol, port & mask),
-            prefix_len: POLICY_PREFIX_ANY_PORT + bits,
-        };
+        let key = PolicyKey::new(
+            subject,
+            direction,
+            peer,
+            protocol,
+            port & mask,
+            POLICY_PREFIX_ANY_PORT + bits,
+        );
         if let Some(e) = policy.get(&key) {
             return Some(*e);
         }
     }
     debug_assert_eq!(POLICY_PREFIX_ANY_PORT + 16, POLICY_PREFIX_FULL);
     policy
-        .get(&PolicyKey {
-            data: PolicyKeyData::new(subject, direction, peer, 0, 0),
-            prefix_len: POLICY_PREFIX_ANY_PROTO,
-        })
+        .get(&PolicyKey::new(
+            subject,
+            direction,
+            peer,
+            0,
+            0,
+            POLICY_PREFIX_ANY_PROTO,
+        ))
         .copied()
 }
 
+/// The tie-break rank of an entry's action (an unknown code ranks below every action).
 fn rank(action: u8) -> u8 {
-    match action {
-        ACTION_DENY => 3,
-        ACTION_AUDIT => 2,
-        ACTION_ALLOW => 1,
-        _ => 0,
-    }
+    Action::from_u8(action).map_or(0, Action::rank)
 }
 
-/// The datapath's decision for one side: the three lookups combined. `None`: not policed.
+/// The datapath's decision for one side: the three lookups combined (`peer_cidr`: the peer's
+/// CIDR identity, if its address has one). `None`: not policed.
 pub fn policy_decision(
     policy: &BTreeMap<PolicyKey, PolicyEntry>,
-    subject: u32,
-    direction: u8,
-    peer: u32,
-    peer_cidr: u32,
+    subject: Identity,
+    direction: Direction,
+    peer: Identity,
+    peer_cidr: Option<Identity>,
     protocol: u8,
     port: u16,
 ) -> Option<PolicyEntry> {
     let mut best: Option<PolicyEntry> = None;
     let mut peers = vec![peer];
-    if peer_cidr != 0 {
-        peers.push(peer_cidr);
-    }
-    peers.push(IDENTITY_ANY);
+    peers.extend(peer_cidr);
+    peers.push(Identity::ANY);
     for p in peers {
         if let Some(e) = policy_lookup(policy, subject, direction, p, protocol, port) {
             let better = best

@@ -7,8 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use septum_datapath_common::{
-    DIRECTION_EGRESS, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD,
-    IPCACHE_KIND_HOST, IpCacheEntry, PolicyEntry, ServiceEntry,
+    Direction, IPCACHE_KIND_HOST, Identity, IpCacheEntry, PolicyEntry, ServiceEntry,
 };
 
 use crate::cidr::Cidr;
@@ -33,18 +32,18 @@ pub struct NodeState {
 /// The slice of `state` for `node`.
 pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeState {
     let mut endpoints = BTreeMap::new();
-    let mut local: BTreeSet<u32> = BTreeSet::new();
+    let mut local: BTreeSet<Identity> = BTreeSet::new();
     for (k, e) in &state.endpoints {
         if cluster.pods.get(k).and_then(|p| p.node.as_deref()) == Some(node) {
             endpoints.insert(k.clone(), *e);
             local.insert(e.identity);
         }
     }
-    let mut allowed_peers: BTreeSet<u32> = BTreeSet::from([
-        IDENTITY_ANY,
-        IDENTITY_HOST,
-        IDENTITY_WORLD,
-        IDENTITY_REMOTE_NODE,
+    let mut allowed_peers: BTreeSet<Identity> = BTreeSet::from([
+        Identity::ANY,
+        Identity::HOST,
+        Identity::WORLD,
+        Identity::REMOTE_NODE,
     ]);
     allowed_peers.extend(local.iter().copied());
     for (n, d) in &state.identities {
@@ -62,8 +61,8 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
         .policy
         .iter()
         .filter(|(k, _)| {
-            local.contains(&k.data.subject())
-                || (k.data.direction == DIRECTION_EGRESS && allowed_peers.contains(&k.data.peer()))
+            local.contains(&k.subject())
+                || (k.direction() == Some(Direction::Egress) && allowed_peers.contains(&k.peer()))
         })
         .map(|(k, v)| (*k, *v))
         .collect();
@@ -75,7 +74,7 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
             ipcache.insert(
                 c,
                 IpCacheEntry {
-                    identity: IDENTITY_HOST,
+                    identity: Identity::HOST.get(),
                     cidr_identity,
                     kind: IPCACHE_KIND_HOST,
                     _pad: [0; 3],

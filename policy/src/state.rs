@@ -29,8 +29,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, IpCacheEntry, IpPrefixData, PolicyEntry,
-    PolicyKeyData, ServiceEntry, ServiceKey,
+    Action, Cookie, Direction, Identity, IpCacheEntry, IpPrefixData, PolicyEntry, PolicyKeyData,
+    ServiceEntry, ServiceKey,
 };
 
 use crate::cidr::{Cidr, addr_bytes};
@@ -57,12 +57,49 @@ pub struct PolicyKey {
 }
 
 impl PolicyKey {
-    /// The first key of a subject (for range scans).
-    pub fn subject_start(subject: u32) -> Self {
+    /// A key from its typed parts. `protocol` is an IP protocol number (0 with a prefix that
+    /// stops before it).
+    pub fn new(
+        subject: Identity,
+        direction: Direction,
+        peer: Identity,
+        protocol: u8,
+        port: u16,
+        prefix_len: u32,
+    ) -> Self {
         Self {
-            data: PolicyKeyData::new(subject, 0, 0, 0, 0),
+            data: PolicyKeyData::new(subject.get(), direction.code(), peer.get(), protocol, port),
+            prefix_len,
+        }
+    }
+
+    /// The first key of a subject (for range scans).
+    pub fn subject_start(subject: Identity) -> Self {
+        Self::peer_start(subject, Identity::ANY)
+    }
+
+    /// The first key of a subject's entries toward `peer` (for range scans; direction 0 sorts
+    /// before both directions).
+    pub fn peer_start(subject: Identity, peer: Identity) -> Self {
+        Self {
+            data: PolicyKeyData::new(subject.get(), 0, peer.get(), 0, 0),
             prefix_len: 0,
         }
+    }
+
+    /// The subject identity.
+    pub fn subject(&self) -> Identity {
+        Identity::new(self.data.subject())
+    }
+
+    /// The peer identity.
+    pub fn peer(&self) -> Identity {
+        Identity::new(self.data.peer())
+    }
+
+    /// The direction (`None` only for a range-scan bound).
+    pub fn direction(&self) -> Option<Direction> {
+        Direction::from_u8(self.data.direction)
     }
 }
 
@@ -96,8 +133,8 @@ impl ServiceVip {
 /// What the compiler decided for one pod endpoint (the agent adds ifindex and endpoint id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EndpointState {
-    /// Identity number.
-    pub identity: u32,
+    /// Identity.
+    pub identity: Identity,
     /// `ENDPOINT_F_*`.
     pub flags: u8,
     /// `MODE_*`.
@@ -114,7 +151,7 @@ pub enum IdentityDescription {
     /// Pods of one identity whose address lies in one policy prefix.
     PodInCidr {
         /// Pod identity.
-        identity: u32,
+        identity: Identity,
         /// Prefix.
         cidr: Cidr,
     },
@@ -151,9 +188,9 @@ pub struct ClusterState {
     /// Service VIPs.
     pub services: BTreeMap<ServiceVip, ServiceEntry>,
     /// Cookie -> rule description.
-    pub rules: BTreeMap<u32, RuleDescription>,
-    /// Identity number -> what it stands for.
-    pub identities: BTreeMap<u32, IdentityDescription>,
+    pub rules: BTreeMap<Cookie, RuleDescription>,
+    /// Identity -> what it stands for.
+    pub identities: BTreeMap<Identity, IdentityDescription>,
 }
 
 /// Upserts and deletes for one map.
@@ -224,9 +261,9 @@ pub struct StateDiff {
     /// Service VIPs.
     pub services: MapDiff<ServiceVip, ServiceEntry>,
     /// Cookie table.
-    pub rules: MapDiff<u32, RuleDescription>,
+    pub rules: MapDiff<Cookie, RuleDescription>,
     /// Identity table.
-    pub identities: MapDiff<u32, IdentityDescription>,
+    pub identities: MapDiff<Identity, IdentityDescription>,
 }
 
 impl StateDiff {
@@ -288,23 +325,21 @@ impl ClusterState {
     }
 
     /// Policy entries of one subject identity.
-    pub fn policy_of(&self, subject: u32) -> impl Iterator<Item = (&PolicyKey, &PolicyEntry)> {
+    pub fn policy_of(&self, subject: Identity) -> impl Iterator<Item = (&PolicyKey, &PolicyEntry)> {
         let start = PolicyKey::subject_start(subject);
-        let end = subject.checked_add(1).map(PolicyKey::subject_start);
+        let end = subject
+            .get()
+            .checked_add(1)
+            .map(|n| PolicyKey::subject_start(Identity::new(n)));
         self.policy
             .range(start..)
             .take_while(move |(k, _)| end.is_none_or(|e| **k < e))
     }
 }
 
-/// Short name of an action code.
+/// Short name of an action code (`?` for a code that is no [`Action`]).
 pub fn action_name(action: u8) -> &'static str {
-    match action {
-        ACTION_ALLOW => "allow",
-        ACTION_DENY => "deny",
-        ACTION_AUDIT => "audit",
-        _ => "?",
-    }
+    Action::from_u8(action).map_or("?", Action::as_str)
 }
 
 /// A readable, stable rendering (for snapshots and debugging).

@@ -210,25 +210,6 @@ pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
     out
 }
 
-/// Whether a FlowPolicy names a Service (as subject or peer).
-pub fn flow_policy_references(fp: &FlowPolicy, svc: &ObjectKey) -> bool {
-    let subject = matches!(&fp.subject, FlowSubject::Service(n) if fp.namespace == svc.namespace && n == &svc.name);
-    subject
-        || fp
-            .ingress
-            .iter()
-            .chain(fp.egress.iter())
-            .flatten()
-            .flat_map(|r| &r.peers)
-            .any(|p| match p {
-                FlowPeer::Service { namespace, name } => {
-                    namespace.as_deref().unwrap_or(&fp.namespace) == svc.namespace
-                        && name == &svc.name
-                }
-                _ => false,
-            })
-}
-
 fn check_service_ports(sink: &mut Sink<'_>, field: &str, ports: &[FlowPort], svc: &Service) {
     for (i, p) in ports.iter().enumerate() {
         let pf = format!("{field}.ports[{i}]");

@@ -8,8 +8,8 @@
 mod common;
 
 use proptest::prelude::*;
+use septum_policy::allocation::InMemoryAllocations;
 use septum_policy::compile::Engine;
-use septum_policy::identity::InMemoryAllocations;
 use septum_policy::state::StateDiff;
 
 use common::world::{steps, world};

@@ -15,7 +15,7 @@ pub mod world;
 use std::net::IpAddr;
 
 use septum_datapath_common::{ACTION_ALLOW, IDENTITY_WORLD, PolicyEntry};
-use septum_policy::identity::AllocationStore;
+use septum_policy::allocation::AllocationStore;
 use septum_policy::lpm;
 use septum_policy::model::*;
 use septum_policy::node::node_state;
@@ -61,9 +61,9 @@ pub fn compiled_side(
     let peer_ip = peer_end.ip();
     let (pid, pcidr) = lookup_ip(&slice.ipcache, peer_ip);
     let dir = if ingress {
-        septum_datapath_common::DIRECTION_INGRESS
+        septum_datapath_common::Direction::Ingress
     } else {
-        septum_datapath_common::DIRECTION_EGRESS
+        septum_datapath_common::Direction::Egress
     };
     let flag = if ingress {
         septum_datapath_common::ENDPOINT_F_INGRESS_POLICY
@@ -73,7 +73,16 @@ pub fn compiled_side(
     let e: Option<PolicyEntry> = if ep.flags & flag == 0 {
         None
     } else {
-        lpm::policy_decision(&slice.policy, ep.identity, dir, pid, pcidr, proto, port)
+        let pcidr = (pcidr != 0).then_some(pcidr.into());
+        lpm::policy_decision(
+            &slice.policy,
+            ep.identity,
+            dir,
+            pid.into(),
+            pcidr,
+            proto,
+            port,
+        )
     };
     Some(e.map_or((ACTION_ALLOW, 0), |e| (e.action, e.cookie)))
 }
@@ -181,7 +190,7 @@ pub fn check_world_on_ports(
                     let ning = ing.clone().map(|v| (v.0, naive::cookie_of(store, &v)));
                     // From its own node a pod is always reachable; the compiled form reports the
                     // builtin cookie only when the pod's ingress is policed at all.
-                    let host = septum_policy::rules::COOKIE_HOST;
+                    let host = septum_policy::rules::COOKIE_HOST.get();
                     let cing = match (ning, cing) {
                         (Some((a, c1)), Some((b, 0))) if c1 == host && a == b => Some((b, host)),
                         _ => cing,

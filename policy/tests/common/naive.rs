@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use septum_datapath_common::{ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY};
-use septum_policy::identity::{AllocationKey, AllocationStore, RuleId};
+use septum_policy::allocation::{AllocationKey, AllocationStore, RuleId};
 use septum_policy::model::*;
 use septum_policy::selector::LabelSelector;
 
@@ -30,9 +30,9 @@ pub type Verdict = (u8, Option<RuleId>);
 
 fn rid(kind: &'static str, object: ObjectKey, section: &'static str, index: usize) -> RuleId {
     RuleId {
-        kind,
+        kind: kind.parse().expect("a policy kind"),
         object,
-        section,
+        section: section.parse().expect("a rule section"),
         index: index as u32,
     }
 }
@@ -46,7 +46,7 @@ pub const NO_COOKIE: u32 = u32::MAX;
 pub fn cookie_of(store: &dyn AllocationStore, v: &Verdict) -> u32 {
     match &v.1 {
         None => 0,
-        Some(r) if r.kind == "builtin" => septum_policy::rules::COOKIE_HOST,
+        Some(r) if r.kind.as_str() == "builtin" => septum_policy::rules::COOKIE_HOST.get(),
         Some(r) => store
             .get(&AllocationKey::Rule(r.clone()))
             .unwrap_or(NO_COOKIE),

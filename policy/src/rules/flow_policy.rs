@@ -1,0 +1,227 @@
+//! FlowPolicy (septum.dev/v1alpha1): subjects and peers by Service, selector or service account;
+//! ports through a Service's ports to their `targetPort` where the destination is a Service;
+//! Audit mode.
+
+use std::collections::BTreeMap;
+
+use super::describe::describe_rule;
+use super::network_policy::np_port;
+use super::{
+    Direction, NamespaceMatch, NormalizedPolicy, PeerMatch, PodMatch, PolicyKind, PolicyRef,
+    PortItem, PortMatch, Rule, RuleAction, RuleOrder, Section, Tier, rule_cookie,
+};
+use crate::allocation::AllocationStore;
+use crate::model::{
+    FlowMode, FlowPeer, FlowPolicy, FlowPort, FlowSubject, NetworkPolicyPort, ObjectKey, PortRef,
+    Service,
+};
+use crate::ports::PortSel;
+use crate::selector::LabelSelector;
+
+fn service_pods(svc: Option<&Service>) -> Option<PodMatch> {
+    let svc = svc?;
+    let sel = svc.selector.as_ref().filter(|s| !s.is_empty())?;
+    Some(PodMatch {
+        namespace: NamespaceMatch::Exact(svc.namespace.clone()),
+        pods: LabelSelector {
+            match_labels: sel.clone(),
+            match_expressions: Vec::new(),
+        },
+        service_account: None,
+    })
+}
+
+/// Resolves FlowPolicy ports, through `service`'s ports when the destination is a Service.
+fn flow_ports(ports: &[FlowPort], service: Option<Option<&Service>>) -> PortMatch {
+    if ports.is_empty() {
+        return PortMatch::Any;
+    }
+    let mut items = Vec::new();
+    for p in ports {
+        match (service, &p.port) {
+            (Some(svc), Some(port)) => {
+                let Some(svc) = svc else { continue };
+                // A Service port is (number, protocol): `53` alone means 53/TCP and 53/UDP
+                // where both exist, `53` with `protocol: UDP` only the UDP one. A named
+                // targetPort stays named: it resolves per destination pod, and a pod on which
+                // it does not resolve is not an endpoint of that port (EndpointSlice semantics).
+                for sp in svc.ports_matching(port, p.protocol) {
+                    items.push(match sp.target() {
+                        PortRef::Number(t) => PortItem::Sel(PortSel::Range(sp.protocol, t, t)),
+                        PortRef::Name(n) => PortItem::Named {
+                            name: n,
+                            protocol: Some(sp.protocol),
+                        },
+                    });
+                }
+            }
+            _ => {
+                if let Some(item) = np_port(&NetworkPolicyPort {
+                    protocol: p.protocol,
+                    port: p.port.clone(),
+                    end_port: p.end_port,
+                }) {
+                    items.push(item);
+                }
+            }
+        }
+    }
+    PortMatch::Items(items)
+}
+
+/// Normalizes a FlowPolicy; `services` resolves Service subjects, peers and ports.
+pub fn normalize_flow_policy(
+    fp: &FlowPolicy,
+    services: &BTreeMap<ObjectKey, Service>,
+    store: &mut dyn AllocationStore,
+) -> NormalizedPolicy {
+    let policy = PolicyRef {
+        kind: PolicyKind::FlowPolicy,
+        object: fp.key(),
+    };
+    let enforce = fp.mode == FlowMode::Enforce;
+    let mut out = NormalizedPolicy::default();
+    let subject_service = match &fp.subject {
+        FlowSubject::Service(name) => Some(services.get(&ObjectKey::new(&fp.namespace, name))),
+        _ => None,
+    };
+    let subject = match &fp.subject {
+        FlowSubject::Service(_) => match service_pods(subject_service.flatten()) {
+            Some(m) => m,
+            None => return out,
+        },
+        FlowSubject::Pods(sel) => PodMatch {
+            namespace: NamespaceMatch::Exact(fp.namespace.clone()),
+            pods: sel.clone(),
+            service_account: None,
+        },
+        FlowSubject::ServiceAccount(sa) => PodMatch {
+            namespace: NamespaceMatch::Exact(fp.namespace.clone()),
+            pods: LabelSelector::everything(),
+            service_account: Some(sa.clone()),
+        },
+    };
+    for (direction, rules) in [
+        (Direction::Ingress, &fp.ingress),
+        (Direction::Egress, &fp.egress),
+    ] {
+        let Some(rules) = rules else { continue };
+        out.isolate(
+            store,
+            &policy,
+            &subject,
+            &subject.to_string(),
+            direction,
+            enforce,
+        );
+        for (i, r) in rules.iter().enumerate() {
+            let index = i as u32;
+            let c = rule_cookie(store, &policy, Section::rules(direction), index);
+            // Groups of (peers, ports): Service peers of egress rules resolve ports through their
+            // own Service, so each gets its own group.
+            let mut groups: Vec<(Vec<PeerMatch>, PortMatch)> = Vec::new();
+            let default_ports = match direction {
+                Direction::Ingress => flow_ports(&r.ports, subject_service),
+                Direction::Egress => flow_ports(&r.ports, None),
+            };
+            let mut plain: Vec<PeerMatch> = Vec::new();
+            if r.peers.is_empty() {
+                plain.push(PeerMatch::Any);
+            }
+            for p in &r.peers {
+                match p {
+                    FlowPeer::Service { namespace, name } => {
+                        let key =
+                            ObjectKey::new(namespace.as_deref().unwrap_or(&fp.namespace), name);
+                        let svc = services.get(&key);
+                        if let Some(m) = service_pods(svc) {
+                            let ports = match direction {
+                                Direction::Egress => flow_ports(&r.ports, Some(svc)),
+                                Direction::Ingress => default_ports.clone(),
+                            };
+                            groups.push((vec![PeerMatch::Pods(m)], ports));
+                        }
+                    }
+                    FlowPeer::Pods {
+                        namespace_selector,
+                        pod_selector,
+                    } => plain.push(PeerMatch::Pods(PodMatch {
+                        namespace: match namespace_selector {
+                            None => NamespaceMatch::Exact(fp.namespace.clone()),
+                            Some(s) => NamespaceMatch::Selector(s.clone()),
+                        },
+                        pods: pod_selector.clone().unwrap_or_default(),
+                        service_account: None,
+                    })),
+                    FlowPeer::ServiceAccount { namespace, name } => {
+                        plain.push(PeerMatch::Pods(PodMatch {
+                            namespace: NamespaceMatch::Exact(
+                                namespace.clone().unwrap_or_else(|| fp.namespace.clone()),
+                            ),
+                            pods: LabelSelector::everything(),
+                            service_account: Some(name.clone()),
+                        }))
+                    }
+                    FlowPeer::Cidr { cidr, except } => plain.push(PeerMatch::Cidr {
+                        cidr: *cidr,
+                        except: except.clone(),
+                    }),
+                }
+            }
+            if !plain.is_empty() {
+                groups.insert(0, (plain, default_ports.clone()));
+            }
+            let mut all_peers = Vec::new();
+            for (peers, ports) in groups {
+                all_peers.extend(peers.iter().cloned());
+                out.rules.push(Rule {
+                    cookie: c,
+                    tier: Tier::Namespaced,
+                    order: RuleOrder::default(),
+                    enforce,
+                    direction,
+                    action: RuleAction::Allow,
+                    subject: subject.clone(),
+                    peers,
+                    ports,
+                    policy: policy.clone(),
+                });
+            }
+            let summary = Rule {
+                cookie: c,
+                tier: Tier::Namespaced,
+                order: RuleOrder::default(),
+                enforce,
+                direction,
+                action: RuleAction::Allow,
+                subject: subject.clone(),
+                peers: all_peers,
+                ports: default_ports,
+                policy: policy.clone(),
+            };
+            out.descriptions
+                .insert(c, describe_rule(&summary, index, ""));
+        }
+    }
+    out
+}
+
+/// Whether a FlowPolicy names Service `svc` (as its subject or as a peer), so that a change to
+/// the Service changes its rules.
+pub fn references_service(fp: &FlowPolicy, svc: &ObjectKey) -> bool {
+    let subject = matches!(&fp.subject, FlowSubject::Service(n) if fp.namespace == svc.namespace && n == &svc.name);
+    subject
+        || fp
+            .ingress
+            .iter()
+            .chain(fp.egress.iter())
+            .flatten()
+            .flat_map(|r| &r.peers)
+            .any(|p| match p {
+                FlowPeer::Service { namespace, name } => {
+                    namespace.as_deref().unwrap_or(&fp.namespace) == svc.namespace
+                        && name == &svc.name
+                }
+                _ => false,
+            })
+}
