@@ -15,9 +15,9 @@
 mod common;
 
 use proptest::prelude::*;
+use septum_policy::allocation::InMemoryAllocations;
 use septum_policy::compile::Engine;
 use septum_policy::explain::{ExplainError, ExplainQuery, FlowEnd, FlowExplanation, explain};
-use septum_policy::identity::InMemoryAllocations;
 use septum_policy::model::{Cluster, ObjectKey, PortRef, Protocol, Service, ServicePort};
 use septum_policy::state::action_name;
 
@@ -123,7 +123,9 @@ fn check_service_port(
             })
         };
         let explained = |s: &septum_policy::explain::SideReport| {
-            s.subject.as_ref().map(|_| (s.action.clone(), s.cookie))
+            s.subject
+                .as_ref()
+                .map(|_| (s.action.clone(), s.cookie.get()))
         };
         prop_assert_eq!(
             explained(&e.egress),
