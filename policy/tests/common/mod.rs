@@ -4,11 +4,12 @@
     clippy::too_many_arguments
 )]
 //! Shared test support: an independent naive evaluator, a reader of compiled state that follows
-//! the datapath's lookups through per-node slices, a random world generator, and a small DSL for
-//! data-driven cases.
+//! the datapath's lookups through per-node slices, and proptest strategies for worlds and
+//! changes.
 #![allow(dead_code)]
 
 pub mod naive;
+pub mod service_world;
 pub mod world;
 
 use std::net::IpAddr;
@@ -21,6 +22,14 @@ use septum_policy::node::node_state;
 use septum_policy::state::ClusterState;
 
 use naive::End;
+
+/// Cases per property: 256, or `PROPTEST_CASES` when set (a deeper search before a release).
+pub fn proptest_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
 
 /// (action, cookie) of one side as the datapath would decide it, from the node slice where the
 /// check runs. `None`: that end is not a pod endpoint.
@@ -129,6 +138,16 @@ pub fn check_world(
     state: &ClusterState,
     store: &dyn AllocationStore,
 ) -> Result<usize, String> {
+    check_world_on_ports(c, state, store, &[53, 79, 80, 443, 8080, 9090, 9091])
+}
+
+/// [`check_world`] on the given destination ports (TCP, UDP, SCTP and ICMP each).
+pub fn check_world_on_ports(
+    c: &Cluster,
+    state: &ClusterState,
+    store: &dyn AllocationStore,
+    ports: &[u16],
+) -> Result<usize, String> {
     let ends = ends(c);
     let mut checked = 0;
     let slices: std::collections::BTreeMap<String, septum_policy::node::NodeState> = c
@@ -163,7 +182,7 @@ pub fn check_world(
                 continue;
             }
             for proto in [6u8, 17, 132, 1] {
-                for port in [53u16, 79, 80, 443, 8080, 9090, 9091] {
+                for &port in ports {
                     let (eg, ing) = naive::flow(c, src, dst, proto, port);
                     let ceg = compiled_side(c, state, &slices, src, dst, false, proto, port);
                     let cing = compiled_side(c, state, &slices, dst, src, true, proto, port);

@@ -37,13 +37,19 @@ fn rid(kind: &'static str, object: ObjectKey, section: &'static str, index: usiz
     }
 }
 
+/// Cookie the naive verdict stands for when the engine allocated none for its rule (the
+/// engine never compiled that rule): it differs from every compiled cookie, so the flow is
+/// reported as a mismatch with the naive rule named, rather than as a panic.
+pub const NO_COOKIE: u32 = u32::MAX;
+
+/// The cookie the engine allocated for the rule that decided `v` (0: not policed).
 pub fn cookie_of(store: &dyn AllocationStore, v: &Verdict) -> u32 {
     match &v.1 {
         None => 0,
         Some(r) if r.kind.as_str() == "builtin" => septum_policy::rules::COOKIE_HOST.get(),
         Some(r) => store
             .get(&AllocationKey::Rule(r.clone()))
-            .unwrap_or_else(|| panic!("no cookie allocated for {r:?}")),
+            .unwrap_or(NO_COOKIE),
     }
 }
 
@@ -116,16 +122,9 @@ fn flow_port_matches(
     port: u16,
 ) -> bool {
     match (svc, &p.port) {
-        // A Service port is its name, or its number and protocol together; a number without a
-        // protocol names every Service port of that number.
-        (Some(svc), Some(pr)) => svc
-            .ports
-            .iter()
-            .filter(|sp| match pr {
-                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
-                PortRef::Number(x) => sp.port == *x,
-            })
-            .filter(|sp| p.protocol.is_none_or(|want| want == sp.protocol))
+        // Toward a Service, the rule's port means Service ports (their targetPorts).
+        (Some(svc), Some(pr)) => service_ports(svc, pr, p.protocol)
+            .into_iter()
             .any(|sp| target_matches(&sp.target(), sp.protocol, dest, proto, port)),
         _ => np_port_matches(
             &NetworkPolicyPort {
@@ -313,7 +312,8 @@ pub fn side(
         if !np_selects(np, subject) {
             continue;
         }
-        // The API server's defaulting: a missing or empty list is inferred.
+        // The API server defaults a missing or empty `policyTypes` to Ingress, plus Egress when
+        // there are egress rules.
         let types_in = match &np.policy_types {
             Some(t) if !t.is_empty() => t.contains(&PolicyType::Ingress),
             _ => true,
@@ -474,4 +474,69 @@ pub fn flow(
     let eg = peer_pod(c, src).map(|s| side(c, s, false, dst, proto, port));
     let ing = peer_pod(c, dst).map(|d| side(c, d, true, src, proto, port));
     (eg, ing)
+}
+
+/// The Service ports a port reference means. A Service port is identified by its name (unique
+/// within the Service) or by its number and protocol together (the API server refuses two ports
+/// with the same number and protocol, so 53/TCP and 53/UDP are two ports). With a protocol, only
+/// that protocol's port; without one (a FlowPolicy port that names none), every Service port with
+/// that number, or the named one.
+pub fn service_ports<'a>(
+    svc: &'a Service,
+    port: &PortRef,
+    protocol: Option<Protocol>,
+) -> Vec<&'a ServicePort> {
+    svc.ports
+        .iter()
+        .filter(|sp| {
+            let same = match port {
+                PortRef::Name(n) => sp.name.as_deref() == Some(n.as_str()),
+                PortRef::Number(x) => sp.port == *x,
+            };
+            same && protocol.is_none_or(|p| p == sp.protocol)
+        })
+        .collect()
+}
+
+/// The pods a Service selects: those of its namespace whose labels include every entry of a
+/// non-empty selector (septum polices pod endpoints, so host-network pods and pods without an
+/// address are left out). Sorted by pod.
+pub fn service_backends<'a>(c: &'a Cluster, svc: &Service) -> Vec<&'a Pod> {
+    let Some(selector) = svc.selector.as_ref().filter(|s| !s.is_empty()) else {
+        return Vec::new();
+    };
+    c.pods
+        .values()
+        .filter(|pod| {
+            pod.namespace == svc.namespace
+                && !pod.host_network
+                && !pod.ips.is_empty()
+                && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        })
+        .collect()
+}
+
+/// The endpoints of one Service port, as the EndpointSlice controller computes them: each
+/// selected pod ([`service_backends`]) with the port its targetPort resolves to there. A numeric
+/// targetPort (or none: the port itself) is taken as is; a named one is looked up among the
+/// pod's container ports by name and the Service port's protocol, and a pod on which it does not
+/// resolve is not an endpoint of that port. Sorted by pod.
+pub fn service_endpoints(c: &Cluster, svc: &Service, sp: &ServicePort) -> Vec<(ObjectKey, u16)> {
+    service_backends(c, svc)
+        .into_iter()
+        .filter_map(|pod| {
+            let port = match &sp.target_port {
+                None => Some(sp.port),
+                Some(PortRef::Number(n)) => Some(*n),
+                Some(PortRef::Name(name)) => pod
+                    .ports
+                    .iter()
+                    .find(|cp| {
+                        cp.name.as_deref() == Some(name.as_str()) && cp.protocol == sp.protocol
+                    })
+                    .map(|cp| cp.port),
+            };
+            port.map(|port| (pod.key(), port))
+        })
+        .collect()
 }

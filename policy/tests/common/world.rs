@@ -1,85 +1,34 @@
-//! Random worlds and random changes, from a seed (proptest supplies the seeds).
+//! Random worlds and random change sequences as proptest strategies. Every part is drawn from a
+//! strategy that shrinks (collections lose elements, `prop_oneof!` falls back to its earlier,
+//! simpler alternatives, options to `None`), so a failing world is reported as a small one.
+//!
+//! Names and addresses are assigned by position after drawing (pod `p{i}` has IPv4
+//! `10.0.{0|1}.{i+2}` and maybe `fd00::{i+2}`), so removing an element while shrinking never
+//! makes two objects collide. Changes are drawn as [`Step`]s that pick their target with an
+//! [`Index`] and are resolved against the cluster as it is when they are applied.
 
 use std::net::IpAddr;
 
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use proptest::sample::{Index, select, subsequence};
 use septum_policy::cidr::Cidr;
 use septum_policy::model::*;
 use septum_policy::selector::{LabelSelector, Labels, Operator, Requirement};
 
-/// A tiny deterministic generator (splitmix64).
-pub struct Rng(u64);
+/// Namespaces a world may hold (each present or not).
+pub const NAMESPACES: [&str; 3] = ["a", "b", "c"];
+/// Nodes of every world, with their addresses.
+pub const NODES: [(&str, &str); 2] = [("n1", "10.1.0.1"), ("n2", "10.1.0.2")];
+/// Changes applied to each world by the incremental property.
+pub const STEPS: usize = 16;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-}
+/// Label keys with the values each may take.
+type Pool = &'static [(&'static str, &'static [&'static str])];
 
-const NAMESPACES: [&str; 3] = ["a", "b", "c"];
-const NODES: [(&str, &str); 2] = [("n1", "10.1.0.1"), ("n2", "10.1.0.2")];
-
-fn labels(rng: &mut Rng, pool: &[(&str, &[&str])]) -> Labels {
-    let mut l = Labels::new();
-    for (k, vs) in pool {
-        if rng.chance(55) {
-            l.insert(k.to_string(), rng.pick(vs).to_string());
-        }
-    }
-    l
-}
-
-const POD_LABELS: &[(&str, &[&str])] =
-    &[("app", &["web", "db", "api"]), ("tier", &["front", "back"])];
-const NS_LABELS: &[(&str, &[&str])] = &[("team", &["x", "y"]), ("env", &["prod", "dev"])];
-
-pub fn selector(rng: &mut Rng, pool: &[(&str, &[&str])]) -> LabelSelector {
-    let mut s = LabelSelector::everything();
-    if rng.chance(30) {
-        return s;
-    }
-    let (k, vs) = rng.pick(pool);
-    s.match_labels
-        .insert(k.to_string(), rng.pick(vs).to_string());
-    if rng.chance(35) {
-        let (k, vs) = rng.pick(pool);
-        let op = *rng.pick(&[
-            Operator::In,
-            Operator::NotIn,
-            Operator::Exists,
-            Operator::DoesNotExist,
-        ]);
-        let values = match op {
-            Operator::In | Operator::NotIn => vec![rng.pick(vs).to_string()],
-            _ => vec![],
-        };
-        s.match_expressions.push(Requirement {
-            key: k.to_string(),
-            operator: op,
-            values,
-        });
-    }
-    s
-}
-
-fn cidr(s: &str) -> Cidr {
-    s.parse().unwrap_or_else(|e| panic!("test cidr {s}: {e}"))
-}
+const POD_LABELS: Pool = &[("app", &["web", "db", "api"]), ("tier", &["front", "back"])];
+const NS_LABELS: Pool = &[("team", &["x", "y"]), ("env", &["prod", "dev"])];
 
 const CIDRS: [&str; 8] = [
     "10.0.0.0/16",
@@ -92,423 +41,705 @@ const CIDRS: [&str; 8] = [
     "8.8.8.0/24",
 ];
 
-fn cidr_block(rng: &mut Rng) -> (Cidr, Vec<Cidr>) {
-    let c = cidr(*rng.pick(&CIDRS));
-    let mut except = Vec::new();
-    if rng.chance(40) {
-        for e in CIDRS {
-            let e = cidr(e);
-            if c.contains(&e) && e != c && rng.chance(50) {
-                except.push(e);
+/// Candidate `except` entries: the prefixes above plus carve-outs that hit pod addresses
+/// (`10.0.1.3` is pod 1 on subnet 1, `10.0.0.0/30` holds pod 0, `fd00::3` is pod 1's IPv6).
+const EXCEPTS: [&str; 12] = [
+    "10.0.0.0/16",
+    "10.0.1.0/24",
+    "10.0.0.0/8",
+    "0.0.0.0/0",
+    "fd00::/64",
+    "192.168.0.0/16",
+    "10.1.0.0/16",
+    "8.8.8.0/24",
+    "10.0.0.5/32",
+    "10.0.1.3/32",
+    "10.0.0.0/30",
+    "fd00::3/128",
+];
+
+fn cidr(s: &str) -> Cidr {
+    s.parse().unwrap_or_else(|e| panic!("test cidr {s}: {e}"))
+}
+
+/// A label set drawn from `pool`: each key present a little more often than not.
+pub fn labels(pool: Pool) -> impl Strategy<Value = Labels> {
+    let per_key: Vec<_> = pool
+        .iter()
+        .map(|&(k, vs)| option::weighted(0.55, select(vs)).prop_map(move |v| v.map(|v| (k, v))))
+        .collect();
+    per_key.prop_map(|kvs| {
+        kvs.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+fn requirement(pool: Pool) -> impl Strategy<Value = Requirement> {
+    (
+        select(pool),
+        select(
+            &[
+                Operator::In,
+                Operator::NotIn,
+                Operator::Exists,
+                Operator::DoesNotExist,
+            ][..],
+        ),
+        any::<Index>(),
+    )
+        .prop_map(|((k, vs), operator, i)| Requirement {
+            key: k.to_string(),
+            operator,
+            values: match operator {
+                Operator::In | Operator::NotIn => vec![i.get(vs).to_string()],
+                Operator::Exists | Operator::DoesNotExist => Vec::new(),
+            },
+        })
+}
+
+/// A selector over `pool`: empty (selects everything), or one `matchLabels` entry and maybe one
+/// expression.
+pub fn selector(pool: Pool) -> BoxedStrategy<LabelSelector> {
+    prop_oneof![
+        3 => Just(LabelSelector::everything()),
+        7 => (select(pool), any::<Index>(), option::weighted(0.35, requirement(pool))).prop_map(
+            |((k, vs), i, req)| {
+                let mut s = LabelSelector::everything();
+                s.match_labels.insert(k.to_string(), i.get(vs).to_string());
+                s.match_expressions.extend(req);
+                s
             }
-        }
-        if c.is_ipv4() && rng.chance(50) {
-            except.push(cidr(*rng.pick(&[
-                "10.0.0.5/32",
-                "10.0.1.3/32",
-                "10.0.0.0/30",
-            ])));
-            except.retain(|e| c.contains(e) && *e != c);
-        }
-    }
-    (c, except)
+        ),
+    ]
+    .boxed()
 }
 
-fn port_ref(rng: &mut Rng) -> PortRef {
-    if rng.chance(60) {
-        PortRef::Number(*rng.pick(&[53u16, 80, 443, 8080, 9090]))
-    } else {
-        PortRef::Name(rng.pick(&["http", "dns", "metrics", "nope"]).to_string())
-    }
+fn pod_selector() -> BoxedStrategy<LabelSelector> {
+    selector(POD_LABELS)
 }
 
-fn np_port(rng: &mut Rng) -> NetworkPolicyPort {
-    let protocol = if rng.chance(50) {
-        None
-    } else {
-        Some(*rng.pick(&Protocol::ALL))
-    };
-    let port = if rng.chance(20) {
-        None
-    } else {
-        Some(port_ref(rng))
-    };
-    let end_port = match &port {
-        Some(PortRef::Number(n)) if rng.chance(30) => {
-            Some(n.saturating_add(*rng.pick(&[0u16, 1, 10, 1000])))
-        }
-        _ => None,
-    };
-    NetworkPolicyPort {
-        protocol,
-        port,
-        end_port,
-    }
+fn ns_selector() -> BoxedStrategy<LabelSelector> {
+    selector(NS_LABELS)
 }
 
-fn np_peer(rng: &mut Rng) -> NetworkPolicyPeer {
-    if rng.chance(25) {
-        let (cidr, except) = cidr_block(rng);
-        return NetworkPolicyPeer::IpBlock { cidr, except };
-    }
-    let pod = rng.chance(70).then(|| selector(rng, POD_LABELS));
-    let ns = if pod.is_none() || rng.chance(40) {
-        Some(selector(rng, NS_LABELS))
-    } else {
-        None
-    };
-    NetworkPolicyPeer::Pods {
-        pod_selector: pod,
-        namespace_selector: ns,
-    }
+/// A prefix and its carve-outs (only those inside it and not equal to it survive).
+fn cidr_block() -> impl Strategy<Value = (Cidr, Vec<Cidr>)> {
+    (
+        select(&CIDRS[..]),
+        option::weighted(0.4, subsequence(&EXCEPTS[..], 0..=EXCEPTS.len())),
+    )
+        .prop_map(|(c, except)| {
+            let c = cidr(c);
+            let except = except
+                .unwrap_or_default()
+                .into_iter()
+                .map(cidr)
+                .filter(|e| c.contains(e) && *e != c)
+                .collect();
+            (c, except)
+        })
 }
 
-fn np_rule(rng: &mut Rng) -> NetworkPolicyRule {
-    let peers = (0..rng.below(3)).map(|_| np_peer(rng)).collect();
-    let ports = (0..rng.below(3)).map(|_| np_port(rng)).collect();
-    NetworkPolicyRule { peers, ports }
+fn port_ref() -> impl Strategy<Value = PortRef> {
+    prop_oneof![
+        6 => select(&[53u16, 80, 443, 8080, 9090][..]).prop_map(PortRef::Number),
+        4 => select(&["http", "dns", "metrics", "nope"][..]).prop_map(|n| PortRef::Name(n.into())),
+    ]
 }
 
-pub fn network_policy(rng: &mut Rng, name: &str) -> NetworkPolicy {
-    let policy_types = match rng.below(5) {
-        0 => None,
-        4 => Some(vec![]),
-        1 => Some(vec![PolicyType::Ingress]),
-        2 => Some(vec![PolicyType::Egress]),
-        _ => Some(vec![PolicyType::Ingress, PolicyType::Egress]),
-    };
-    NetworkPolicy {
-        namespace: rng.pick(&NAMESPACES).to_string(),
-        name: name.to_string(),
-        pod_selector: selector(rng, POD_LABELS),
-        policy_types,
-        ingress: (0..rng.below(3)).map(|_| np_rule(rng)).collect(),
-        egress: (0..rng.below(3)).map(|_| np_rule(rng)).collect(),
-    }
+fn protocol() -> impl Strategy<Value = Protocol> {
+    select(&Protocol::ALL[..])
 }
 
-fn flow_peer(rng: &mut Rng) -> FlowPeer {
-    match rng.below(5) {
-        0 => FlowPeer::Service {
-            namespace: rng.chance(50).then(|| rng.pick(&NAMESPACES).to_string()),
-            name: rng.pick(&["web", "db", "gone"]).to_string(),
-        },
-        1 => FlowPeer::ServiceAccount {
-            namespace: rng.chance(50).then(|| rng.pick(&NAMESPACES).to_string()),
-            name: rng.pick(&["default", "sa1"]).to_string(),
-        },
-        2 => {
-            let (cidr, except) = cidr_block(rng);
-            FlowPeer::Cidr { cidr, except }
-        }
-        _ => FlowPeer::Pods {
-            namespace_selector: rng.chance(40).then(|| selector(rng, NS_LABELS)),
-            pod_selector: rng.chance(70).then(|| selector(rng, POD_LABELS)),
-        },
-    }
+/// A NetworkPolicy port: protocol missing or any of three, port missing, numbered or named, and
+/// an `endPort` (sometimes equal to `port`) after numbered ports.
+fn np_port() -> impl Strategy<Value = NetworkPolicyPort> {
+    (
+        option::weighted(0.5, protocol()),
+        option::weighted(0.8, port_ref()),
+        option::weighted(0.3, select(&[0u16, 1, 10, 1000][..])),
+    )
+        .prop_map(|(protocol, port, span)| {
+            let end_port = match (&port, span) {
+                (Some(PortRef::Number(n)), Some(d)) => Some(n.saturating_add(d)),
+                _ => None,
+            };
+            NetworkPolicyPort {
+                protocol,
+                port,
+                end_port,
+            }
+        })
 }
 
-fn flow_port(rng: &mut Rng) -> FlowPort {
-    let p = np_port(rng);
-    let port = if rng.chance(20) {
-        Some(PortRef::Name(rng.pick(&["web", "svc-dns"]).to_string()))
-    } else {
-        p.port
-    };
-    FlowPort {
-        protocol: p.protocol,
-        port,
-        end_port: p.end_port,
-    }
+/// A NetworkPolicy peer: `podSelector` (maybe with `namespaceSelector`), `namespaceSelector`
+/// alone, an `ipBlock`, or (rarely) an entry with neither selector, which matches nothing.
+fn np_peer() -> impl Strategy<Value = NetworkPolicyPeer> {
+    prop_oneof![
+        52 => (pod_selector(), option::weighted(0.4, ns_selector())).prop_map(|(p, ns)| {
+            NetworkPolicyPeer::Pods {
+                pod_selector: Some(p),
+                namespace_selector: ns,
+            }
+        }),
+        21 => ns_selector().prop_map(|ns| NetworkPolicyPeer::Pods {
+            pod_selector: None,
+            namespace_selector: Some(ns),
+        }),
+        25 => cidr_block().prop_map(|(cidr, except)| NetworkPolicyPeer::IpBlock { cidr, except }),
+        2 => Just(NetworkPolicyPeer::Pods {
+            pod_selector: None,
+            namespace_selector: None,
+        }),
+    ]
 }
 
-fn flow_rules(rng: &mut Rng) -> Option<Vec<FlowRule>> {
-    if rng.chance(40) {
-        return None;
-    }
-    Some(
-        (0..rng.below(3))
-            .map(|_| FlowRule {
-                peers: (0..rng.below(3)).map(|_| flow_peer(rng)).collect(),
-                ports: (0..rng.below(3)).map(|_| flow_port(rng)).collect(),
-            })
-            .collect(),
+fn np_rule() -> impl Strategy<Value = NetworkPolicyRule> {
+    (vec(np_peer(), 0..3), vec(np_port(), 0..3))
+        .prop_map(|(peers, ports)| NetworkPolicyRule { peers, ports })
+}
+
+/// `policyTypes`: missing, empty (the API server defaults it like a missing one), or a list.
+fn policy_types() -> impl Strategy<Value = Option<Vec<PolicyType>>> {
+    prop_oneof![
+        4 => Just(None),
+        4 => Just(Some(vec![PolicyType::Ingress])),
+        4 => Just(Some(vec![PolicyType::Egress])),
+        4 => Just(Some(vec![PolicyType::Ingress, PolicyType::Egress])),
+        2 => Just(Some(Vec::new())),
+    ]
+}
+
+/// A NetworkPolicy (its name is set by the caller).
+pub fn network_policy() -> BoxedStrategy<NetworkPolicy> {
+    (
+        select(&NAMESPACES[..]),
+        pod_selector(),
+        policy_types(),
+        vec(np_rule(), 0..3),
+        vec(np_rule(), 0..3),
+    )
+        .prop_map(
+            |(namespace, pod_selector, policy_types, ingress, egress)| NetworkPolicy {
+                namespace: namespace.to_string(),
+                name: String::new(),
+                pod_selector,
+                policy_types,
+                ingress,
+                egress,
+            },
+        )
+        .boxed()
+}
+
+fn optional_namespace() -> impl Strategy<Value = Option<String>> {
+    option::of(select(&NAMESPACES[..]).prop_map(String::from))
+}
+
+fn flow_peer() -> impl Strategy<Value = FlowPeer> {
+    prop_oneof![
+        3 => (option::weighted(0.4, ns_selector()), option::weighted(0.7, pod_selector()))
+            .prop_map(|(namespace_selector, pod_selector)| FlowPeer::Pods {
+                namespace_selector,
+                pod_selector,
+            }),
+        1 => (optional_namespace(), select(&["web", "db", "gone"][..]))
+            .prop_map(|(namespace, name)| FlowPeer::Service {
+                namespace,
+                name: name.into(),
+            }),
+        1 => (optional_namespace(), select(&["default", "sa1"][..]))
+            .prop_map(|(namespace, name)| FlowPeer::ServiceAccount {
+                namespace,
+                name: name.into(),
+            }),
+        1 => cidr_block().prop_map(|(cidr, except)| FlowPeer::Cidr { cidr, except }),
+    ]
+}
+
+/// A FlowPolicy port: like a NetworkPolicy port, sometimes naming a Service port instead.
+fn flow_port() -> impl Strategy<Value = FlowPort> {
+    (
+        np_port(),
+        option::weighted(0.2, select(&["web", "svc-dns"][..])),
+    )
+        .prop_map(|(p, service_port)| FlowPort {
+            protocol: p.protocol,
+            port: service_port.map_or(p.port, |n| Some(PortRef::Name(n.into()))),
+            end_port: p.end_port,
+        })
+}
+
+fn flow_rules() -> impl Strategy<Value = Option<Vec<FlowRule>>> {
+    option::weighted(
+        0.6,
+        vec(
+            (vec(flow_peer(), 0..3), vec(flow_port(), 0..3))
+                .prop_map(|(peers, ports)| FlowRule { peers, ports }),
+            0..3,
+        ),
     )
 }
 
-pub fn flow_policy(rng: &mut Rng, name: &str) -> FlowPolicy {
-    FlowPolicy {
-        namespace: rng.pick(&NAMESPACES).to_string(),
-        name: name.to_string(),
-        mode: if rng.chance(40) {
-            FlowMode::Audit
-        } else {
-            FlowMode::Enforce
-        },
-        subject: match rng.below(3) {
-            0 => FlowSubject::Service(rng.pick(&["web", "db", "gone"]).to_string()),
-            1 => FlowSubject::ServiceAccount(rng.pick(&["default", "sa1"]).to_string()),
-            _ => FlowSubject::Pods(selector(rng, POD_LABELS)),
-        },
-        ingress: flow_rules(rng),
-        egress: flow_rules(rng),
-    }
+fn flow_subject() -> impl Strategy<Value = FlowSubject> {
+    prop_oneof![
+        pod_selector().prop_map(FlowSubject::Pods),
+        select(&["web", "db", "gone"][..]).prop_map(|n| FlowSubject::Service(n.into())),
+        select(&["default", "sa1"][..]).prop_map(|n| FlowSubject::ServiceAccount(n.into())),
+    ]
 }
 
-fn cnp_peer(rng: &mut Rng, egress: bool) -> CnpPeer {
-    match rng.below(if egress { 3 } else { 2 }) {
-        0 => CnpPeer::Namespaces(selector(rng, NS_LABELS)),
-        1 => CnpPeer::Pods {
-            namespace_selector: selector(rng, NS_LABELS),
-            pod_selector: selector(rng, POD_LABELS),
-        },
-        _ => CnpPeer::Networks(
-            (0..1 + rng.below(2))
-                .map(|_| cidr(*rng.pick(&CIDRS)))
-                .collect(),
-        ),
-    }
+/// A FlowPolicy, Enforce or Audit, with a subject by selector, Service or service account (its
+/// name is set by the caller).
+pub fn flow_policy() -> BoxedStrategy<FlowPolicy> {
+    (
+        select(&NAMESPACES[..]),
+        prop_oneof![3 => Just(FlowMode::Enforce), 2 => Just(FlowMode::Audit)],
+        flow_subject(),
+        flow_rules(),
+        flow_rules(),
+    )
+        .prop_map(|(namespace, mode, subject, ingress, egress)| FlowPolicy {
+            namespace: namespace.to_string(),
+            name: String::new(),
+            mode,
+            subject,
+            ingress,
+            egress,
+        })
+        .boxed()
 }
 
-fn cnp_port(rng: &mut Rng) -> CnpPort {
-    match rng.below(3) {
-        0 => CnpPort::AnyPort(*rng.pick(&Protocol::ALL)),
-        1 => {
-            let start = *rng.pick(&[53u16, 80, 443, 8080]);
-            CnpPort::Range {
-                protocol: *rng.pick(&Protocol::ALL),
-                start,
-                end: start + *rng.pick(&[0u16, 1, 10, 2000]),
-            }
+fn cnp_peer(egress: bool) -> BoxedStrategy<CnpPeer> {
+    let pods = (ns_selector(), pod_selector()).prop_map(|(namespace_selector, pod_selector)| {
+        CnpPeer::Pods {
+            namespace_selector,
+            pod_selector,
         }
-        _ => CnpPort::Named(rng.pick(&["http", "dns", "metrics"]).to_string()),
+    });
+    if egress {
+        prop_oneof![
+            ns_selector().prop_map(CnpPeer::Namespaces),
+            pods,
+            vec(select(&CIDRS[..]).prop_map(cidr), 1..3).prop_map(CnpPeer::Networks),
+        ]
+        .boxed()
+    } else {
+        prop_oneof![ns_selector().prop_map(CnpPeer::Namespaces), pods].boxed()
     }
 }
 
-pub fn cluster_network_policy(rng: &mut Rng, name: &str) -> ClusterNetworkPolicy {
-    let tier = if rng.chance(50) {
-        CnpTier::Admin
-    } else {
-        CnpTier::Baseline
-    };
-    let rules = |egress: bool, rng: &mut Rng| -> Vec<CnpRule> {
-        (0..rng.below(3))
-            .map(|i| CnpRule {
+fn cnp_port() -> impl Strategy<Value = CnpPort> {
+    prop_oneof![
+        protocol().prop_map(CnpPort::AnyPort),
+        (
+            protocol(),
+            select(&[53u16, 80, 443, 8080][..]),
+            select(&[0u16, 1, 10, 2000][..])
+        )
+            .prop_map(|(protocol, start, span)| CnpPort::Range {
+                protocol,
+                start,
+                end: start + span,
+            }),
+        select(&["http", "dns", "metrics"][..]).prop_map(|n| CnpPort::Named(n.into())),
+    ]
+}
+
+fn cnp_rules(egress: bool) -> impl Strategy<Value = Vec<CnpRule>> {
+    vec(
+        (
+            select(&[CnpAction::Accept, CnpAction::Deny, CnpAction::Pass][..]),
+            vec(cnp_peer(egress), 1..3),
+            vec(cnp_port(), 0..3),
+        ),
+        0..3,
+    )
+    .prop_map(|rules| {
+        rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, (action, peers, ports))| CnpRule {
                 name: format!("r{i}"),
-                action: match rng.below(3) {
-                    0 => CnpAction::Accept,
-                    1 => CnpAction::Deny,
-                    _ if tier == CnpTier::Admin => CnpAction::Pass,
-                    _ => CnpAction::Deny,
-                },
-                peers: (0..1 + rng.below(2))
-                    .map(|_| cnp_peer(rng, egress))
-                    .collect(),
-                ports: (0..rng.below(3)).map(|_| cnp_port(rng)).collect(),
+                action,
+                peers,
+                ports,
             })
             .collect()
-    };
-    let ingress = rules(false, rng);
-    let egress = rules(true, rng);
-    ClusterNetworkPolicy {
-        name: name.to_string(),
-        tier,
-        priority: rng.below(4) as u32,
-        subject: if rng.chance(50) {
-            CnpSubject::Namespaces(selector(rng, NS_LABELS))
-        } else {
-            CnpSubject::Pods {
-                namespace_selector: selector(rng, NS_LABELS),
-                pod_selector: selector(rng, POD_LABELS),
+    })
+}
+
+/// A ClusterNetworkPolicy of either tier (Pass only in Admin, where it is valid), priority 0..4
+/// (its name is set by the caller).
+pub fn cluster_network_policy() -> BoxedStrategy<ClusterNetworkPolicy> {
+    (
+        select(&[CnpTier::Admin, CnpTier::Baseline][..]),
+        0u32..4,
+        prop_oneof![
+            ns_selector().prop_map(CnpSubject::Namespaces),
+            (ns_selector(), pod_selector()).prop_map(|(namespace_selector, pod_selector)| {
+                CnpSubject::Pods {
+                    namespace_selector,
+                    pod_selector,
+                }
+            }),
+        ],
+        cnp_rules(false),
+        cnp_rules(true),
+    )
+        .prop_map(|(tier, priority, subject, mut ingress, mut egress)| {
+            if tier == CnpTier::Baseline {
+                for r in ingress.iter_mut().chain(egress.iter_mut()) {
+                    if r.action == CnpAction::Pass {
+                        r.action = CnpAction::Deny;
+                    }
+                }
             }
-        },
-        ingress,
-        egress,
-    }
+            ClusterNetworkPolicy {
+                name: String::new(),
+                tier,
+                priority,
+                subject,
+                ingress,
+                egress,
+            }
+        })
+        .boxed()
 }
 
-pub fn namespace(rng: &mut Rng, name: &str) -> Namespace {
-    Namespace {
-        name: name.to_string(),
-        labels: labels(rng, NS_LABELS),
-    }
+/// A pod before it gets its name and addresses from its position.
+#[derive(Clone, Debug)]
+pub struct PodDraw {
+    namespace: &'static str,
+    labels: Labels,
+    node: usize,
+    host_network: bool,
+    subnet: u8,
+    ipv6: bool,
+    ports: Vec<ContainerPort>,
+    service_account: &'static str,
 }
 
-pub fn pod(rng: &mut Rng, n: usize) -> Pod {
-    let mut l = labels(rng, POD_LABELS);
-    if rng.chance(30) {
-        l.insert("pod-template-hash".into(), format!("h{}", rng.below(3)));
-    }
-    let node = rng.pick(&NODES);
-    let host_network = rng.chance(8);
-    let ips: Vec<IpAddr> = if host_network {
-        vec![node.1.parse().expect("node ip")]
-    } else {
-        let mut v: Vec<IpAddr> = vec![
-            format!("10.0.{}.{}", rng.below(2), n + 2)
-                .parse()
-                .expect("ip"),
-        ];
-        if rng.chance(30) {
-            v.push(format!("fd00::{:x}", n + 2).parse().expect("ip"));
+impl PodDraw {
+    /// The pod `p{n}`.
+    pub fn into_pod(self, n: usize) -> Pod {
+        let (node, node_ip) = NODES[self.node];
+        let ips: Vec<IpAddr> = if self.host_network {
+            vec![node_ip.parse().expect("node ip")]
+        } else {
+            let mut v: Vec<IpAddr> = vec![
+                format!("10.0.{}.{}", self.subnet, n + 2)
+                    .parse()
+                    .expect("ip"),
+            ];
+            if self.ipv6 {
+                v.push(format!("fd00::{:x}", n + 2).parse().expect("ip"));
+            }
+            v
+        };
+        Pod {
+            namespace: self.namespace.to_string(),
+            name: format!("p{n}"),
+            labels: self.labels,
+            ips,
+            ports: self.ports,
+            node: Some(node.to_string()),
+            host_network: self.host_network,
+            service_account: self.service_account.to_string(),
         }
-        v
-    };
-    let mut ports = Vec::new();
-    for (name, proto, choices) in [
-        ("http", Protocol::Tcp, &[80u16, 8080][..]),
-        ("dns", Protocol::Udp, &[53u16][..]),
-        ("metrics", Protocol::Tcp, &[9090u16][..]),
-    ] {
-        if rng.chance(50) {
-            ports.push(ContainerPort {
+    }
+}
+
+/// Named container ports `http` (TCP 80 or 8080), `dns` (UDP 53), `metrics` (TCP 9090), each
+/// present or not and now and then declared SCTP instead.
+fn container_ports() -> impl Strategy<Value = Vec<ContainerPort>> {
+    let one = |name: &'static str, protocol: Protocol, numbers: &'static [u16]| {
+        option::of((
+            select(numbers),
+            option::weighted(0.15, Just(Protocol::Sctp)),
+        ))
+        .prop_map(move |p| {
+            p.map(|(port, sctp)| ContainerPort {
                 name: Some(name.to_string()),
-                port: *rng.pick(choices),
-                protocol: if rng.chance(85) {
-                    proto
-                } else {
-                    Protocol::Sctp
-                },
-            });
-        }
-    }
-    Pod {
-        namespace: rng.pick(&NAMESPACES).to_string(),
-        name: format!("p{n}"),
-        labels: l,
-        ips,
-        ports,
-        node: Some(node.0.to_string()),
-        host_network,
-        service_account: rng.pick(&["default", "sa1"]).to_string(),
-    }
+                port,
+                protocol: sctp.unwrap_or(protocol),
+            })
+        })
+    };
+    (
+        one("http", Protocol::Tcp, &[80, 8080]),
+        one("dns", Protocol::Udp, &[53]),
+        one("metrics", Protocol::Tcp, &[9090]),
+    )
+        .prop_map(|(a, b, c)| [a, b, c].into_iter().flatten().collect())
 }
 
-pub fn service(rng: &mut Rng, name: &str) -> Service {
-    let mut sel = Labels::new();
-    if rng.chance(85) {
-        sel.insert("app".into(), rng.pick(&["web", "db", "api"]).to_string());
-    }
-    Service {
-        namespace: rng.pick(&NAMESPACES).to_string(),
-        name: name.to_string(),
-        selector: Some(sel),
-        ports: vec![
-            ServicePort {
-                name: Some("web".into()),
-                port: 80,
-                protocol: Protocol::Tcp,
-                target_port: Some(if rng.chance(50) {
-                    PortRef::Name("http".into())
-                } else {
-                    PortRef::Number(8080)
-                }),
+/// A pod: labels (sometimes a `pod-template-hash`), node, host network now and then, IPv4 and
+/// sometimes IPv6, named container ports, service account.
+pub fn pod() -> BoxedStrategy<PodDraw> {
+    (
+        select(&NAMESPACES[..]),
+        labels(POD_LABELS),
+        option::weighted(0.3, select(&["h0", "h1", "h2"][..])),
+        (0..NODES.len(), option::weighted(0.08, Just(()))),
+        (0u8..2, option::weighted(0.3, Just(()))),
+        container_ports(),
+        select(&["default", "sa1"][..]),
+    )
+        .prop_map(
+            |(namespace, mut labels, hash, (node, host), (subnet, v6), ports, sa)| {
+                if let Some(h) = hash {
+                    labels.insert("pod-template-hash".into(), h.into());
+                }
+                PodDraw {
+                    namespace,
+                    labels,
+                    node,
+                    host_network: host.is_some(),
+                    subnet,
+                    ipv6: v6.is_some(),
+                    ports,
+                    service_account: sa,
+                }
             },
-            ServicePort {
-                name: Some("svc-dns".into()),
-                port: 53,
-                protocol: Protocol::Udp,
-                target_port: None,
-            },
-        ],
-        cluster_ips: vec![
-            format!("10.96.0.{}", 10 + rng.below(50))
-                .parse()
-                .expect("ip"),
-        ],
-    }
+        )
+        .boxed()
 }
 
-/// A whole random world.
-pub fn world(seed: u64) -> Cluster {
-    let mut rng = Rng::new(seed);
-    let mut c = Cluster::default();
-    for ns in NAMESPACES {
-        if rng.chance(85) {
-            let n = namespace(&mut rng, ns);
-            c.namespaces.insert(ns.to_string(), n);
-        }
-    }
-    for (name, ip) in NODES {
-        c.nodes.insert(
-            name.to_string(),
-            Node {
+/// Service `name`: selects `app=...` (or, now and then, nothing), ports `web` 80/TCP (targetPort
+/// the named port `http` or 8080) and `svc-dns` 53/UDP.
+pub fn service(name: &'static str) -> BoxedStrategy<Service> {
+    (
+        select(&NAMESPACES[..]),
+        option::weighted(0.85, select(&["web", "db", "api"][..])),
+        prop_oneof![
+            Just(PortRef::Number(8080)),
+            Just(PortRef::Name("http".into()))
+        ],
+        10u8..60,
+    )
+        .prop_map(move |(namespace, app, target, vip)| {
+            let mut selector = Labels::new();
+            if let Some(app) = app {
+                selector.insert("app".into(), app.into());
+            }
+            Service {
+                namespace: namespace.to_string(),
                 name: name.to_string(),
-                ips: vec![ip.parse().expect("node ip")],
-            },
-        );
-    }
-    for i in 0..1 + rng.below(6) {
-        let p = pod(&mut rng, i);
-        c.pods.insert(p.key(), p);
-    }
-    for name in ["web", "db"] {
-        if rng.chance(60) {
-            let s = service(&mut rng, name);
-            c.services.insert(s.key(), s);
-        }
-    }
-    for i in 0..rng.below(4) {
-        let p = network_policy(&mut rng, &format!("np{i}"));
-        c.network_policies.insert(p.key(), p);
-    }
-    for i in 0..rng.below(3) {
-        let p = flow_policy(&mut rng, &format!("fp{i}"));
-        c.flow_policies.insert(p.key(), p);
-    }
-    for i in 0..rng.below(3) {
-        let p = cluster_network_policy(&mut rng, &format!("cnp{i}"));
-        c.cluster_network_policies.insert(p.name.clone(), p);
-    }
-    c
+                selector: Some(selector),
+                ports: vec![
+                    ServicePort {
+                        name: Some("web".into()),
+                        port: 80,
+                        protocol: Protocol::Tcp,
+                        target_port: Some(target),
+                    },
+                    ServicePort {
+                        name: Some("svc-dns".into()),
+                        port: 53,
+                        protocol: Protocol::Udp,
+                        target_port: None,
+                    },
+                ],
+                cluster_ips: vec![format!("10.96.0.{vip}").parse().expect("ip")],
+            }
+        })
+        .boxed()
 }
 
-/// A random change to `c`.
-pub fn change(rng: &mut Rng, c: &Cluster, serial: usize) -> Change {
-    match rng.below(11) {
-        0 | 1 => Change::UpsertPod(pod(rng, 10 + serial)),
-        2 if !c.pods.is_empty() => {
-            let k = rng
-                .pick(&c.pods.keys().cloned().collect::<Vec<_>>())
-                .clone();
-            Change::DeletePod(k)
-        }
-        3 if !c.pods.is_empty() => {
-            // Relabel (keeps name, namespace, IPs).
-            let mut p = rng
-                .pick(&c.pods.values().cloned().collect::<Vec<_>>())
-                .clone();
-            p.labels = labels(rng, POD_LABELS);
-            Change::UpsertPod(p)
-        }
-        4 => {
-            let n = *rng.pick(&NAMESPACES);
-            Change::UpsertNamespace(namespace(rng, n))
-        }
-        5 => {
-            let n = format!("np{}", rng.below(4));
-            Change::UpsertNetworkPolicy(network_policy(rng, &n))
-        }
-        6 if !c.network_policies.is_empty() => Change::DeleteNetworkPolicy(
-            rng.pick(&c.network_policies.keys().cloned().collect::<Vec<_>>())
-                .clone(),
+fn named<T>(items: Vec<T>, prefix: &str, set: impl Fn(&mut T, String)) -> Vec<T> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut x)| {
+            set(&mut x, format!("{prefix}{i}"));
+            x
+        })
+        .collect()
+}
+
+/// A whole world: some of the namespaces, both nodes, 1..=6 pods, Services `web` and `db` (each
+/// maybe), up to 3 NetworkPolicies, 2 FlowPolicies and 2 ClusterNetworkPolicies.
+pub fn world() -> impl Strategy<Value = Cluster> {
+    (
+        NAMESPACES
+            .iter()
+            .map(|_| option::weighted(0.85, labels(NS_LABELS)))
+            .collect::<Vec<_>>(),
+        vec(pod(), 1..=6),
+        (
+            option::weighted(0.6, service("web")),
+            option::weighted(0.6, service("db")),
         ),
-        7 => {
-            let n = format!("fp{}", rng.below(3));
-            Change::UpsertFlowPolicy(flow_policy(rng, &n))
+        vec(network_policy(), 0..4),
+        vec(flow_policy(), 0..3),
+        vec(cluster_network_policy(), 0..3),
+    )
+        .prop_map(|(namespaces, pods, (web, db), nps, fps, cnps)| {
+            let mut c = Cluster::default();
+            for (name, labels) in NAMESPACES.iter().zip(namespaces) {
+                if let Some(labels) = labels {
+                    c.namespaces.insert(
+                        name.to_string(),
+                        Namespace {
+                            name: name.to_string(),
+                            labels,
+                        },
+                    );
+                }
+            }
+            for (name, ip) in NODES {
+                c.nodes.insert(
+                    name.to_string(),
+                    Node {
+                        name: name.to_string(),
+                        ips: vec![ip.parse().expect("node ip")],
+                    },
+                );
+            }
+            for (i, p) in pods.into_iter().enumerate() {
+                let p = p.into_pod(i);
+                c.pods.insert(p.key(), p);
+            }
+            for s in [web, db].into_iter().flatten() {
+                c.services.insert(s.key(), s);
+            }
+            for p in named(nps, "np", |p, n| p.name = n) {
+                c.network_policies.insert(p.key(), p);
+            }
+            for p in named(fps, "fp", |p, n| p.name = n) {
+                c.flow_policies.insert(p.key(), p);
+            }
+            for p in named(cnps, "cnp", |p, n| p.name = n) {
+                c.cluster_network_policies.insert(p.name.clone(), p);
+            }
+            c
+        })
+}
+
+/// One drawn change; [`Step::resolve`] turns it into a [`Change`] of the cluster at hand.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// A new pod (named after the step).
+    NewPod(PodDraw),
+    /// Delete an existing pod.
+    DeletePod(Index),
+    /// Relabel an existing pod (name, namespace, addresses kept).
+    RelabelPod(Index, Labels),
+    /// Create or relabel a namespace.
+    UpsertNamespace(&'static str, Labels),
+    /// Delete a namespace (its pods stay: only the namespace labels go).
+    DeleteNamespace(&'static str),
+    /// Create or replace `np{i}`.
+    UpsertNetworkPolicy(usize, NetworkPolicy),
+    /// Delete an existing NetworkPolicy.
+    DeleteNetworkPolicy(Index),
+    /// Create or replace `fp{i}`.
+    UpsertFlowPolicy(usize, FlowPolicy),
+    /// Delete an existing FlowPolicy.
+    DeleteFlowPolicy(Index),
+    /// Create or replace `cnp{i}`.
+    UpsertClusterNetworkPolicy(usize, ClusterNetworkPolicy),
+    /// Delete an existing ClusterNetworkPolicy.
+    DeleteClusterNetworkPolicy(Index),
+    /// Create or replace Service `web` or `db`.
+    UpsertService(Service),
+    /// Delete an existing Service.
+    DeleteService(Index),
+}
+
+/// A change step: the kinds and weights of the old hand-rolled generator (new pods a little more
+/// often, as the old one fell back to a new pod where there was nothing to delete; worlds end
+/// the sequence with as many pods as before), plus rarer deletions of namespaces, FlowPolicies
+/// and ClusterNetworkPolicies.
+pub fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => pod().prop_map(Step::NewPod),
+        3 => any::<Index>().prop_map(Step::DeletePod),
+        3 => (any::<Index>(), labels(POD_LABELS)).prop_map(|(i, l)| Step::RelabelPod(i, l)),
+        3 => (select(&NAMESPACES[..]), labels(NS_LABELS))
+            .prop_map(|(n, l)| Step::UpsertNamespace(n, l)),
+        3 => (0usize..4, network_policy()).prop_map(|(i, p)| Step::UpsertNetworkPolicy(i, p)),
+        3 => any::<Index>().prop_map(Step::DeleteNetworkPolicy),
+        3 => (0usize..3, flow_policy()).prop_map(|(i, p)| Step::UpsertFlowPolicy(i, p)),
+        3 => (0usize..3, cluster_network_policy())
+            .prop_map(|(i, p)| Step::UpsertClusterNetworkPolicy(i, p)),
+        3 => prop_oneof![service("web"), service("db")].prop_map(Step::UpsertService),
+        3 => any::<Index>().prop_map(Step::DeleteService),
+        1 => select(&NAMESPACES[..]).prop_map(Step::DeleteNamespace),
+        1 => any::<Index>().prop_map(Step::DeleteFlowPolicy),
+        1 => any::<Index>().prop_map(Step::DeleteClusterNetworkPolicy),
+    ]
+}
+
+/// [`STEPS`] change steps.
+pub fn steps() -> impl Strategy<Value = Vec<Step>> {
+    vec(step(), STEPS)
+}
+
+/// The `index`-th key of `map`, or `absent` when it is empty (deleting what does not exist is a
+/// change a watch can deliver, and must be a no-op).
+fn pick_key<K: Clone, V>(map: &std::collections::BTreeMap<K, V>, index: &Index, absent: K) -> K {
+    if map.is_empty() {
+        absent
+    } else {
+        map.keys()
+            .nth(index.index(map.len()))
+            .cloned()
+            .unwrap_or(absent)
+    }
+}
+
+impl Step {
+    /// The change this step makes to `c`; `serial` names new pods.
+    pub fn resolve(&self, c: &Cluster, serial: usize) -> Change {
+        let absent = || ObjectKey::new("a", "absent");
+        match self.clone() {
+            Step::NewPod(p) => Change::UpsertPod(p.into_pod(10 + serial)),
+            Step::DeletePod(i) => Change::DeletePod(pick_key(&c.pods, &i, absent())),
+            Step::RelabelPod(i, labels) => {
+                match c.pods.values().nth(i.index(c.pods.len().max(1))) {
+                    Some(p) => Change::UpsertPod(Pod {
+                        labels,
+                        ..p.clone()
+                    }),
+                    None => Change::DeletePod(absent()),
+                }
+            }
+            Step::UpsertNamespace(name, labels) => Change::UpsertNamespace(Namespace {
+                name: name.to_string(),
+                labels,
+            }),
+            Step::DeleteNamespace(name) => Change::DeleteNamespace(name.to_string()),
+            Step::UpsertNetworkPolicy(i, p) => Change::UpsertNetworkPolicy(NetworkPolicy {
+                name: format!("np{i}"),
+                ..p
+            }),
+            Step::DeleteNetworkPolicy(i) => {
+                Change::DeleteNetworkPolicy(pick_key(&c.network_policies, &i, absent()))
+            }
+            Step::UpsertFlowPolicy(i, p) => Change::UpsertFlowPolicy(FlowPolicy {
+                name: format!("fp{i}"),
+                ..p
+            }),
+            Step::DeleteFlowPolicy(i) => {
+                Change::DeleteFlowPolicy(pick_key(&c.flow_policies, &i, absent()))
+            }
+            Step::UpsertClusterNetworkPolicy(i, p) => {
+                Change::UpsertClusterNetworkPolicy(ClusterNetworkPolicy {
+                    name: format!("cnp{i}"),
+                    ..p
+                })
+            }
+            Step::DeleteClusterNetworkPolicy(i) => Change::DeleteClusterNetworkPolicy(pick_key(
+                &c.cluster_network_policies,
+                &i,
+                "absent".to_string(),
+            )),
+            Step::UpsertService(s) => Change::UpsertService(s),
+            Step::DeleteService(i) => Change::DeleteService(pick_key(&c.services, &i, absent())),
         }
-        8 => {
-            let n = format!("cnp{}", rng.below(3));
-            Change::UpsertClusterNetworkPolicy(cluster_network_policy(rng, &n))
-        }
-        9 => {
-            let n = *rng.pick(&["web", "db"]);
-            Change::UpsertService(service(rng, n))
-        }
-        _ if !c.services.is_empty() => Change::DeleteService(
-            rng.pick(&c.services.keys().cloned().collect::<Vec<_>>())
-                .clone(),
-        ),
-        _ => Change::UpsertPod(pod(rng, 10 + serial)),
     }
 }
