@@ -146,7 +146,7 @@ pub struct IngressRule {
     /// Optional name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `Accept`, `Deny` or `Pass` (Admin only).
+    /// `Accept`, `Deny` or `Pass` (skip the rest of the tier).
     pub action: String,
     /// Sources.
     pub from: Vec<IngressPeer>,
@@ -162,7 +162,7 @@ pub struct EgressRule {
     /// Optional name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `Accept`, `Deny` or `Pass` (Admin only).
+    /// `Accept`, `Deny` or `Pass` (skip the rest of the tier).
     pub action: String,
     /// Destinations.
     pub to: Vec<EgressPeer>,
@@ -270,11 +270,8 @@ fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, Conver
     match (a, tier) {
         ("Accept", _) => Ok(m::CnpAction::Accept),
         ("Deny", _) => Ok(m::CnpAction::Deny),
-        ("Pass", m::CnpTier::Admin) => Ok(m::CnpAction::Pass),
-        ("Pass", m::CnpTier::Baseline) => Err(ConversionError::new(
-            field,
-            "Pass is not allowed in the Baseline tier",
-        )),
+        // The upstream CRD takes Pass in both tiers; in Baseline it ends Baseline's say.
+        ("Pass", _) => Ok(m::CnpAction::Pass),
         (other, _) => Err(ConversionError::new(
             field,
             format!("unknown action {other:?} (Accept, Deny, Pass)"),

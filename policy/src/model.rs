@@ -506,7 +506,8 @@ pub enum CnpAction {
     Accept,
     /// Drop.
     Deny,
-    /// Skip the rest of this tier (Admin only): NetworkPolicy decides.
+    /// Skip the rest of this tier: in Admin, NetworkPolicy decides; in Baseline, the default
+    /// allow.
     Pass,
 }
 

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::{
-    Cluster, ClusterNetworkPolicy, CnpAction, CnpPeer, CnpPort, CnpSubject, CnpTier, FlowPeer,
-    FlowPolicy, FlowPort, FlowSubject, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
-    ObjectKey, PolicyType, PortRef, Service,
+    Cluster, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpSubject, FlowPeer, FlowPolicy, FlowPort,
+    FlowSubject, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ObjectKey, PolicyType,
+    PortRef, Service,
 };
 use crate::selector::LabelSelector;
 
@@ -392,12 +392,6 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
     ] {
         for (i, r) in rules.iter().enumerate() {
             let field = format!("spec.{dir}[{i}]");
-            if r.action == CnpAction::Pass && cnp.tier == CnpTier::Baseline {
-                sink.push(
-                    format!("{field}.action"),
-                    "Pass is not allowed in the Baseline tier",
-                );
-            }
             if r.peers.is_empty() {
                 sink.push(format!("{field}.{word}"), "must name at least one peer");
             }

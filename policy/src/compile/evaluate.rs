@@ -110,7 +110,9 @@ impl TierPaint {
                 sel,
                 match rule.action {
                     RuleAction::Deny => Decision::deny(rule.cookie),
-                    _ => Decision::allow(rule.cookie),
+                    RuleAction::Allow => Decision::allow(rule.cookie),
+                    // Pass skips Baseline's later rules: nothing decides, the default allows.
+                    RuleAction::Pass => Decision::UNPOLICED,
                 },
             ),
             Tier::Builtin => {}
@@ -347,6 +349,22 @@ mod tests {
             (admin(RuleAction::Allow, 10), port(80)),
         ];
         assert_eq!(decide(&deny_first, NOT_ISOLATED, &[80]), vec![deny(11)]);
+    }
+
+    #[test]
+    fn a_baseline_pass_skips_the_rest_of_baseline() {
+        // Upstream takes Pass in the Baseline tier: it skips Baseline's later rules, and the
+        // default (allow, unpoliced) follows.
+        let rules = [
+            (baseline(RuleAction::Pass, 40), port(80)),
+            (baseline(RuleAction::Deny, 41), ALL),
+        ];
+        assert_eq!(
+            decide(&rules, NOT_ISOLATED, &[80, 81]),
+            vec![Decision::UNPOLICED, deny(41)]
+        );
+        // The namespaced tier, when it isolates, still decides before Baseline.
+        assert_eq!(decide(&rules, isolated(30, 30), &[80]), vec![deny(30)]);
     }
 
     #[test]

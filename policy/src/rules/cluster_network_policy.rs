@@ -1,5 +1,5 @@
 //! ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2): Admin and Baseline tiers ordered by
-//! priority, Accept/Deny/Pass actions (Pass only in Admin), namespace and pod peers, networks.
+//! priority, Accept/Deny/Pass actions (Pass in Baseline ends that tier: default allow), namespace and pod peers, networks.
 
 use super::describe::describe_rule;
 use super::{
@@ -95,9 +95,8 @@ pub fn normalize_cluster_network_policy(
             let action = match (r.action, tier) {
                 (CnpAction::Accept, _) => RuleAction::Allow,
                 (CnpAction::Deny, _) => RuleAction::Deny,
-                (CnpAction::Pass, Tier::Admin) => RuleAction::Pass,
-                // Pass is not a Baseline action; validation reports it and it matches nothing.
-                (CnpAction::Pass, _) => continue,
+                // In Baseline, Pass ends Baseline's say: the default allow follows.
+                (CnpAction::Pass, _) => RuleAction::Pass,
             };
             let c = rule_cookie(store, &policy, Section::rules(direction), index);
             let rule = Rule {

@@ -66,7 +66,8 @@ pub enum RuleAction {
     Allow,
     /// Deny (CNP Deny).
     Deny,
-    /// Hand the decision to the namespaced tier (CNP Pass, Admin only).
+    /// Skip the rest of the tier (CNP Pass): from Admin to the namespaced tier; in Baseline, to
+    /// the default allow.
     Pass,
 }
 

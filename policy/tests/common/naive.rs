@@ -279,10 +279,11 @@ pub fn side(
     'base: for p in &baselines {
         let rules = if ingress { &p.ingress } else { &p.egress };
         for (i, r) in rules.iter().enumerate() {
-            if r.action == CnpAction::Pass {
-                continue;
-            }
             if cnp_rule_matches(r) {
+                // Pass skips the rest of the tier; after Baseline comes the default allow.
+                if r.action == CnpAction::Pass {
+                    break 'base;
+                }
                 let id = Some(rid(
                     "ClusterNetworkPolicy",
                     ObjectKey::new("", &p.name),

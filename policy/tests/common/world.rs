@@ -371,7 +371,8 @@ fn cnp_rules(egress: bool) -> impl Strategy<Value = Vec<CnpRule>> {
     })
 }
 
-/// A ClusterNetworkPolicy of either tier (Pass only in Admin, where it is valid), priority 0..4
+/// A ClusterNetworkPolicy of either tier (Pass in both: in Baseline it ends Baseline's say),
+/// priority 0..4
 /// (its name is set by the caller).
 pub fn cluster_network_policy() -> BoxedStrategy<ClusterNetworkPolicy> {
     (
@@ -389,23 +390,16 @@ pub fn cluster_network_policy() -> BoxedStrategy<ClusterNetworkPolicy> {
         cnp_rules(false),
         cnp_rules(true),
     )
-        .prop_map(|(tier, priority, subject, mut ingress, mut egress)| {
-            if tier == CnpTier::Baseline {
-                for r in ingress.iter_mut().chain(egress.iter_mut()) {
-                    if r.action == CnpAction::Pass {
-                        r.action = CnpAction::Deny;
-                    }
-                }
-            }
-            ClusterNetworkPolicy {
+        .prop_map(
+            |(tier, priority, subject, ingress, egress)| ClusterNetworkPolicy {
                 name: String::new(),
                 tier,
                 priority,
                 subject,
                 ingress,
                 egress,
-            }
-        })
+            },
+        )
         .boxed()
 }
 
