@@ -125,14 +125,13 @@ fn parse_port(s: &str, toward_service: bool) -> Result<PortRef> {
 /// The protocol of the flow: `--protocol` when given; otherwise the protocol of the Service
 /// port named by `--port` (its name says which one it is), else TCP as in Kubernetes.
 fn flow_protocol(
-    given: Option<&str>,
+    given: Option<Protocol>,
     to: &FlowEnd,
     port: &PortRef,
     cluster: &septum_policy::model::Cluster,
-) -> Result<Protocol> {
+) -> Protocol {
     if let Some(p) = given {
-        return Protocol::parse(p)
-            .with_context(|| format!("unknown protocol {p:?} (TCP, UDP, SCTP)"));
+        return p;
     }
     if let (FlowEnd::Service(k), PortRef::Name(_)) = (to, port)
         && let Some(sp) = cluster
@@ -140,21 +139,26 @@ fn flow_protocol(
             .get(k)
             .and_then(|svc| svc.ports_matching(port, None).next())
     {
-        return Ok(sp.protocol);
+        return sp.protocol;
     }
-    Ok(Protocol::Tcp)
+    Protocol::Tcp
 }
 
 /// Runs `septum explain`.
 pub fn run(a: ExplainArgs) -> Result<ExitCode> {
-    if let Some(p) = &a.protocol {
-        Protocol::parse(p).with_context(|| format!("unknown protocol {p:?} (TCP, UDP, SCTP)"))?;
-    }
+    // Parsed before the manifests are read, so a typo fails fast.
+    let given = a
+        .protocol
+        .as_deref()
+        .map(|p| {
+            Protocol::parse(p).with_context(|| format!("unknown protocol {p:?} (TCP, UDP, SCTP)"))
+        })
+        .transpose()?;
     let from = parse_end(&a.from, false)?;
     let to = parse_end(&a.to, true)?;
     let port = parse_port(&a.port, matches!(to, FlowEnd::Service(_)))?;
     let m = manifest_files::load(&a.manifests)?;
-    let protocol = flow_protocol(a.protocol.as_deref(), &to, &port, &m.cluster)?;
+    let protocol = flow_protocol(given, &to, &port, &m.cluster);
     let query = ExplainQuery {
         from,
         to,

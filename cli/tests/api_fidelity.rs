@@ -230,12 +230,7 @@ fn a_closed_stdout_pipe_ends_explain_quietly() {
     assert!(err.is_empty(), "nothing on stderr for a closed pipe: {err}");
     use std::os::unix::process::ExitStatusExt;
     assert!(
-        status.success() || status.signal() == Some(libc_sigpipe()),
+        status.success() || status.signal() == Some(libc::SIGPIPE),
         "{status:?}"
     );
-}
-
-/// SIGPIPE's number on Linux.
-fn libc_sigpipe() -> i32 {
-    13
 }
