@@ -167,14 +167,14 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
     };
     let semantic = m.semantic_problems();
     let errors: Vec<_> = m
-        .errors
+        .diagnostics
         .iter()
         .chain(&semantic)
-        .filter(|e| !e.warning)
+        .filter(|e| e.is_error())
         .collect();
     if !errors.is_empty() {
         for e in &errors {
-            eprintln!("error: {e}");
+            eprintln!("{e}");
         }
         bail!(
             "{} error(s) in the manifests; fix them first (see `septum policy check`)",

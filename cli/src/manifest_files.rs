@@ -7,19 +7,18 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use septum_crd::manifest::{ManifestError, Manifests, Origin};
+use septum_crd::manifest::{Diagnostic, Manifests, Origin};
 
-fn problem(path: &Path, message: String) -> ManifestError {
-    ManifestError {
-        origin: Origin {
-            file: path.display().to_string(),
-            document: 0,
-        },
-        object: "-".into(),
-        field: "-".into(),
-        message,
-        warning: false,
-    }
+fn problem(path: &Path, message: String) -> Diagnostic {
+    Diagnostic::error("-", message)
+        .of("-")
+        .at(Origin::file(path.display().to_string()))
+}
+
+fn warning(path: &Path, message: String) -> Diagnostic {
+    Diagnostic::warning("-", message)
+        .of("-")
+        .at(Origin::file(path.display().to_string()))
 }
 
 /// Collects the files under `path` (given paths are taken whatever their name; inside
@@ -28,7 +27,7 @@ fn collect(
     path: &Path,
     given: bool,
     out: &mut Vec<PathBuf>,
-    errors: &mut Vec<ManifestError>,
+    errors: &mut Vec<Diagnostic>,
     seen: &mut BTreeSet<PathBuf>,
 ) {
     let meta = match std::fs::metadata(path) {
@@ -64,10 +63,10 @@ fn collect(
             }
         }
         if given && out.len() == before {
-            errors.push(ManifestError {
-                warning: true,
-                ..problem(path, "no .yaml or .yml files in this directory".into())
-            });
+            errors.push(warning(
+                path,
+                "no .yaml or .yml files in this directory".into(),
+            ));
         }
     } else if meta.is_file() || (given && is_pipe(&meta)) {
         out.push(path.to_path_buf());
@@ -119,7 +118,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests> {
         collect(p, true, &mut files, &mut errors, &mut seen);
     }
     let mut m = Manifests::new();
-    m.errors = errors;
+    m.diagnostics = errors;
     // A file named twice (`dir dir/a.yaml`) is read once, not reported as all duplicates.
     let mut loaded = BTreeSet::new();
     for f in files {
@@ -130,16 +129,14 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests> {
         }
         match read_limited(&f) {
             Ok(bytes) => {
-                let before = (m.errors.len(), m.origins.len());
+                let before = (m.diagnostics.len(), m.origins.len());
                 m.load_bytes(&f.display().to_string(), &bytes);
-                if (m.errors.len(), m.origins.len()) == before {
-                    m.errors.push(ManifestError {
-                        warning: true,
-                        ..problem(&f, "no Kubernetes objects in this file".into())
-                    });
+                if (m.diagnostics.len(), m.origins.len()) == before {
+                    m.diagnostics
+                        .push(warning(&f, "no Kubernetes objects in this file".into()));
                 }
             }
-            Err(e) => m.errors.push(problem(&f, e)),
+            Err(e) => m.diagnostics.push(problem(&f, e)),
         }
     }
     Ok(m)

@@ -30,13 +30,12 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
 
 fn check(paths: &[PathBuf]) -> Result<ExitCode> {
     let m = manifest_files::load(paths)?;
-    let mut problems = m.errors.clone();
+    let mut problems = m.diagnostics.clone();
     problems.extend(m.semantic_problems());
-    let errors = problems.iter().filter(|p| !p.warning).count();
+    let errors = problems.iter().filter(|p| p.is_error()).count();
     let warnings = problems.len() - errors;
     for p in &problems {
-        let level = if p.warning { "warning" } else { "error" };
-        eprintln!("{level}: {p}");
+        eprintln!("{p}");
     }
     let c = &m.cluster;
     let objects = c.namespaces.len()

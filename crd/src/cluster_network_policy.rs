@@ -8,7 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use septum_policy::k8s::{ConversionError, Errors, name_of, selector_into};
+use septum_policy::diagnostic::{Diagnostic, Diagnostics};
+use septum_policy::k8s::{name_of, selector_into};
 use septum_policy::model as m;
 
 /// Spec of a ClusterNetworkPolicy.
@@ -171,7 +172,7 @@ pub struct EgressRule {
     pub protocols: Option<Vec<ProtocolEntry>>,
 }
 
-fn pods(p: &NamespacedPods, field: &str, errors: &mut Errors) -> m::CnpPeer {
+fn pods(p: &NamespacedPods, field: &str, errors: &mut Diagnostics) -> m::CnpPeer {
     m::CnpPeer::Pods {
         namespace_selector: selector_into(
             &p.namespace_selector,
@@ -182,24 +183,24 @@ fn pods(p: &NamespacedPods, field: &str, errors: &mut Errors) -> m::CnpPeer {
     }
 }
 
-fn one_of(count: usize, field: &str, what: &str, errors: &mut Errors) -> bool {
+fn one_of(count: usize, field: &str, what: &str, errors: &mut Diagnostics) -> bool {
     if count != 1 {
-        errors.push(field, format!("set exactly one of {what} (found {count})"));
+        errors.error(field, format!("set exactly one of {what} (found {count})"));
     }
     count == 1
 }
 
-fn port_u16(n: i32, field: &str) -> Result<u16, ConversionError> {
+fn port_u16(n: i32, field: &str) -> Result<u16, Diagnostic> {
     u16::try_from(n)
         .ok()
         .filter(|x| *x != 0)
-        .ok_or_else(|| ConversionError::new(field, format!("port {n} is outside 1-65535")))
+        .ok_or_else(|| Diagnostic::error(field, format!("port {n} is outside 1-65535")))
 }
 
 fn protocols(
     list: Option<&Vec<ProtocolEntry>>,
     field: &str,
-    errors: &mut Errors,
+    errors: &mut Diagnostics,
 ) -> Vec<m::CnpPort> {
     let mut out = Vec::new();
     for (i, e) in list.into_iter().flatten().enumerate() {
@@ -248,7 +249,7 @@ fn protocols(
                 let start = errors.ok(port_u16(r.start, &format!("{pf}.range.start")));
                 let end = errors.ok(port_u16(r.end, &format!("{pf}.range.end")));
                 match (start, end) {
-                    (Some(start), Some(end)) if end < start => errors.push(
+                    (Some(start), Some(end)) if end < start => errors.error(
                         format!("{pf}.range"),
                         format!("end {end} is lower than start {start}"),
                     ),
@@ -260,51 +261,53 @@ fn protocols(
                     _ => {}
                 }
             }
-            Some(_) => errors.push(pf, "set exactly one of number, range"),
+            Some(_) => errors.error(pf, "set exactly one of number, range"),
         }
     }
     out
 }
 
-fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, ConversionError> {
+fn action(a: &str, tier: m::CnpTier, field: &str) -> Result<m::CnpAction, Diagnostic> {
     match (a, tier) {
         ("Accept", _) => Ok(m::CnpAction::Accept),
         ("Deny", _) => Ok(m::CnpAction::Deny),
         // The upstream CRD takes Pass in both tiers; in Baseline it ends Baseline's say.
         ("Pass", _) => Ok(m::CnpAction::Pass),
-        (other, _) => Err(ConversionError::new(
+        (other, _) => Err(Diagnostic::error(
             field,
             format!("unknown action {other:?} (Accept, Deny, Pass)"),
         )),
     }
 }
 
-impl ClusterNetworkPolicy {
-    /// Converts into the policy model, with every error.
-    pub fn to_model(&self) -> Result<m::ClusterNetworkPolicy, Vec<ConversionError>> {
-        let mut errors = Errors::default();
-        let name = name_of(&self.metadata, &mut errors);
-        let tier = match self.spec.tier.as_str() {
+/// Converts into the policy model, with every error.
+impl TryFrom<&ClusterNetworkPolicy> for m::ClusterNetworkPolicy {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(o: &ClusterNetworkPolicy) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let name = name_of(&o.metadata, &mut errors);
+        let tier = match o.spec.tier.as_str() {
             "Admin" => Some(m::CnpTier::Admin),
             "Baseline" => Some(m::CnpTier::Baseline),
             other => {
-                errors.push(
+                errors.error(
                     "spec.tier",
                     format!("unknown tier {other:?} (Admin, Baseline)"),
                 );
                 None
             }
         };
-        let priority = errors.ok(u32::try_from(self.spec.priority)
+        let priority = errors.ok(u32::try_from(o.spec.priority)
             .ok()
             .filter(|p| *p <= 1000)
             .ok_or_else(|| {
-                ConversionError::new(
+                Diagnostic::error(
                     "spec.priority",
-                    format!("priority {} is outside 0-1000", self.spec.priority),
+                    format!("priority {} is outside 0-1000", o.spec.priority),
                 )
             }));
-        let s = &self.spec.subject;
+        let s = &o.spec.subject;
         one_of(
             usize::from(s.namespaces.is_some()) + usize::from(s.pods.is_some()),
             "spec.subject",
@@ -335,10 +338,10 @@ impl ClusterNetworkPolicy {
         // tier itself is already an error).
         let rule_tier = tier.unwrap_or(m::CnpTier::Admin);
         let mut ingress = Vec::new();
-        for (i, r) in self.spec.ingress.iter().flatten().enumerate() {
+        for (i, r) in o.spec.ingress.iter().flatten().enumerate() {
             let field = format!("spec.ingress[{i}]");
             if r.from.is_empty() {
-                errors.push(format!("{field}.from"), "must name at least one peer");
+                errors.error(format!("{field}.from"), "must name at least one peer");
             }
             let mut peers = Vec::new();
             for (j, p) in r.from.iter().enumerate() {
@@ -373,23 +376,23 @@ impl ClusterNetworkPolicy {
             }
         }
         let mut egress = Vec::new();
-        for (i, r) in self.spec.egress.iter().flatten().enumerate() {
+        for (i, r) in o.spec.egress.iter().flatten().enumerate() {
             let field = format!("spec.egress[{i}]");
             if r.to.is_empty() {
-                errors.push(format!("{field}.to"), "must name at least one peer");
+                errors.error(format!("{field}.to"), "must name at least one peer");
             }
             let mut peers = Vec::new();
             for (j, p) in r.to.iter().enumerate() {
                 let pf = format!("{field}.to[{j}]");
                 if p.nodes.is_some() {
-                    errors.push(
+                    errors.error(
                         format!("{pf}.nodes"),
                         "nodes peers are not supported by septum",
                     );
                     continue;
                 }
                 if p.domain_names.is_some() {
-                    errors.push(
+                    errors.error(
                         format!("{pf}.domainNames"),
                         "domainNames peers are not supported by septum",
                     );
@@ -414,17 +417,14 @@ impl ClusterNetworkPolicy {
                     (_, Some(x), _) => peers.push(pods(x, &format!("{pf}.pods"), &mut errors)),
                     (_, _, Some(nets)) => {
                         if nets.is_empty() {
-                            errors.push(format!("{pf}.networks"), "must list at least one CIDR");
+                            errors.error(format!("{pf}.networks"), "must list at least one CIDR");
                             continue;
                         }
                         let mut cidrs = Vec::new();
                         for (k, n) in nets.iter().enumerate() {
                             cidrs.extend(errors.ok(
                                 n.parse::<septum_policy::cidr::Cidr>().map_err(|e| {
-                                    ConversionError::new(
-                                        format!("{pf}.networks[{k}]"),
-                                        format!("{e}"),
-                                    )
+                                    Diagnostic::error(format!("{pf}.networks[{k}]"), format!("{e}"))
                                 }),
                             ));
                         }
@@ -445,7 +445,7 @@ impl ClusterNetworkPolicy {
             }
         }
         let (Some(tier), Some(priority), Some(subject)) = (tier, priority, subject) else {
-            return Err(errors.0);
+            return Err(errors.into_vec());
         };
         errors.finish(m::ClusterNetworkPolicy {
             name,

@@ -11,9 +11,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use septum_policy::k8s::{ConversionError, Errors, name_of, namespace_of, port_ref, selector_into};
+use septum_policy::diagnostic::{Diagnostic, Diagnostics};
+use septum_policy::k8s::{name_of, namespace_of, port_ref, selector_into};
 use septum_policy::model as m;
-use septum_policy::validate::Problem;
 
 /// Spec of a FlowPolicy.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -214,7 +214,7 @@ pub struct FlowPolicyStatus {
     pub observed_generation: Option<i64>,
 }
 
-fn convert_peer(p: &Peer, field: &str, errors: &mut Errors) -> Option<m::FlowPeer> {
+fn convert_peer(p: &Peer, field: &str, errors: &mut Diagnostics) -> Option<m::FlowPeer> {
     let count = [
         p.service.is_some(),
         p.pod_selector.is_some() || p.namespace_selector.is_some(),
@@ -225,7 +225,7 @@ fn convert_peer(p: &Peer, field: &str, errors: &mut Errors) -> Option<m::FlowPee
     .filter(|x| *x)
     .count();
     if count != 1 {
-        errors.push(
+        errors.error(
             field,
             format!(
                 "set exactly one of service, podSelector/namespaceSelector, serviceAccount, cidr (found {count})"
@@ -249,20 +249,20 @@ fn convert_peer(p: &Peer, field: &str, errors: &mut Errors) -> Option<m::FlowPee
         let cidr = errors.ok(b
             .cidr
             .parse::<septum_policy::cidr::Cidr>()
-            .map_err(|e| ConversionError::new(format!("{field}.cidr.cidr"), format!("{e}"))));
+            .map_err(|e| Diagnostic::error(format!("{field}.cidr.cidr"), format!("{e}"))));
         let mut except = Vec::new();
         for (i, e) in b.except.iter().flatten().enumerate() {
             let f = format!("{field}.cidr.except[{i}]");
             let Some(c) = errors.ok(e
                 .parse::<septum_policy::cidr::Cidr>()
-                .map_err(|x| ConversionError::new(&f, format!("{x}"))))
+                .map_err(|x| Diagnostic::error(&f, format!("{x}"))))
             else {
                 continue;
             };
             if let Some(cidr) = cidr
                 && (!cidr.contains(&c) || c == cidr)
             {
-                errors.push(f, format!("except {c} must be strictly inside cidr {cidr}"));
+                errors.error(f, format!("except {c} must be strictly inside cidr {cidr}"));
                 continue;
             }
             except.push(c);
@@ -281,7 +281,11 @@ fn convert_peer(p: &Peer, field: &str, errors: &mut Errors) -> Option<m::FlowPee
     })
 }
 
-fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) -> Vec<m::FlowPort> {
+fn convert_ports(
+    ports: Option<&Vec<Port>>,
+    field: &str,
+    errors: &mut Diagnostics,
+) -> Vec<m::FlowPort> {
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}]");
@@ -290,7 +294,7 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) ->
             None => Some(None),
             Some(e) => {
                 let e = errors.ok(u16::try_from(e).ok().filter(|x| *x != 0).ok_or_else(|| {
-                    ConversionError::new(
+                    Diagnostic::error(
                         format!("{f}.endPort"),
                         format!("endPort {e} is outside 1-65535"),
                     )
@@ -299,14 +303,14 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) ->
                     (None, _) | (_, None) => None,
                     (Some(e), Some(Some(m::PortRef::Number(n)))) if e >= *n => Some(Some(e)),
                     (Some(e), Some(Some(m::PortRef::Number(n)))) => {
-                        errors.push(
+                        errors.error(
                             format!("{f}.endPort"),
                             format!("endPort {e} is lower than port {n}"),
                         );
                         None
                     }
                     (Some(e), Some(_)) => {
-                        errors.push(
+                        errors.error(
                             format!("{f}.endPort"),
                             format!("endPort {e} needs a numeric port"),
                         );
@@ -329,14 +333,16 @@ fn convert_ports(ports: Option<&Vec<Port>>, field: &str, errors: &mut Errors) ->
     out
 }
 
-impl FlowPolicy {
-    /// Converts into the policy model, rejecting what the CEL rules reject (for objects that did
-    /// not pass through an API server, like files), with every error.
-    pub fn to_model(&self) -> Result<m::FlowPolicy, Vec<ConversionError>> {
-        let mut errors = Errors::default();
-        let name = name_of(&self.metadata, &mut errors);
-        let namespace = namespace_of(&self.metadata);
-        let s = &self.spec.subject;
+/// Converts into the policy model, rejecting what the CEL rules reject (for objects that did
+/// not pass through an API server, like files), with every error.
+impl TryFrom<&FlowPolicy> for m::FlowPolicy {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(o: &FlowPolicy) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let name = name_of(&o.metadata, &mut errors);
+        let namespace = namespace_of(&o.metadata);
+        let s = &o.spec.subject;
         let count = [
             s.service.is_some(),
             s.pod_selector.is_some(),
@@ -346,7 +352,7 @@ impl FlowPolicy {
         .filter(|x| *x)
         .count();
         let subject = if count != 1 {
-            errors.push(
+            errors.error(
                 "spec.subject",
                 format!("set exactly one of service, podSelector, serviceAccount (found {count})"),
             );
@@ -364,16 +370,16 @@ impl FlowPolicy {
                 s.service_account.clone().unwrap_or_default(),
             ))
         };
-        if self.spec.ingress.is_none() && self.spec.egress.is_none() {
-            errors.push("spec", "set ingress, egress or both");
+        if o.spec.ingress.is_none() && o.spec.egress.is_none() {
+            errors.error("spec", "set ingress, egress or both");
         }
         let mut ingress = None;
-        if let Some(rules) = &self.spec.ingress {
+        if let Some(rules) = &o.spec.ingress {
             let mut out = Vec::new();
             for (i, r) in rules.iter().enumerate() {
                 let field = format!("spec.ingress[{i}]");
                 if r.from.is_empty() {
-                    errors.push(format!("{field}.from"), "must name at least one peer");
+                    errors.error(format!("{field}.from"), "must name at least one peer");
                 }
                 let mut peers = Vec::new();
                 for (j, p) in r.from.iter().enumerate() {
@@ -387,12 +393,12 @@ impl FlowPolicy {
             ingress = Some(out);
         }
         let mut egress = None;
-        if let Some(rules) = &self.spec.egress {
+        if let Some(rules) = &o.spec.egress {
             let mut out = Vec::new();
             for (i, r) in rules.iter().enumerate() {
                 let field = format!("spec.egress[{i}]");
                 if r.to.is_empty() {
-                    errors.push(format!("{field}.to"), "must name at least one peer");
+                    errors.error(format!("{field}.to"), "must name at least one peer");
                 }
                 let mut peers = Vec::new();
                 for (j, p) in r.to.iter().enumerate() {
@@ -406,12 +412,12 @@ impl FlowPolicy {
             egress = Some(out);
         }
         let Some(subject) = subject else {
-            return Err(errors.0);
+            return Err(errors.into_vec());
         };
         errors.finish(m::FlowPolicy {
             namespace,
             name,
-            mode: match self.spec.mode {
+            mode: match o.spec.mode {
                 Mode::Enforce => m::FlowMode::Enforce,
                 Mode::Audit => m::FlowMode::Audit,
             },
@@ -425,13 +431,13 @@ impl FlowPolicy {
 /// Status conditions for a FlowPolicy: `Valid` (False with every problem when the spec is
 /// invalid or references something missing) and `Ready`.
 pub fn status_conditions(
-    problems: &[Problem],
+    problems: &[Diagnostic],
     generation: Option<i64>,
     now: Time,
 ) -> Vec<Condition> {
-    let errors: Vec<&Problem> = problems.iter().filter(|p| !p.warning).collect();
-    let warnings: Vec<&Problem> = problems.iter().filter(|p| p.warning).collect();
-    let describe = |ps: &[&Problem]| {
+    let errors: Vec<&Diagnostic> = problems.iter().filter(|p| p.is_error()).collect();
+    let warnings: Vec<&Diagnostic> = problems.iter().filter(|p| p.is_warning()).collect();
+    let describe = |ps: &[&Diagnostic]| {
         ps.iter()
             .map(|p| format!("{}: {}", p.field, p.message))
             .collect::<Vec<_>>()

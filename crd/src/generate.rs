@@ -7,7 +7,7 @@ use crate::flow_policy::FlowPolicy;
 
 /// File name and YAML of every CRD septum installs.
 pub fn crds() -> Vec<(&'static str, String)> {
-    let fp = serde_yaml::to_string(&FlowPolicy::crd()).unwrap_or_else(|e| {
+    let fp = serde_norway::to_string(&FlowPolicy::crd()).unwrap_or_else(|e| {
         // Serializing a value built from our own types cannot fail; keep a readable marker.
         format!("# failed to serialize FlowPolicy CRD: {e}\n")
     });

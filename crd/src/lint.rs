@@ -12,46 +12,10 @@ use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use septum_policy::diagnostic::{Diagnostic, Diagnostics};
+
 use crate::cluster_network_policy::ClusterNetworkPolicy;
 use crate::flow_policy::{FlowPolicy, Peer};
-
-/// One finding: field path, message, and whether it is only a warning.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    /// Field path (`metadata.labels`, `spec.ports[1].name`, ...).
-    pub field: String,
-    /// What is wrong, with the value.
-    pub message: String,
-    /// A warning rather than an error.
-    pub warning: bool,
-}
-
-#[derive(Default)]
-struct Sink(Vec<Finding>);
-
-impl Sink {
-    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Finding {
-            field: field.into(),
-            message: message.into(),
-            warning: false,
-        });
-    }
-
-    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Finding {
-            field: field.into(),
-            message: message.into(),
-            warning: true,
-        });
-    }
-
-    fn check(&mut self, field: impl Into<String>, r: Result<(), String>) {
-        if let Err(m) = r {
-            self.error(field, m);
-        }
-    }
-}
 
 fn dns_label_chars(s: &str, first_letter: bool) -> bool {
     let b = s.as_bytes();
@@ -173,14 +137,18 @@ pub fn port_name(n: &str) -> Result<(), String> {
     }
 }
 
-fn labels(sink: &mut Sink, field: &str, l: Option<&std::collections::BTreeMap<String, String>>) {
+fn labels(
+    sink: &mut Diagnostics,
+    field: &str,
+    l: Option<&std::collections::BTreeMap<String, String>>,
+) {
     for (k, v) in l.into_iter().flatten() {
         sink.check(field, label_key(k));
         sink.check(format!("{field}.{k}"), label_value(v));
     }
 }
 
-fn selector(sink: &mut Sink, field: &str, s: &LabelSelector) {
+fn selector(sink: &mut Diagnostics, field: &str, s: &LabelSelector) {
     labels(
         sink,
         &format!("{field}.matchLabels"),
@@ -206,7 +174,7 @@ pub enum NameRule {
     Subdomain,
 }
 
-fn metadata(sink: &mut Sink, m: &ObjectMeta, rule: NameRule, namespaced: bool) {
+fn metadata(sink: &mut Diagnostics, m: &ObjectMeta, rule: NameRule, namespaced: bool) {
     if let Some(n) = &m.name {
         let r = match rule {
             NameRule::Label => dns_label(n),
@@ -228,7 +196,7 @@ fn metadata(sink: &mut Sink, m: &ObjectMeta, rule: NameRule, namespaced: bool) {
     labels(sink, "metadata.labels", m.labels.as_ref());
 }
 
-fn named_port(sink: &mut Sink, field: &str, p: Option<&IntOrString>) {
+fn named_port(sink: &mut Diagnostics, field: &str, p: Option<&IntOrString>) {
     if let Some(IntOrString::String(s)) = p {
         // A string is a name even when it spells a number (`"80"` is refused by the API
         // server's `IsValidPortName`); empty names are conversion errors.
@@ -238,7 +206,7 @@ fn named_port(sink: &mut Sink, field: &str, p: Option<&IntOrString>) {
     }
 }
 
-fn cidr_host_bits(sink: &mut Sink, field: &str, raw: &str) {
+fn cidr_host_bits(sink: &mut Diagnostics, field: &str, raw: &str) {
     if let (Ok(c), Some((addr, _))) = (
         raw.parse::<septum_policy::cidr::Cidr>(),
         raw.split_once('/'),
@@ -252,22 +220,22 @@ fn cidr_host_bits(sink: &mut Sink, field: &str, raw: &str) {
 }
 
 /// Findings for a Namespace.
-pub fn namespace(o: &core::Namespace) -> Vec<Finding> {
-    let mut s = Sink::default();
+pub fn namespace(o: &core::Namespace) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
     metadata(&mut s, &o.metadata, NameRule::Label, false);
-    s.0
+    s.into_vec()
 }
 
 /// Findings for a Node.
-pub fn node(o: &core::Node) -> Vec<Finding> {
-    let mut s = Sink::default();
+pub fn node(o: &core::Node) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
     metadata(&mut s, &o.metadata, NameRule::Subdomain, false);
-    s.0
+    s.into_vec()
 }
 
 /// Findings for a Pod.
-pub fn pod(o: &core::Pod) -> Vec<Finding> {
-    let mut s = Sink::default();
+pub fn pod(o: &core::Pod) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
     metadata(&mut s, &o.metadata, NameRule::Subdomain, true);
     let mut names = BTreeSet::new();
     for (ci, c) in o
@@ -302,15 +270,15 @@ pub fn pod(o: &core::Pod) -> Vec<Finding> {
             ),
         );
     }
-    s.0
+    s.into_vec()
 }
 
 /// Findings for a Service.
-pub fn service(o: &core::Service) -> Vec<Finding> {
-    let mut s = Sink::default();
+pub fn service(o: &core::Service) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
     metadata(&mut s, &o.metadata, NameRule::Label1035, true);
     let Some(spec) = &o.spec else {
-        return s.0;
+        return s.into_vec();
     };
     if let Some(sel) = &spec.selector {
         labels(&mut s, "spec.selector", Some(sel));
@@ -347,10 +315,10 @@ pub fn service(o: &core::Service) -> Vec<Finding> {
         }
         named_port(&mut s, &format!("{f}.targetPort"), p.target_port.as_ref());
     }
-    s.0
+    s.into_vec()
 }
 
-fn np_ports(s: &mut Sink, field: &str, ports: Option<&Vec<net::NetworkPolicyPort>>) {
+fn np_ports(s: &mut Diagnostics, field: &str, ports: Option<&Vec<net::NetworkPolicyPort>>) {
     for (i, p) in ports.into_iter().flatten().enumerate() {
         // Length is checked by validation; here only the characters.
         if let Some(IntOrString::String(n)) = &p.port
@@ -361,7 +329,7 @@ fn np_ports(s: &mut Sink, field: &str, ports: Option<&Vec<net::NetworkPolicyPort
     }
 }
 
-fn np_peer(s: &mut Sink, field: &str, p: &net::NetworkPolicyPeer) {
+fn np_peer(s: &mut Diagnostics, field: &str, p: &net::NetworkPolicyPeer) {
     if let Some(sel) = &p.pod_selector {
         selector(s, &format!("{field}.podSelector"), sel);
     }
@@ -377,11 +345,11 @@ fn np_peer(s: &mut Sink, field: &str, p: &net::NetworkPolicyPeer) {
 }
 
 /// Findings for a NetworkPolicy.
-pub fn network_policy(o: &net::NetworkPolicy) -> Vec<Finding> {
-    let mut s = Sink::default();
+pub fn network_policy(o: &net::NetworkPolicy) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
     metadata(&mut s, &o.metadata, NameRule::Subdomain, true);
     let Some(spec) = &o.spec else {
-        return s.0;
+        return s.into_vec();
     };
     if let Some(sel) = &spec.pod_selector {
         selector(&mut s, "spec.podSelector", sel);
@@ -400,10 +368,10 @@ pub fn network_policy(o: &net::NetworkPolicy) -> Vec<Finding> {
             np_peer(&mut s, &format!("{f}.to[{j}]"), p);
         }
     }
-    s.0
+    s.into_vec()
 }
 
-fn flow_peer(s: &mut Sink, field: &str, p: &Peer) {
+fn flow_peer(s: &mut Diagnostics, field: &str, p: &Peer) {
     if let Some(r) = &p.service {
         s.check(format!("{field}.service.name"), dns1035_label(&r.name));
         if let Some(ns) = &r.namespace {
@@ -436,7 +404,7 @@ fn flow_peer(s: &mut Sink, field: &str, p: &Peer) {
 /// FlowPolicy ports name Service ports (DNS-1123 labels up to 63 characters) toward a Service,
 /// and container ports (IANA service names) otherwise.
 fn flow_ports(
-    s: &mut Sink,
+    s: &mut Diagnostics,
     field: &str,
     ports: Option<&Vec<crate::flow_policy::Port>>,
     toward_service: bool,
@@ -454,8 +422,8 @@ fn flow_ports(
 }
 
 /// Findings for a FlowPolicy.
-pub fn flow_policy(o: &FlowPolicy) -> Vec<Finding> {
-    let mut s = Sink::default();
+pub fn flow_policy(o: &FlowPolicy) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
     metadata(&mut s, &o.metadata, NameRule::Subdomain, true);
     let subject = &o.spec.subject;
     if let Some(n) = &subject.service {
@@ -482,10 +450,10 @@ pub fn flow_policy(o: &FlowPolicy) -> Vec<Finding> {
             flow_peer(&mut s, &format!("{f}.to[{j}]"), p);
         }
     }
-    s.0
+    s.into_vec()
 }
 
-fn cnp_pods(s: &mut Sink, field: &str, p: &crate::cluster_network_policy::NamespacedPods) {
+fn cnp_pods(s: &mut Diagnostics, field: &str, p: &crate::cluster_network_policy::NamespacedPods) {
     selector(
         s,
         &format!("{field}.namespaceSelector"),
@@ -495,7 +463,7 @@ fn cnp_pods(s: &mut Sink, field: &str, p: &crate::cluster_network_policy::Namesp
 }
 
 fn cnp_protocols(
-    s: &mut Sink,
+    s: &mut Diagnostics,
     field: &str,
     list: Option<&Vec<crate::cluster_network_policy::ProtocolEntry>>,
 ) {
@@ -514,8 +482,8 @@ fn cnp_protocols(
 }
 
 /// Findings for a ClusterNetworkPolicy.
-pub fn cluster_network_policy(o: &ClusterNetworkPolicy) -> Vec<Finding> {
-    let mut s = Sink::default();
+pub fn cluster_network_policy(o: &ClusterNetworkPolicy) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
     metadata(&mut s, &o.metadata, NameRule::Subdomain, false);
     let subject = &o.spec.subject;
     if let Some(sel) = &subject.namespaces {
@@ -553,7 +521,7 @@ pub fn cluster_network_policy(o: &ClusterNetworkPolicy) -> Vec<Finding> {
             }
         }
     }
-    s.0
+    s.into_vec()
 }
 
 #[cfg(test)]

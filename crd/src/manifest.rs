@@ -1,79 +1,171 @@
 //! Loading multi-document Kubernetes YAML into the policy model. Every problem (bad YAML or
 //! bytes, a document that is not an object, an unknown kind or field, a wrong type, an invalid
-//! name or label, a contradictory spec, a duplicate object) becomes a [`ManifestError`] naming
+//! name or label, a contradictory spec, a duplicate object) becomes a [`Diagnostic`] naming
 //! the file, the document, the object and the field. Loading never panics and loses nothing: a
 //! syntax error ends only its own document (documents are split on `---` first), an object
 //! reports all its conversion errors, and every other object still loads.
+//!
+//! The YAML stack is serde_norway (the maintained fork of serde_yaml); positions in syntax
+//! errors are the parser's own; unknown fields are the ones the typed object's deserializer
+//! ignored (serde_ignored); a document's kind is matched against each type's own
+//! [`kube::Resource`] kind, API version and scope, not against strings of ours.
 
+use std::any::TypeId;
 use std::collections::BTreeMap;
-use std::fmt;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_norway::Value;
 
-use septum_policy::k8s;
-use septum_policy::model::{Cluster, ObjectKey};
-use septum_policy::validate::{Problem, validate_cluster};
+use septum_policy::diagnostic::Diagnostics;
+pub use septum_policy::diagnostic::{Diagnostic, Origin, Severity};
+use septum_policy::model::{self as m, Cluster, ObjectKey};
+use septum_policy::validate::validate_cluster;
 
 use crate::cluster_network_policy::ClusterNetworkPolicy;
 use crate::flow_policy::FlowPolicy;
 use crate::lint;
 
-/// Where a document came from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Origin {
-    /// File name as given.
-    pub file: String,
-    /// 1-based document number in the file.
-    pub document: usize,
+/// A kind the loader reads: its Kubernetes type (kind, API version and scope come from its
+/// [`kube::Resource`] impl), the API server's checks the types and the conversion do not make,
+/// and where its model object goes.
+trait Kind: kube::Resource<DynamicType = (), Scope: 'static> + DeserializeOwned {
+    /// Unknown fields in policies change what is allowed: errors. In the inventory (pods,
+    /// services, ...) they are most often fields newer than our API version: warnings.
+    const POLICY: bool = false;
+
+    /// The checks of [`lint`].
+    fn lint(&self) -> Vec<Diagnostic>;
+
+    /// Converts into the model and stores it.
+    fn insert(&self, cluster: &mut Cluster) -> Result<(), Vec<Diagnostic>>;
 }
 
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.document == 0 {
-            write!(f, "{}", self.file)
-        } else {
-            write!(f, "{} (document {})", self.file, self.document)
-        }
+impl Kind for core::Namespace {
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::namespace(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let n = m::Namespace::try_from(self)?;
+        c.namespaces.insert(n.name.clone(), n);
+        Ok(())
     }
 }
 
-/// One problem in the manifests.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
-#[error("{origin}: {object}: {field}: {message}")]
-pub struct ManifestError {
-    /// File and document.
-    pub origin: Origin,
-    /// `Kind namespace/name` (as much as is known).
-    pub object: String,
-    /// Field path (`-` when the whole document is at fault).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-    /// Only a warning (the model still loads it).
-    pub warning: bool,
+impl Kind for core::Node {
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::node(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let n = m::Node::try_from(self)?;
+        c.nodes.insert(n.name.clone(), n);
+        Ok(())
+    }
 }
 
-/// Kinds the loader understands.
-pub const KINDS: [&str; 7] = [
-    "Namespace",
-    "Pod",
-    "Node",
-    "Service",
-    "NetworkPolicy",
-    "FlowPolicy",
-    "ClusterNetworkPolicy",
-];
+impl Kind for core::Pod {
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::pod(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let p = m::Pod::try_from(self)?;
+        c.pods.insert(p.key(), p);
+        Ok(())
+    }
+}
+
+impl Kind for core::Service {
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::service(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let s = m::Service::try_from(self)?;
+        c.services.insert(s.key(), s);
+        Ok(())
+    }
+}
+
+impl Kind for net::NetworkPolicy {
+    const POLICY: bool = true;
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::network_policy(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let p = m::NetworkPolicy::try_from(self)?;
+        c.network_policies.insert(p.key(), p);
+        Ok(())
+    }
+}
+
+impl Kind for FlowPolicy {
+    const POLICY: bool = true;
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::flow_policy(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let p = m::FlowPolicy::try_from(self)?;
+        c.flow_policies
+            .insert(ObjectKey::new(&p.namespace, &p.name), p);
+        Ok(())
+    }
+}
+
+impl Kind for ClusterNetworkPolicy {
+    const POLICY: bool = true;
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::cluster_network_policy(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let p = m::ClusterNetworkPolicy::try_from(self)?;
+        c.cluster_network_policies.insert(p.name.clone(), p);
+        Ok(())
+    }
+}
+
+/// What the loader knows of a kind, read off its type.
+struct KindEntry {
+    kind: String,
+    api_version: String,
+    namespaced: bool,
+    load: fn(&mut Manifests, &Origin, &str, &str, &Value),
+}
+
+fn entry<K: Kind>() -> KindEntry {
+    KindEntry {
+        kind: K::kind(&()).into_owned(),
+        api_version: K::api_version(&()).into_owned(),
+        namespaced: TypeId::of::<K::Scope>() == TypeId::of::<k8s_openapi::NamespaceResourceScope>(),
+        load: Manifests::load_typed::<K>,
+    }
+}
+
+/// Every kind the loader reads.
+fn kinds() -> [KindEntry; 7] {
+    [
+        entry::<core::Namespace>(),
+        entry::<core::Pod>(),
+        entry::<core::Node>(),
+        entry::<core::Service>(),
+        entry::<net::NetworkPolicy>(),
+        entry::<FlowPolicy>(),
+        entry::<ClusterNetworkPolicy>(),
+    ]
+}
+
+/// The names of the kinds the loader reads.
+pub fn kind_names() -> Vec<String> {
+    kinds().into_iter().map(|k| k.kind).collect()
+}
 
 /// The result of loading: the model, and every problem found.
 #[derive(Clone, Debug, Default)]
 pub struct Manifests {
     /// The model built from every valid object.
     pub cluster: Cluster,
-    /// Problems, in load order.
-    pub errors: Vec<ManifestError>,
+    /// Errors and warnings, in load order.
+    pub diagnostics: Vec<Diagnostic>,
     /// Where each object was defined (`Kind namespace/name`).
     pub origins: BTreeMap<String, Origin>,
 }
@@ -85,36 +177,64 @@ fn object_label(kind: &str, ns: Option<&str>, name: &str) -> String {
     }
 }
 
-fn parse_typed<T: DeserializeOwned>(v: &serde_yaml::Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let message = e.into_inner().to_string();
-        // Name the missing field itself, not its parent.
-        let named = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split_once('`'))
-            .map(|(name, _)| name.to_string());
-        let field = match named {
-            Some(name) => join_path(&path, &name),
-            None if path.is_empty() => "-".to_string(),
-            None => path,
-        };
-        (field, message)
+/// One step of a field path.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The path of a field the deserializer ignored, in the API's notation (`spec.ingress[0].x`).
+fn ignored_path(path: &serde_ignored::Path<'_>, out: &mut Vec<Step>) {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            ignored_path(parent, out);
+            out.push(Step::Index(*index));
+        }
+        P::Map { parent, key } => {
+            ignored_path(parent, out);
+            out.push(Step::Key(key.clone()));
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent, out);
+        }
+    }
+}
+
+fn render(steps: &[Step]) -> String {
+    let mut s = String::new();
+    for step in steps {
+        match step {
+            Step::Key(k) if s.is_empty() => s.push_str(k),
+            Step::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Step::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// The value at `steps` in `v`.
+fn lookup<'a>(v: &'a Value, steps: &[Step]) -> Option<&'a Value> {
+    steps.iter().try_fold(v, |v, step| match step {
+        Step::Key(k) => v.get(k.as_str()),
+        Step::Index(i) => v.get(*i),
     })
 }
 
 /// Short description of a YAML value's type, for messages.
-fn type_name(v: &serde_yaml::Value) -> &'static str {
-    use serde_yaml::Value as V;
+fn type_name(v: &Value) -> &'static str {
     match v {
-        V::Null => "null",
-        V::Bool(_) => "a boolean",
-        V::Number(_) => "a number",
-        V::String(_) => "a string",
-        V::Sequence(_) => "a list",
-        V::Mapping(_) => "a mapping",
-        V::Tagged(_) => "a tagged value",
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
     }
 }
 
@@ -123,45 +243,6 @@ fn join_path(prefix: &str, key: &str) -> String {
         key.to_string()
     } else {
         format!("{prefix}.{key}")
-    }
-}
-
-/// Fields of `input` that the typed object dropped (serialized back as `output`): unknown
-/// fields, which the API server rejects (or prunes) and which are most often typos.
-fn unknown_fields(
-    input: &serde_yaml::Value,
-    output: &serde_yaml::Value,
-    path: &str,
-    out: &mut Vec<String>,
-) {
-    use serde_yaml::Value as V;
-    match (input, output) {
-        (V::Mapping(a), V::Mapping(b)) => {
-            for (k, v) in a {
-                let key = match k {
-                    V::String(s) => s.clone(),
-                    other => serde_yaml::to_string(other)
-                        .map(|s| s.trim_end().to_string())
-                        .unwrap_or_else(|_| "?".into()),
-                };
-                let p = join_path(path, &key);
-                match b.get(k) {
-                    Some(w) => unknown_fields(v, w, &p, out),
-                    None if v.is_null() => {}
-                    // Observed state that serializes empty collections away (status.conditions).
-                    None if path.starts_with("status")
-                        && (v.as_sequence().is_some_and(|x| x.is_empty())
-                            || v.as_mapping().is_some_and(|x| x.is_empty())) => {}
-                    None => out.push(p),
-                }
-            }
-        }
-        (V::Sequence(a), V::Sequence(b)) if a.len() == b.len() => {
-            for (i, (v, w)) in a.iter().zip(b).enumerate() {
-                unknown_fields(v, w, &format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -205,27 +286,16 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     docs
 }
 
-/// Shifts the `line N` positions in a YAML error message by `offset` lines.
-fn shift_lines(message: &str, offset: usize) -> String {
-    if offset == 0 {
-        return message.to_string();
-    }
-    let mut out = String::with_capacity(message.len() + 8);
-    let mut rest = message;
-    while let Some(i) = rest.find("line ") {
-        out.push_str(&rest[..i + 5]);
-        rest = &rest[i + 5..];
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        match rest[..digits].parse::<usize>() {
-            Ok(n) if digits > 0 => {
-                out.push_str(&(n + offset).to_string());
-                rest = &rest[digits..];
-            }
-            _ => {}
-        }
-    }
-    out.push_str(rest);
-    out
+/// The parser's message for the syntax error in document `index` of `chunk`, which starts at
+/// line `first_line` of its file: the chunk is parsed again behind that many empty lines, so
+/// that every position the parser reports is a position in the file. Only failing documents
+/// pay for this.
+fn syntax_error_in_file(chunk: &str, first_line: usize, index: usize) -> Option<String> {
+    let padded = format!("{}{chunk}", "\n".repeat(first_line));
+    serde_norway::Deserializer::from_str(&padded)
+        .nth(index)
+        .and_then(|doc| Value::deserialize(doc).err())
+        .map(|e| e.to_string())
 }
 
 /// 1-based line and column (in characters) of byte `at`.
@@ -249,6 +319,11 @@ impl Manifests {
         Self::default()
     }
 
+    /// Whether any error (not just warnings) was found while loading.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
     /// Loads one file's raw bytes. Bytes that are not UTF-8 are an error naming the line and
     /// column of the first one; the rest of the file is still checked (with the bad bytes
     /// replaced), so no other problem is hidden.
@@ -262,17 +337,20 @@ impl Manifests {
                     .iter()
                     .take_while(|(start, _)| *start < line)
                     .count();
+                let origin = Origin {
+                    file: file.to_string(),
+                    document,
+                };
                 self.push(
-                    &Origin {
-                        file: file.to_string(),
-                        document,
-                    },
-                    "-",
-                    "-",
-                    format!(
-                        "not UTF-8 text: invalid byte 0x{:02x} at line {line} column {col}",
-                        bytes[e.valid_up_to()]
-                    ),
+                    &origin,
+                    Diagnostic::error(
+                        "-",
+                        format!(
+                            "not UTF-8 text: invalid byte 0x{:02x} at line {line} column {col}",
+                            bytes[e.valid_up_to()]
+                        ),
+                    )
+                    .of("-"),
                 );
                 self.load_str(file, &text);
             }
@@ -285,16 +363,17 @@ impl Manifests {
         let mut document = 0usize;
         for (first_line, chunk) in split_documents(text) {
             let before = document;
-            for doc in serde_yaml::Deserializer::from_str(chunk) {
+            for (index, doc) in serde_norway::Deserializer::from_str(chunk).enumerate() {
                 document += 1;
                 let origin = Origin {
                     file: file.to_string(),
                     document,
                 };
-                match serde_yaml::Value::deserialize(doc) {
-                    Ok(v) => self.load_document(origin, v),
+                match Value::deserialize(doc) {
+                    Ok(v) => self.load_document(&origin, v),
                     Err(e) => {
-                        let msg = shift_lines(&e.to_string(), first_line);
+                        let msg = syntax_error_in_file(chunk, first_line, index)
+                            .unwrap_or_else(|| e.to_string());
                         let msg = if msg.starts_with("recursion limit exceeded") {
                             format!("{msg} (nested deeper than the YAML parser allows)")
                         } else if msg.starts_with("repetition limit exceeded") {
@@ -302,7 +381,10 @@ impl Manifests {
                         } else {
                             msg
                         };
-                        self.push(&origin, "-", "-", format!("invalid YAML: {msg}"));
+                        self.push(
+                            &origin,
+                            Diagnostic::error("-", format!("invalid YAML: {msg}")).of("-"),
+                        );
                         // The rest of this document cannot be read; the next one can.
                         break;
                     }
@@ -314,66 +396,41 @@ impl Manifests {
         }
     }
 
-    fn push(&mut self, origin: &Origin, object: &str, field: &str, message: impl Into<String>) {
-        self.errors.push(ManifestError {
-            origin: origin.clone(),
-            object: object.to_string(),
-            field: field.to_string(),
-            message: message.into(),
-            warning: false,
-        });
+    fn push(&mut self, origin: &Origin, d: Diagnostic) {
+        self.diagnostics.push(d.at(origin.clone()));
     }
 
-    fn warn(&mut self, origin: &Origin, object: &str, field: &str, message: impl Into<String>) {
-        self.errors.push(ManifestError {
-            origin: origin.clone(),
-            object: object.to_string(),
-            field: field.to_string(),
-            message: message.into(),
-            warning: true,
-        });
-    }
-
-    fn load_document(&mut self, origin: Origin, mut v: serde_yaml::Value) {
+    fn load_document(&mut self, origin: &Origin, mut v: Value) {
         if let Err(e) = v.apply_merge() {
             self.push(
-                &origin,
-                "-",
-                "-",
-                format!("invalid YAML merge key (<<): {e}"),
+                origin,
+                Diagnostic::error("-", format!("invalid YAML merge key (<<): {e}")).of("-"),
             );
             return;
         }
-        self.load_value(origin, v, "");
+        self.load_value(origin, &v, "");
     }
 
-    fn load_value(&mut self, origin: Origin, v: serde_yaml::Value, at: &str) {
-        let here = |f: &str| {
-            if at.is_empty() {
-                f.to_string()
-            } else if f == "-" {
-                at.to_string()
-            } else {
-                format!("{at}.{f}")
-            }
+    fn load_value(&mut self, origin: &Origin, v: &Value, at: &str) {
+        let mut fail = |object: &str, field: &str, message: String| {
+            let d = Diagnostic::error(field, message).of(object).within(at);
+            self.diagnostics.push(d.at(origin.clone()));
         };
         if v.is_null() {
             if !at.is_empty() {
-                self.push(
-                    &origin,
+                fail(
                     "List",
-                    at,
-                    "a list item must be an object, got null",
+                    "-",
+                    "a list item must be an object, got null".into(),
                 );
             }
             return;
         }
         let Some(map) = v.as_mapping() else {
-            let what = type_name(&v);
-            self.push(
-                &origin,
+            let what = type_name(v);
+            fail(
                 if at.is_empty() { "-" } else { "List" },
-                &here("-"),
+                "-",
                 format!("a document must be a mapping (a Kubernetes object), got {what}"),
             );
             return;
@@ -392,24 +449,19 @@ impl Manifests {
             .unwrap_or("default")
             .to_string();
         let kind = match map.get("kind") {
-            None | Some(serde_yaml::Value::Null) => {
-                self.push(&origin, &name, &here("kind"), "missing");
+            None | Some(Value::Null) => {
+                fail(&name, "kind", "missing".into());
                 return;
             }
             Some(k) => match k.as_str() {
                 Some(k) if !k.is_empty() => k.to_string(),
                 Some(_) => {
-                    self.push(&origin, &name, &here("kind"), "must not be empty");
+                    fail(&name, "kind", "must not be empty".into());
                     return;
                 }
                 None => {
                     let what = type_name(k);
-                    self.push(
-                        &origin,
-                        &name,
-                        &here("kind"),
-                        format!("must be a string, got {what}"),
-                    );
+                    fail(&name, "kind", format!("must be a string, got {what}"));
                     return;
                 }
             },
@@ -417,64 +469,53 @@ impl Manifests {
         let api_version = map.get("apiVersion");
         if kind == "List" {
             if api_version.and_then(|a| a.as_str()) != Some("v1") {
-                self.push(&origin, "List", &here("apiVersion"), "List must be v1");
+                fail("List", "apiVersion", "List must be v1".into());
             }
             match map.get("items") {
-                Some(serde_yaml::Value::Sequence(items)) => {
+                Some(Value::Sequence(items)) => {
                     for (i, item) in items.iter().enumerate() {
-                        self.load_value(
-                            origin.clone(),
-                            item.clone(),
-                            &here(&format!("items[{i}]")),
-                        );
+                        self.load_value(origin, item, &join_path(at, &format!("items[{i}]")));
                     }
                 }
-                None | Some(serde_yaml::Value::Null) => {}
+                None | Some(Value::Null) => {}
                 Some(other) => {
                     let what = type_name(other);
-                    self.push(
-                        &origin,
+                    fail(
                         "List",
-                        &here("items"),
+                        "items",
                         format!("must be a list of objects, got {what}"),
                     );
                 }
             }
             return;
         }
-        let namespaced = !matches!(kind.as_str(), "Namespace" | "Node" | "ClusterNetworkPolicy");
-        let label = object_label(&kind, namespaced.then_some(ns.as_str()), &name);
-        let expected_api = match kind.as_str() {
-            "Namespace" | "Pod" | "Node" | "Service" => "v1",
-            "NetworkPolicy" => "networking.k8s.io/v1",
-            "FlowPolicy" => "septum.dev/v1alpha1",
-            "ClusterNetworkPolicy" => "policy.networking.k8s.io/v1alpha2",
-            other => {
-                let hint = match other {
-                    "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
-                        " (replaced upstream by ClusterNetworkPolicy, policy.networking.k8s.io/v1alpha2)"
-                    }
-                    _ => "",
-                };
-                self.push(
-                    &origin,
-                    &label,
-                    &here("kind"),
-                    format!(
-                        "unknown kind {other:?} (expected one of {}){hint}",
-                        KINDS.join(", ")
-                    ),
-                );
-                return;
-            }
+        let known = kinds();
+        let Some(entry) = known.iter().find(|k| k.kind == kind) else {
+            let hint = match kind.as_str() {
+                "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy" => {
+                    " (replaced upstream by ClusterNetworkPolicy, policy.networking.k8s.io/v1alpha2)"
+                }
+                _ => "",
+            };
+            let names: Vec<&str> = known.iter().map(|k| k.kind.as_str()).collect();
+            fail(
+                &object_label(&kind, Some(&ns), &name),
+                "kind",
+                format!(
+                    "unknown kind {kind:?} (expected one of {}){hint}",
+                    names.join(", ")
+                ),
+            );
+            return;
         };
+        let label = object_label(&kind, entry.namespaced.then_some(ns.as_str()), &name);
+        let expected_api = entry.api_version.as_str();
         match api_version {
             Some(a) if a.as_str() == Some(expected_api) => {}
-            None | Some(serde_yaml::Value::Null) => {
-                self.push(
-                    &origin,
+            None | Some(Value::Null) => {
+                fail(
                     &label,
-                    &here("apiVersion"),
+                    "apiVersion",
                     format!("missing ({kind} is {expected_api})"),
                 );
                 return;
@@ -484,48 +525,41 @@ impl Manifests {
                     Some(s) => format!("{s:?}"),
                     None => type_name(a).to_string(),
                 };
-                self.push(
-                    &origin,
+                fail(
                     &label,
-                    &here("apiVersion"),
+                    "apiVersion",
                     format!("{kind} must be {expected_api}, got {got}"),
                 );
                 return;
             }
         }
         match (meta, meta_map) {
-            (None | Some(serde_yaml::Value::Null), _) => {
-                self.push(&origin, &label, &here("metadata"), "missing");
+            (None | Some(Value::Null), _) => {
+                fail(&label, "metadata", "missing".into());
                 return;
             }
             (Some(m), None) => {
                 let what = type_name(m);
-                self.push(
-                    &origin,
-                    &label,
-                    &here("metadata"),
-                    format!("must be a mapping, got {what}"),
-                );
+                fail(&label, "metadata", format!("must be a mapping, got {what}"));
                 return;
             }
             _ => {}
         }
         match name_value {
-            Some(serde_yaml::Value::String(n)) if !n.is_empty() => {}
-            None | Some(serde_yaml::Value::Null) => {
-                self.push(&origin, &label, &here("metadata.name"), "missing");
+            Some(Value::String(n)) if !n.is_empty() => {}
+            None | Some(Value::Null) => {
+                fail(&label, "metadata.name", "missing".into());
                 return;
             }
-            Some(serde_yaml::Value::String(_)) => {
-                self.push(&origin, &label, &here("metadata.name"), "must not be empty");
+            Some(Value::String(_)) => {
+                fail(&label, "metadata.name", "must not be empty".into());
                 return;
             }
             Some(other) => {
                 let what = type_name(other);
-                self.push(
-                    &origin,
+                fail(
                     &label,
-                    &here("metadata.name"),
+                    "metadata.name",
                     format!("must be a string, got {what}"),
                 );
                 return;
@@ -533,130 +567,93 @@ impl Manifests {
         }
         if let Some(first) = self.origins.get(&label) {
             let msg = format!("duplicate object (first defined in {first})");
-            self.push(&origin, &label, &here("metadata.name"), msg);
+            fail(&label, "metadata.name", msg);
             return;
         }
-        // Unknown fields in policies change what is allowed: errors. In the inventory (pods,
-        // services, ...) they are most often fields newer than our API version: warnings.
-        let policy_kind = matches!(
-            kind.as_str(),
-            "NetworkPolicy" | "FlowPolicy" | "ClusterNetworkPolicy"
-        );
-        let mut findings: Vec<lint::Finding> = Vec::new();
-        let check_unknown = |typed: Result<serde_yaml::Value, serde_yaml::Error>| {
-            let mut unknown = Vec::new();
-            if let Ok(back) = typed {
-                unknown_fields(&v, &back, "", &mut unknown);
-            }
-            unknown.into_iter().map(|f| lint::Finding {
-                field: f,
-                message: "unknown field (ignored; a typo?)".into(),
-                warning: !policy_kind,
-            })
+        (entry.load)(self, origin, &label, at, v);
+    }
+
+    /// Reads one object of kind `K`: its type, its unknown fields, the API server's checks and
+    /// its conversion into the model, every diagnostic with file, document, object and field.
+    fn load_typed<K: Kind>(&mut self, origin: &Origin, label: &str, at: &str, v: &Value) {
+        let mut ds = Diagnostics::for_object(label);
+        let mut ignored: Vec<Vec<Step>> = Vec::new();
+        let mut note = |path: serde_ignored::Path<'_>| {
+            let mut steps = Vec::new();
+            ignored_path(&path, &mut steps);
+            ignored.push(steps);
         };
-        let result: Result<(), Vec<(String, String)>> = (|| {
-            let c = &mut self.cluster;
-            match kind.as_str() {
-                "Namespace" => {
-                    let o: core::Namespace = parse_typed(&v).map_err(|e| vec![e])?;
-                    findings.extend(check_unknown(serde_yaml::to_value(&o)));
-                    findings.extend(lint::namespace(&o));
-                    let n = k8s::namespace(&o).map_err(conv)?;
-                    c.namespaces.insert(n.name.clone(), n);
-                }
-                "Node" => {
-                    let o: core::Node = parse_typed(&v).map_err(|e| vec![e])?;
-                    findings.extend(check_unknown(serde_yaml::to_value(&o)));
-                    findings.extend(lint::node(&o));
-                    let n = k8s::node(&o).map_err(conv)?;
-                    c.nodes.insert(n.name.clone(), n);
-                }
-                "Pod" => {
-                    let o: core::Pod = parse_typed(&v).map_err(|e| vec![e])?;
-                    findings.extend(check_unknown(serde_yaml::to_value(&o)));
-                    findings.extend(lint::pod(&o));
-                    let p = k8s::pod(&o).map_err(conv)?;
-                    c.pods.insert(p.key(), p);
-                }
-                "Service" => {
-                    let o: core::Service = parse_typed(&v).map_err(|e| vec![e])?;
-                    findings.extend(check_unknown(serde_yaml::to_value(&o)));
-                    findings.extend(lint::service(&o));
-                    let s = k8s::service(&o).map_err(conv)?;
-                    c.services.insert(s.key(), s);
-                }
-                "NetworkPolicy" => {
-                    let o: net::NetworkPolicy = parse_typed(&v).map_err(|e| vec![e])?;
-                    findings.extend(check_unknown(serde_yaml::to_value(&o)));
-                    findings.extend(lint::network_policy(&o));
-                    let p = k8s::network_policy(&o).map_err(conv)?;
-                    c.network_policies.insert(p.key(), p);
-                }
-                "FlowPolicy" => {
-                    let o: FlowPolicy = parse_typed(&v).map_err(|e| vec![e])?;
-                    findings.extend(check_unknown(serde_yaml::to_value(&o)));
-                    findings.extend(lint::flow_policy(&o));
-                    let p = o.to_model().map_err(conv)?;
-                    c.flow_policies
-                        .insert(ObjectKey::new(&p.namespace, &p.name), p);
-                }
-                _ => {
-                    let o: ClusterNetworkPolicy = parse_typed(&v).map_err(|e| vec![e])?;
-                    findings.extend(check_unknown(serde_yaml::to_value(&o)));
-                    findings.extend(lint::cluster_network_policy(&o));
-                    let p = o.to_model().map_err(conv)?;
-                    c.cluster_network_policies.insert(p.name.clone(), p);
-                }
+        let typed: Result<K, _> =
+            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(v, &mut note));
+        match typed {
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                let message = e.into_inner().to_string();
+                // Name the missing field itself, not its parent.
+                let named = message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name.to_string());
+                let field = match named {
+                    Some(name) => join_path(&path, &name),
+                    None if path.is_empty() => "-".to_string(),
+                    None => path,
+                };
+                ds.error(field, message);
             }
-            Ok(())
-        })();
-        for f in findings {
-            if f.warning {
-                self.warn(&origin, &label, &here(&f.field), f.message);
-            } else {
-                self.push(&origin, &label, &here(&f.field), f.message);
+            Ok(object) => {
+                for steps in &ignored {
+                    // An unknown field set to null says nothing (kubectl drops it too); the
+                    // type meta was checked above (kube's derived CRD types do not keep it).
+                    let type_meta = matches!(
+                        steps.as_slice(),
+                        [Step::Key(k)] if k == "apiVersion" || k == "kind"
+                    );
+                    if type_meta || lookup(v, steps).is_none_or(Value::is_null) {
+                        continue;
+                    }
+                    let message = "unknown field (ignored; a typo?)";
+                    ds.push(if K::POLICY {
+                        Diagnostic::error(render(steps), message)
+                    } else {
+                        Diagnostic::warning(render(steps), message)
+                    });
+                }
+                ds.extend(object.lint());
+                match object.insert(&mut self.cluster) {
+                    Ok(()) => {
+                        self.origins.insert(label.to_string(), origin.clone());
+                    }
+                    Err(errors) => ds.extend(errors),
+                }
             }
         }
-        match result {
-            Ok(()) => {
-                self.origins.insert(label, origin);
-            }
-            Err(errors) => {
-                for (field, message) in errors {
-                    self.push(&origin, &label, &here(&field), message);
-                }
-            }
+        for d in ds.into_vec() {
+            self.push(origin, d.within(at));
         }
     }
 
     /// Semantic problems of the loaded policies (contradictions, dangling references), with the
     /// file and document of each object; also addresses claimed by two pods and
     /// ClusterNetworkPolicies of one tier sharing a priority (their order is undefined).
-    pub fn semantic_problems(&self) -> Vec<ManifestError> {
-        let origin_of = |object: &str| {
-            self.origins.get(object).cloned().unwrap_or(Origin {
-                file: "-".into(),
-                document: 0,
-            })
+    pub fn semantic_problems(&self) -> Vec<Diagnostic> {
+        let place = |d: Diagnostic| match self.origins.get(&d.object) {
+            Some(origin) => d.at(origin.clone()),
+            None => d,
         };
-        let mut out: Vec<ManifestError> = validate_cluster(&self.cluster)
+        let mut out: Vec<Diagnostic> = validate_cluster(&self.cluster)
             .into_iter()
-            .map(|p: Problem| ManifestError {
-                origin: origin_of(&p.object),
-                object: p.object,
-                field: p.field,
-                message: p.message,
-                warning: p.warning,
-            })
+            .map(place)
             .collect();
         // A warning about a field the loader already rejected (an empty name, a bad namespace)
         // only repeats it.
         out.retain(|p| {
-            !self.errors.iter().any(|e| {
-                !e.warning
+            !self.diagnostics.iter().any(|e| {
+                e.is_error()
                     && e.object == p.object
                     && ((e.field == p.field && e.message == p.message)
-                        || (p.warning
+                        || (p.is_warning()
                             && (e.field == p.field
                                 || e.field.starts_with(&format!("{}.", p.field)))))
             })
@@ -668,14 +665,13 @@ impl Manifests {
             }
             for ip in &pod.ips {
                 if let Some(first) = owners.get(ip) {
-                    let object = format!("Pod {key}");
-                    out.push(ManifestError {
-                        origin: origin_of(&object),
-                        object,
-                        field: "status.podIPs".into(),
-                        message: format!("address {ip} is also the address of pod {first}"),
-                        warning: true,
-                    });
+                    out.push(place(
+                        Diagnostic::warning(
+                            "status.podIPs",
+                            format!("address {ip} is also the address of pod {first}"),
+                        )
+                        .of(format!("Pod {key}")),
+                    ));
                 } else {
                     owners.insert(*ip, key);
                 }
@@ -685,27 +681,22 @@ impl Manifests {
         for (name, cnp) in &self.cluster.cluster_network_policies {
             let slot = (format!("{:?}", cnp.tier), cnp.priority);
             if let Some(first) = priorities.get(&slot) {
-                let object = format!("ClusterNetworkPolicy {name}");
-                out.push(ManifestError {
-                    origin: origin_of(&object),
-                    object,
-                    field: "spec.priority".into(),
-                    message: format!(
-                        "same tier and priority ({}) as ClusterNetworkPolicy {first}: their order is undefined",
-                        cnp.priority
-                    ),
-                    warning: true,
-                });
+                out.push(place(
+                    Diagnostic::warning(
+                        "spec.priority",
+                        format!(
+                            "same tier and priority ({}) as ClusterNetworkPolicy {first}: their order is undefined",
+                            cnp.priority
+                        ),
+                    )
+                    .of(format!("ClusterNetworkPolicy {name}")),
+                ));
             } else {
                 priorities.insert(slot, name);
             }
         }
         out
     }
-}
-
-fn conv(errors: Vec<k8s::ConversionError>) -> Vec<(String, String)> {
-    errors.into_iter().map(|e| (e.field, e.message)).collect()
 }
 
 #[cfg(test)]
@@ -719,7 +710,7 @@ mod tests {
             "t.yaml",
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {team: x}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, labels: {app: web}}\nspec:\n  containers:\n  - name: c\n    ports: [{name: http, containerPort: 8080}]\nstatus: {podIP: 10.0.0.5}\n",
         );
-        assert!(m.errors.is_empty(), "{:?}", m.errors);
+        assert!(m.diagnostics.is_empty(), "{:?}", m.diagnostics);
         let p = &m.cluster.pods[&ObjectKey::new("a", "p")];
         assert_eq!(
             p.ips,
@@ -748,15 +739,71 @@ mod tests {
 
     #[test]
     fn yaml_error_positions_are_file_lines() {
-        assert_eq!(
-            shift_lines(
-                "bad at line 2 column 1, while parsing at line 1 column 3",
-                10
-            ),
-            "bad at line 12 column 1, while parsing at line 11 column 3"
+        // The broken flow sequence is on line 7 of the file, in its third document; the parser
+        // itself reports that line (no message is rewritten).
+        let mut m = Manifests::new();
+        m.load_str(
+            "t.yaml",
+            "a: 1\n---\nb: 2\n---\n# c\nkind: Namespace\nx: [1,\n",
         );
-        assert_eq!(shift_lines("no position", 3), "no position");
+        let text: Vec<String> = m.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[2].starts_with("error: t.yaml (document 3): -: -: invalid YAML:")
+                && text[2].contains("line 8"),
+            "{text:#?}"
+        );
         assert_eq!(line_col(b"ab\ncd\xffe", 5), (2, 3));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_where_they_are() {
+        let mut m = Manifests::new();
+        m.load_str(
+            "t.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelectr: {}\n  nothing: null\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: q, namespace: a}\nspec:\n  containers: [{name: c, image: x, futureField: 1}]\n",
+        );
+        let text: Vec<String> = m.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "error: t.yaml (document 1): NetworkPolicy a/p: spec.ingress[0].from[0].podSelectr: unknown field (ignored; a typo?)",
+                "error: t.yaml (document 1): NetworkPolicy a/p: spec.ingress[0].from[0]: a peer needs podSelector, namespaceSelector or ipBlock",
+                "warning: t.yaml (document 2): Pod a/q: spec.containers[0].futureField: unknown field (ignored; a typo?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn kinds_come_from_the_types() {
+        let names = kind_names();
+        assert_eq!(
+            names,
+            [
+                "Namespace",
+                "Pod",
+                "Node",
+                "Service",
+                "NetworkPolicy",
+                "FlowPolicy",
+                "ClusterNetworkPolicy"
+            ]
+        );
+        let scoped: Vec<bool> = kinds().iter().map(|k| k.namespaced).collect();
+        assert_eq!(scoped, [false, true, false, true, true, true, false]);
+        let apis: Vec<String> = kinds().into_iter().map(|k| k.api_version).collect();
+        assert_eq!(
+            apis,
+            [
+                "v1",
+                "v1",
+                "v1",
+                "v1",
+                "networking.k8s.io/v1",
+                "septum.dev/v1alpha1",
+                "policy.networking.k8s.io/v1alpha2"
+            ]
+        );
     }
 
     #[test]
@@ -766,12 +813,20 @@ mod tests {
             "t.yaml",
             b"\xef\xbb\xbfapiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nx: [\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b, labels: {k: \"\xff\"}}\n",
         );
-        assert!(m.cluster.namespaces.contains_key("a"), "{:?}", m.errors);
-        assert!(m.cluster.namespaces.contains_key("b"), "{:?}", m.errors);
-        let text: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            m.cluster.namespaces.contains_key("a"),
+            "{:?}",
+            m.diagnostics
+        );
+        assert!(
+            m.cluster.namespaces.contains_key("b"),
+            "{:?}",
+            m.diagnostics
+        );
+        let text: Vec<String> = m.diagnostics.iter().map(ToString::to_string).collect();
         assert!(
             text.iter().any(
-                |e| e.starts_with("t.yaml (document 2): -: -: invalid YAML:")
+                |e| e.starts_with("error: t.yaml (document 2): -: -: invalid YAML:")
                     && e.contains("line 6")
             ),
             "{text:#?}"

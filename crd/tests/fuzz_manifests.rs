@@ -209,11 +209,14 @@ fn queries() -> Vec<ExplainQuery> {
 fn exercise(text: &[u8]) -> bool {
     let mut m = Manifests::new();
     m.load_bytes("fuzz.yaml", text);
-    for e in &m.errors {
-        assert!(!e.origin.file.is_empty(), "problem without a file: {e:?}");
+    for e in &m.diagnostics {
+        assert!(
+            e.origin.as_ref().is_some_and(|o| !o.file.is_empty()),
+            "problem without a file: {e:?}"
+        );
         assert!(!e.message.is_empty(), "problem without a message: {e:?}");
     }
-    let problems = !m.errors.is_empty() || !m.semantic_problems().is_empty();
+    let problems = !m.diagnostics.is_empty() || !m.semantic_problems().is_empty();
     let engine = Engine::new(m.cluster, InMemoryAllocations::new());
     for q in queries() {
         let _ = explain(&engine, &q);
@@ -230,7 +233,7 @@ fn mutated_manifests_never_panic() {
     // The unmutated file must be clean, or the mutations test nothing.
     let mut m = Manifests::new();
     m.load_str("shop.yaml", SHOP);
-    assert!(m.errors.is_empty(), "{:#?}", m.errors);
+    assert!(m.diagnostics.is_empty(), "{:#?}", m.diagnostics);
     assert!(m.semantic_problems().is_empty());
 
     let mut failures = Vec::new();

@@ -32,7 +32,7 @@ fn compiled_state_snapshots() {
         let mut m = Manifests::new();
         m.load_str("world.yaml", WORLD);
         m.load_str(name, yaml);
-        assert!(m.errors.is_empty(), "{name}: {:#?}", m.errors);
+        assert!(m.diagnostics.is_empty(), "{name}: {:#?}", m.diagnostics);
         let (state, _) = compile(&m.cluster, InMemoryAllocations::new());
         let text = state.to_string();
         let (again, _) = compile(&m.cluster, InMemoryAllocations::new());

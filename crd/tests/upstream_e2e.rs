@@ -1442,7 +1442,11 @@ fn table(title: &str, cell: impl Fn(&str, &str) -> char) -> String {
 fn policy_from_yaml(yaml: &str) -> septum_policy::model::NetworkPolicy {
     let mut m = Manifests::new();
     m.load_str("change.yaml", yaml);
-    assert!(m.errors.is_empty(), "policy does not load: {:#?}", m.errors);
+    assert!(
+        m.diagnostics.is_empty(),
+        "policy does not load: {:#?}",
+        m.diagnostics
+    );
     assert_eq!(m.cluster.network_policies.len(), 1, "one policy per change");
     m.cluster
         .network_policies
@@ -1619,7 +1623,8 @@ fn netpol_api_should_support_creating_network_policy_api_with_endport_field() {
     let refused = |yaml: &str| {
         let mut m = Manifests::new();
         m.load_str("np.yaml", yaml);
-        m.errors.iter().any(|e| !e.warning) || m.semantic_problems().iter().any(|p| !p.warning)
+        m.diagnostics.iter().any(|e| e.is_error())
+            || m.semantic_problems().iter().any(|p| p.is_error())
     };
     for (what, ports, want_refused) in [
         (

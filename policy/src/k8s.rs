@@ -9,82 +9,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::cidr::Cidr;
+use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::{
     ContainerPort, Namespace, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicyRule, Node, Pod, PolicyType, PortRef, Protocol, Service, ServicePort,
 };
 use crate::selector::{LabelSelector, Operator, Requirement};
 
-/// A Kubernetes object that does not convert.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConversionError {
-    /// Field path.
-    pub field: String,
-    /// What is wrong, with the value.
-    pub message: String,
-}
-
-impl ConversionError {
-    /// An error at a field.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConversionError {
-    ConversionError::new(field, message)
-}
-
-/// Collects every conversion error of one object, so that one bad field does not hide the next.
-#[derive(Debug, Default)]
-pub struct Errors(pub Vec<ConversionError>);
-
-impl Errors {
-    /// The value, or `None` after recording the error.
-    pub fn ok<T>(&mut self, r: Result<T, ConversionError>) -> Option<T> {
-        match r {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.0.push(e);
-                None
-            }
-        }
-    }
-
-    /// Converts an optional value: `Some(None)` when absent, `Some(Some(v))` when it converts,
-    /// `None` after recording the error.
-    pub fn optional<T, U>(
-        &mut self,
-        v: Option<T>,
-        convert: impl FnOnce(T) -> Result<U, ConversionError>,
-    ) -> Option<Option<U>> {
-        match v {
-            None => Some(None),
-            Some(v) => self.ok(convert(v)).map(Some),
-        }
-    }
-
-    /// Records an error.
-    pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(err(field, message));
-    }
-
-    /// `v` when nothing was recorded, else every error.
-    pub fn finish<T>(self, v: T) -> Result<T, Vec<ConversionError>> {
-        if self.0.is_empty() {
-            Ok(v)
-        } else {
-            Err(self.0)
-        }
-    }
+fn err(field: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+    Diagnostic::error(field, message)
 }
 
 /// Converts a label selector, recording every malformed expression.
-pub fn selector_into(s: &meta::LabelSelector, field: &str, errors: &mut Errors) -> LabelSelector {
+pub fn selector_into(
+    s: &meta::LabelSelector,
+    field: &str,
+    errors: &mut Diagnostics,
+) -> LabelSelector {
     let mut out = LabelSelector {
         match_labels: s.match_labels.clone().unwrap_or_default(),
         match_expressions: Vec::new(),
@@ -96,7 +37,7 @@ pub fn selector_into(s: &meta::LabelSelector, field: &str, errors: &mut Errors) 
             "Exists" => Operator::Exists,
             "DoesNotExist" => Operator::DoesNotExist,
             other => {
-                errors.push(
+                errors.error(
                     format!("{field}.matchExpressions[{i}].operator"),
                     format!("unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)"),
                 );
@@ -110,7 +51,7 @@ pub fn selector_into(s: &meta::LabelSelector, field: &str, errors: &mut Errors) 
         };
         match r.validate() {
             Ok(()) => out.match_expressions.push(r),
-            Err(m) => errors.push(format!("{field}.matchExpressions[{i}]"), m),
+            Err(m) => errors.error(format!("{field}.matchExpressions[{i}]"), m),
         }
     }
     out
@@ -118,7 +59,7 @@ pub fn selector_into(s: &meta::LabelSelector, field: &str, errors: &mut Errors) 
 
 /// Parses a protocol name: TCP when missing; otherwise exactly `TCP`, `UDP` or `SCTP`, as the
 /// API server validates it (`tcp` is refused there too).
-pub fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, ConversionError> {
+pub fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, Diagnostic> {
     match p {
         None => Ok(Protocol::Tcp),
         Some(s) => Protocol::from_api(s).ok_or_else(|| {
@@ -133,11 +74,11 @@ pub fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, ConversionErro
 /// A Service or container port's protocol: the API server defaults an empty string to TCP
 /// there too (`SetDefaults_ServicePort`, `SetDefaults_ContainerPort`), unlike NetworkPolicy
 /// ports, whose defaulting only fills a missing one.
-fn defaulted_protocol(p: Option<&str>, field: &str) -> Result<Protocol, ConversionError> {
+fn defaulted_protocol(p: Option<&str>, field: &str) -> Result<Protocol, Diagnostic> {
     protocol(p.filter(|s| !s.is_empty()), field)
 }
 
-fn port_number(n: i32, field: &str) -> Result<u16, ConversionError> {
+fn port_number(n: i32, field: &str) -> Result<u16, Diagnostic> {
     u16::try_from(n)
         .ok()
         .filter(|p| *p != 0)
@@ -145,7 +86,7 @@ fn port_number(n: i32, field: &str) -> Result<u16, ConversionError> {
 }
 
 /// Converts an `IntOrString` port.
-pub fn port_ref(p: &IntOrString, field: &str) -> Result<PortRef, ConversionError> {
+pub fn port_ref(p: &IntOrString, field: &str) -> Result<PortRef, Diagnostic> {
     match p {
         IntOrString::Int(n) => Ok(PortRef::Number(port_number(*n, field)?)),
         // A string is always a name, as for the API server, which validates it with
@@ -157,7 +98,7 @@ pub fn port_ref(p: &IntOrString, field: &str) -> Result<PortRef, ConversionError
 
 /// A Service port's `targetPort`: `0` and `""` are defaulted to `port` by the API server
 /// (`SetDefaults_Service`), so they mean the same as a missing one.
-fn target_port(p: &IntOrString, field: &str) -> Result<Option<PortRef>, ConversionError> {
+fn target_port(p: &IntOrString, field: &str) -> Result<Option<PortRef>, Diagnostic> {
     match p {
         IntOrString::Int(0) => Ok(None),
         IntOrString::String(s) if s.is_empty() => Ok(None),
@@ -165,13 +106,13 @@ fn target_port(p: &IntOrString, field: &str) -> Result<Option<PortRef>, Conversi
     }
 }
 
-fn ip(s: &str, field: &str) -> Result<IpAddr, ConversionError> {
+fn ip(s: &str, field: &str) -> Result<IpAddr, Diagnostic> {
     s.parse()
         .map_err(|_| err(field, format!("{s:?} is not an IP address")))
 }
 
 /// The object's name; a missing or empty one is recorded as an error.
-pub fn name_of(m: &meta::ObjectMeta, errors: &mut Errors) -> String {
+pub fn name_of(m: &meta::ObjectMeta, errors: &mut Diagnostics) -> String {
     let name = m.name.clone().filter(|n| !n.is_empty());
     errors
         .ok(name.ok_or_else(|| err("metadata.name", "missing")))
@@ -187,172 +128,188 @@ pub fn namespace_of(m: &meta::ObjectMeta) -> String {
 }
 
 /// Converts a Namespace, with every error.
-pub fn namespace(n: &core::Namespace) -> Result<Namespace, Vec<ConversionError>> {
-    let mut errors = Errors::default();
-    let name = name_of(&n.metadata, &mut errors);
-    errors.finish(Namespace {
-        name,
-        labels: n.metadata.labels.clone().unwrap_or_default(),
-    })
+impl TryFrom<&core::Namespace> for Namespace {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(n: &core::Namespace) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let name = name_of(&n.metadata, &mut errors);
+        errors.finish(Namespace {
+            name,
+            labels: n.metadata.labels.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// Converts a Node (its InternalIP/ExternalIP addresses), with every error.
-pub fn node(n: &core::Node) -> Result<Node, Vec<ConversionError>> {
-    let mut errors = Errors::default();
-    let mut ips = Vec::new();
-    for (i, a) in n
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        // The API server does not validate node address formats: an address that is not an
-        // IP cannot be a node address on the wire, so it is skipped rather than refusing the
-        // whole Node.
-        if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            && let Ok(addr) = ip(&a.address, &format!("status.addresses[{i}].address"))
+impl TryFrom<&core::Node> for Node {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(n: &core::Node) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let mut ips = Vec::new();
+        for (i, a) in n
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
         {
-            ips.push(addr);
+            // The API server does not validate node address formats: an address that is not an
+            // IP cannot be a node address on the wire, so it is skipped rather than refusing the
+            // whole Node.
+            if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                && let Ok(addr) = ip(&a.address, &format!("status.addresses[{i}].address"))
+            {
+                ips.push(addr);
+            }
         }
+        let name = name_of(&n.metadata, &mut errors);
+        errors.finish(Node { name, ips })
     }
-    let name = name_of(&n.metadata, &mut errors);
-    errors.finish(Node { name, ips })
 }
 
 /// Converts a Pod (IPs from `status.podIPs`, else `status.podIP`), with every error.
-pub fn pod(p: &core::Pod) -> Result<Pod, Vec<ConversionError>> {
-    let mut errors = Errors::default();
-    let spec = p.spec.as_ref();
-    let mut ports = Vec::new();
-    for (ci, c) in spec
-        .map(|s| s.containers.as_slice())
-        .unwrap_or(&[])
-        .iter()
-        .enumerate()
-    {
-        for (pi, cp) in c.ports.iter().flatten().enumerate() {
-            let field = format!("spec.containers[{ci}].ports[{pi}]");
-            let port = errors.ok(port_number(
-                cp.container_port,
-                &format!("{field}.containerPort"),
-            ));
-            let protocol = errors.ok(defaulted_protocol(
-                cp.protocol.as_deref(),
-                &format!("{field}.protocol"),
-            ));
-            if let (Some(port), Some(protocol)) = (port, protocol) {
-                ports.push(ContainerPort {
-                    name: cp.name.clone(),
-                    port,
-                    protocol,
-                });
+impl TryFrom<&core::Pod> for Pod {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(p: &core::Pod) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let spec = p.spec.as_ref();
+        let mut ports = Vec::new();
+        for (ci, c) in spec
+            .map(|s| s.containers.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            for (pi, cp) in c.ports.iter().flatten().enumerate() {
+                let field = format!("spec.containers[{ci}].ports[{pi}]");
+                let port = errors.ok(port_number(
+                    cp.container_port,
+                    &format!("{field}.containerPort"),
+                ));
+                let protocol = errors.ok(defaulted_protocol(
+                    cp.protocol.as_deref(),
+                    &format!("{field}.protocol"),
+                ));
+                if let (Some(port), Some(protocol)) = (port, protocol) {
+                    ports.push(ContainerPort {
+                        name: cp.name.clone(),
+                        port,
+                        protocol,
+                    });
+                }
             }
         }
-    }
-    let mut ips = Vec::new();
-    if let Some(status) = &p.status {
-        if let Some(list) = status.pod_ips.as_ref().filter(|l| !l.is_empty()) {
-            for (i, a) in list.iter().enumerate() {
-                ips.extend(errors.ok(ip(&a.ip, &format!("status.podIPs[{i}].ip"))));
+        let mut ips = Vec::new();
+        if let Some(status) = &p.status {
+            if let Some(list) = status.pod_ips.as_ref().filter(|l| !l.is_empty()) {
+                for (i, a) in list.iter().enumerate() {
+                    ips.extend(errors.ok(ip(&a.ip, &format!("status.podIPs[{i}].ip"))));
+                }
+            } else if let Some(a) = &status.pod_ip {
+                ips.extend(errors.ok(ip(a, "status.podIP")));
             }
-        } else if let Some(a) = &status.pod_ip {
-            ips.extend(errors.ok(ip(a, "status.podIP")));
         }
+        let name = name_of(&p.metadata, &mut errors);
+        errors.finish(Pod {
+            namespace: namespace_of(&p.metadata),
+            name,
+            labels: p.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            ports,
+            node: spec.and_then(|s| s.node_name.clone()),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            service_account: spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".to_string()),
+        })
     }
-    let name = name_of(&p.metadata, &mut errors);
-    errors.finish(Pod {
-        namespace: namespace_of(&p.metadata),
-        name,
-        labels: p.metadata.labels.clone().unwrap_or_default(),
-        ips,
-        ports,
-        node: spec.and_then(|s| s.node_name.clone()),
-        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_else(|| "default".to_string()),
-    })
 }
 
 /// Converts a Service (every ClusterIP and externalIP is a VIP), with every error.
-pub fn service(s: &core::Service) -> Result<Service, Vec<ConversionError>> {
-    let mut errors = Errors::default();
-    let spec = s.spec.as_ref();
-    let mut ports = Vec::new();
-    for (i, p) in spec
-        .and_then(|s| s.ports.as_ref())
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let field = format!("spec.ports[{i}]");
-        let port = errors.ok(port_number(p.port, &format!("{field}.port")));
-        let protocol = errors.ok(defaulted_protocol(
-            p.protocol.as_deref(),
-            &format!("{field}.protocol"),
-        ));
-        let target_port = match p.target_port.as_ref() {
-            None => Some(None),
-            Some(t) => errors.ok(target_port(t, &format!("{field}.targetPort"))),
-        };
-        if let (Some(port), Some(protocol), Some(target_port)) = (port, protocol, target_port) {
-            ports.push(ServicePort {
-                name: p.name.clone(),
-                port,
-                protocol,
-                target_port,
-            });
-        }
-    }
-    let mut cluster_ips = Vec::new();
-    if let Some(spec) = spec {
-        let mut raw: Vec<(String, String)> = Vec::new();
-        match &spec.cluster_ips {
-            Some(list) if !list.is_empty() => raw.extend(
-                list.iter()
-                    .enumerate()
-                    .map(|(i, a)| (format!("spec.clusterIPs[{i}]"), a.clone())),
-            ),
-            _ => raw.extend(
-                spec.cluster_ip
-                    .iter()
-                    .map(|a| ("spec.clusterIP".to_string(), a.clone())),
-            ),
-        }
-        raw.extend(
-            spec.external_ips
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, a)| (format!("spec.externalIPs[{i}]"), a.clone())),
-        );
-        for (field, a) in raw {
-            if a.is_empty() || a == "None" {
-                continue;
+impl TryFrom<&core::Service> for Service {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(s: &core::Service) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let spec = s.spec.as_ref();
+        let mut ports = Vec::new();
+        for (i, p) in spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let field = format!("spec.ports[{i}]");
+            let port = errors.ok(port_number(p.port, &format!("{field}.port")));
+            let protocol = errors.ok(defaulted_protocol(
+                p.protocol.as_deref(),
+                &format!("{field}.protocol"),
+            ));
+            let target_port = match p.target_port.as_ref() {
+                None => Some(None),
+                Some(t) => errors.ok(target_port(t, &format!("{field}.targetPort"))),
+            };
+            if let (Some(port), Some(protocol), Some(target_port)) = (port, protocol, target_port) {
+                ports.push(ServicePort {
+                    name: p.name.clone(),
+                    port,
+                    protocol,
+                    target_port,
+                });
             }
-            cluster_ips.extend(errors.ok(ip(&a, &field)));
         }
+        let mut cluster_ips = Vec::new();
+        if let Some(spec) = spec {
+            let mut raw: Vec<(String, String)> = Vec::new();
+            match &spec.cluster_ips {
+                Some(list) if !list.is_empty() => raw.extend(
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, a)| (format!("spec.clusterIPs[{i}]"), a.clone())),
+                ),
+                _ => raw.extend(
+                    spec.cluster_ip
+                        .iter()
+                        .map(|a| ("spec.clusterIP".to_string(), a.clone())),
+                ),
+            }
+            raw.extend(
+                spec.external_ips
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(|(i, a)| (format!("spec.externalIPs[{i}]"), a.clone())),
+            );
+            for (field, a) in raw {
+                if a.is_empty() || a == "None" {
+                    continue;
+                }
+                cluster_ips.extend(errors.ok(ip(&a, &field)));
+            }
+        }
+        let name = name_of(&s.metadata, &mut errors);
+        errors.finish(Service {
+            namespace: namespace_of(&s.metadata),
+            name,
+            selector: spec.and_then(|s| s.selector.clone()),
+            ports,
+            cluster_ips,
+        })
     }
-    let name = name_of(&s.metadata, &mut errors);
-    errors.finish(Service {
-        namespace: namespace_of(&s.metadata),
-        name,
-        selector: spec.and_then(|s| s.selector.clone()),
-        ports,
-        cluster_ips,
-    })
 }
 
 fn np_peer(
     p: &net::NetworkPolicyPeer,
     field: &str,
-    errors: &mut Errors,
+    errors: &mut Diagnostics,
 ) -> Option<NetworkPolicyPeer> {
     if let Some(b) = &p.ip_block {
         if p.pod_selector.is_some() || p.namespace_selector.is_some() {
-            errors.push(
+            errors.error(
                 field,
                 "ipBlock cannot be combined with podSelector or namespaceSelector",
             );
@@ -373,7 +330,7 @@ fn np_peer(
         return cidr.map(|cidr| NetworkPolicyPeer::IpBlock { cidr, except });
     }
     if p.pod_selector.is_none() && p.namespace_selector.is_none() {
-        errors.push(
+        errors.error(
             field,
             "a peer needs podSelector, namespaceSelector or ipBlock",
         );
@@ -394,7 +351,7 @@ fn np_peer(
 fn np_ports(
     ports: Option<&Vec<net::NetworkPolicyPort>>,
     field: &str,
-    errors: &mut Errors,
+    errors: &mut Diagnostics,
 ) -> Vec<NetworkPolicyPort> {
     let mut out = Vec::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
@@ -416,59 +373,63 @@ fn np_ports(
 }
 
 /// Converts a NetworkPolicy, with every error.
-pub fn network_policy(np: &net::NetworkPolicy) -> Result<NetworkPolicy, Vec<ConversionError>> {
-    let mut errors = Errors::default();
-    let spec = np.spec.clone().unwrap_or_default();
-    let policy_types = spec.policy_types.as_ref().map(|list| {
-        let mut out = Vec::new();
-        for (i, t) in list.iter().enumerate() {
-            match t.as_str() {
-                "Ingress" => out.push(PolicyType::Ingress),
-                "Egress" => out.push(PolicyType::Egress),
-                other => errors.push(
-                    format!("spec.policyTypes[{i}]"),
-                    format!("unknown policy type {other:?} (Ingress, Egress)"),
-                ),
+impl TryFrom<&net::NetworkPolicy> for NetworkPolicy {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(np: &net::NetworkPolicy) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let spec = np.spec.clone().unwrap_or_default();
+        let policy_types = spec.policy_types.as_ref().map(|list| {
+            let mut out = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => out.push(PolicyType::Ingress),
+                    "Egress" => out.push(PolicyType::Egress),
+                    other => errors.error(
+                        format!("spec.policyTypes[{i}]"),
+                        format!("unknown policy type {other:?} (Ingress, Egress)"),
+                    ),
+                }
             }
-        }
-        out
-    });
-    let pod_selector = spec
-        .pod_selector
-        .as_ref()
-        .map(|s| selector_into(s, "spec.podSelector", &mut errors))
-        .unwrap_or_default();
-    let mut ingress = Vec::new();
-    for (i, r) in spec.ingress.iter().flatten().enumerate() {
-        let field = format!("spec.ingress[{i}]");
-        let mut peers = Vec::new();
-        for (j, p) in r.from.iter().flatten().enumerate() {
-            peers.extend(np_peer(p, &format!("{field}.from[{j}]"), &mut errors));
-        }
-        ingress.push(NetworkPolicyRule {
-            peers,
-            ports: np_ports(r.ports.as_ref(), &field, &mut errors),
+            out
         });
-    }
-    let mut egress = Vec::new();
-    for (i, r) in spec.egress.iter().flatten().enumerate() {
-        let field = format!("spec.egress[{i}]");
-        let mut peers = Vec::new();
-        for (j, p) in r.to.iter().flatten().enumerate() {
-            peers.extend(np_peer(p, &format!("{field}.to[{j}]"), &mut errors));
+        let pod_selector = spec
+            .pod_selector
+            .as_ref()
+            .map(|s| selector_into(s, "spec.podSelector", &mut errors))
+            .unwrap_or_default();
+        let mut ingress = Vec::new();
+        for (i, r) in spec.ingress.iter().flatten().enumerate() {
+            let field = format!("spec.ingress[{i}]");
+            let mut peers = Vec::new();
+            for (j, p) in r.from.iter().flatten().enumerate() {
+                peers.extend(np_peer(p, &format!("{field}.from[{j}]"), &mut errors));
+            }
+            ingress.push(NetworkPolicyRule {
+                peers,
+                ports: np_ports(r.ports.as_ref(), &field, &mut errors),
+            });
         }
-        egress.push(NetworkPolicyRule {
-            peers,
-            ports: np_ports(r.ports.as_ref(), &field, &mut errors),
-        });
+        let mut egress = Vec::new();
+        for (i, r) in spec.egress.iter().flatten().enumerate() {
+            let field = format!("spec.egress[{i}]");
+            let mut peers = Vec::new();
+            for (j, p) in r.to.iter().flatten().enumerate() {
+                peers.extend(np_peer(p, &format!("{field}.to[{j}]"), &mut errors));
+            }
+            egress.push(NetworkPolicyRule {
+                peers,
+                ports: np_ports(r.ports.as_ref(), &field, &mut errors),
+            });
+        }
+        let name = name_of(&np.metadata, &mut errors);
+        errors.finish(NetworkPolicy {
+            namespace: namespace_of(&np.metadata),
+            name,
+            pod_selector,
+            policy_types,
+            ingress,
+            egress,
+        })
     }
-    let name = name_of(&np.metadata, &mut errors);
-    errors.finish(NetworkPolicy {
-        namespace: namespace_of(&np.metadata),
-        name,
-        pod_selector,
-        policy_types,
-        ingress,
-        egress,
-    })
 }

@@ -13,6 +13,7 @@
 //! - [`state`]: the compiled form in `septum-datapath-common` shapes, diffs, per-node slices.
 //! - [`lpm`]: the datapath's reading of that state (reference for tests).
 //! - [`explain`]: which rules decided a flow, tier by tier, on both sides.
+//! - [`diagnostic`]: the one diagnostic type of every layer (file, document, object, field).
 //! - [`validate`]: problems a schema cannot catch, naming object and field.
 //! - `k8s` (feature `k8s`): conversions from k8s-openapi objects.
 //!
@@ -32,6 +33,7 @@
 pub mod allocation;
 pub mod cidr;
 pub mod compile;
+pub mod diagnostic;
 pub mod explain;
 pub mod identity;
 #[cfg(feature = "k8s")]

@@ -1,11 +1,11 @@
 //! Semantic validation of model objects: the problems a schema cannot catch (contradictory port
 //! ranges, carve-outs outside their prefix, references to missing Services or Service ports,
-//! malformed selectors). Each [`Problem`] names the object and the field; these become status
+//! malformed selectors). Each problem is a [`Diagnostic`] naming the object and the field; these become status
 //! conditions on our CRDs and `septum policy check` messages.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
+use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::{
     Cluster, ClusterNetworkPolicy, CnpPeer, CnpPort, CnpSubject, FlowPeer, FlowPolicy, FlowPort,
     FlowSubject, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, ObjectKey, PolicyType,
@@ -13,57 +13,15 @@ use crate::model::{
 };
 use crate::selector::LabelSelector;
 
-/// One problem with one field of one object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Problem {
-    /// `Kind namespace/name`.
-    pub object: String,
-    /// Field path, e.g. `spec.ingress[0].ports[1].endPort`.
-    pub field: String,
-    /// What is wrong, with the offending value.
-    pub message: String,
-    /// A warning (legal but probably unintended, or a dangling reference) rather than an error.
-    pub warning: bool,
+/// Selector problems recorded at a field.
+trait SelectorChecks {
+    fn selector(&mut self, field: &str, s: &LabelSelector);
 }
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let level = if self.warning { "warning" } else { "error" };
-        write!(
-            f,
-            "{level}: {}: {}: {}",
-            self.object, self.field, self.message
-        )
-    }
-}
-
-struct Sink<'a> {
-    object: String,
-    out: &'a mut Vec<Problem>,
-}
-
-impl Sink<'_> {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.out.push(Problem {
-            object: self.object.clone(),
-            field: field.into(),
-            message: message.into(),
-            warning: false,
-        });
-    }
-
-    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.out.push(Problem {
-            object: self.object.clone(),
-            field: field.into(),
-            message: message.into(),
-            warning: true,
-        });
-    }
-
+impl SelectorChecks for Diagnostics {
     fn selector(&mut self, field: &str, s: &LabelSelector) {
         for m in s.validate() {
-            self.push(format!("{field}.matchExpressions"), m);
+            self.error(format!("{field}.matchExpressions"), m);
         }
     }
 }
@@ -86,30 +44,30 @@ impl PortNames {
 }
 
 fn check_port(
-    sink: &mut Sink<'_>,
+    sink: &mut Diagnostics,
     field: &str,
     port: &Option<PortRef>,
     end_port: Option<u16>,
     names: PortNames,
 ) {
     match (port, end_port) {
-        (Some(PortRef::Number(0)), _) => sink.push(
+        (Some(PortRef::Number(0)), _) => sink.error(
             format!("{field}.port"),
             "port 0 is not a valid port (1-65535)",
         ),
-        (Some(PortRef::Name(n)), _) if n.is_empty() || n.len() > names.max_len() => sink.push(
+        (Some(PortRef::Name(n)), _) if n.is_empty() || n.len() > names.max_len() => sink.error(
             format!("{field}.port"),
             format!("named port {n:?} must be 1-{} characters", names.max_len()),
         ),
-        (Some(PortRef::Name(n)), Some(e)) => sink.push(
+        (Some(PortRef::Name(n)), Some(e)) => sink.error(
             format!("{field}.endPort"),
             format!("endPort {e} cannot be used with named port {n:?}"),
         ),
-        (None, Some(e)) => sink.push(
+        (None, Some(e)) => sink.error(
             format!("{field}.endPort"),
             format!("endPort {e} requires a numeric port"),
         ),
-        (Some(PortRef::Number(p)), Some(e)) if e < *p => sink.push(
+        (Some(PortRef::Number(p)), Some(e)) if e < *p => sink.error(
             format!("{field}.endPort"),
             format!("endPort {e} is lower than port {p}"),
         ),
@@ -117,7 +75,7 @@ fn check_port(
     }
 }
 
-fn check_np_ports(sink: &mut Sink<'_>, field: &str, ports: &[NetworkPolicyPort]) {
+fn check_np_ports(sink: &mut Diagnostics, field: &str, ports: &[NetworkPolicyPort]) {
     for (i, p) in ports.iter().enumerate() {
         check_port(
             sink,
@@ -130,14 +88,14 @@ fn check_np_ports(sink: &mut Sink<'_>, field: &str, ports: &[NetworkPolicyPort])
 }
 
 fn check_cidr_except(
-    sink: &mut Sink<'_>,
+    sink: &mut Diagnostics,
     field: &str,
     cidr: &crate::cidr::Cidr,
     except: &[crate::cidr::Cidr],
 ) {
     for (j, e) in except.iter().enumerate() {
         if !cidr.contains(e) || e == cidr {
-            sink.push(
+            sink.error(
                 format!("{field}.except[{j}]"),
                 format!("except {e} must be strictly inside cidr {cidr}"),
             );
@@ -146,18 +104,14 @@ fn check_cidr_except(
 }
 
 /// Problems of a NetworkPolicy.
-pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let mut sink = Sink {
-        object: format!("NetworkPolicy {}", np.key()),
-        out: &mut out,
-    };
+pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Diagnostic> {
+    let mut sink = Diagnostics::for_object(format!("NetworkPolicy {}", np.key()));
     sink.selector("spec.podSelector", &np.pod_selector);
     // An empty list is defaulted like a missing one (see `NetworkPolicy::isolates`). The API
     // server refuses more than two entries but lets duplicates through (`[Ingress, Ingress]`).
     if let Some(types) = np.policy_types.as_ref().filter(|t| !t.is_empty()) {
         if types.len() > 2 {
-            sink.push(
+            sink.error(
                 "spec.policyTypes",
                 format!("may not specify more than two policyTypes: {types:?}"),
             );
@@ -188,7 +142,7 @@ pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
                     NetworkPolicyPeer::Pods {
                         pod_selector: None,
                         namespace_selector: None,
-                    } => sink.push(pf, "a peer needs podSelector, namespaceSelector or ipBlock"),
+                    } => sink.error(pf, "a peer needs podSelector, namespaceSelector or ipBlock"),
                     NetworkPolicyPeer::Pods {
                         pod_selector,
                         namespace_selector,
@@ -207,10 +161,10 @@ pub fn validate_network_policy(np: &NetworkPolicy) -> Vec<Problem> {
             }
         }
     }
-    out
+    sink.into_vec()
 }
 
-fn check_service_ports(sink: &mut Sink<'_>, field: &str, ports: &[FlowPort], svc: &Service) {
+fn check_service_ports(sink: &mut Diagnostics, field: &str, ports: &[FlowPort], svc: &Service) {
     for (i, p) in ports.iter().enumerate() {
         let pf = format!("{field}.ports[{i}]");
         if let Some(port) = &p.port {
@@ -224,7 +178,7 @@ fn check_service_ports(sink: &mut Sink<'_>, field: &str, ports: &[FlowPort], svc
             }
         }
         if let Some(e) = p.end_port {
-            sink.push(
+            sink.error(
                 format!("{pf}.endPort"),
                 format!("endPort {e} cannot be used with Service ports"),
             );
@@ -236,12 +190,8 @@ fn check_service_ports(sink: &mut Sink<'_>, field: &str, ports: &[FlowPort], svc
 pub fn validate_flow_policy(
     fp: &FlowPolicy,
     services: &BTreeMap<ObjectKey, Service>,
-) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let mut sink = Sink {
-        object: format!("FlowPolicy {}", fp.key()),
-        out: &mut out,
-    };
+) -> Vec<Diagnostic> {
+    let mut sink = Diagnostics::for_object(format!("FlowPolicy {}", fp.key()));
     let mut subject_service = None;
     match &fp.subject {
         FlowSubject::Service(name) => match services.get(&ObjectKey::new(&fp.namespace, name)) {
@@ -260,7 +210,7 @@ pub fn validate_flow_policy(
         },
         FlowSubject::Pods(sel) => sink.selector("spec.subject.podSelector", sel),
         FlowSubject::ServiceAccount(sa) if sa.is_empty() => {
-            sink.push("spec.subject.serviceAccount", "must not be empty")
+            sink.error("spec.subject.serviceAccount", "must not be empty")
         }
         FlowSubject::ServiceAccount(_) => {}
     }
@@ -350,7 +300,7 @@ pub fn validate_flow_policy(
                         }
                     }
                     FlowPeer::ServiceAccount { name, .. } if name.is_empty() => {
-                        sink.push(format!("{pf}.serviceAccount.name"), "must not be empty")
+                        sink.error(format!("{pf}.serviceAccount.name"), "must not be empty")
                     }
                     FlowPeer::ServiceAccount { .. } => {}
                     FlowPeer::Cidr { cidr, except } => {
@@ -360,18 +310,14 @@ pub fn validate_flow_policy(
             }
         }
     }
-    out
+    sink.into_vec()
 }
 
 /// Problems of a ClusterNetworkPolicy.
-pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let mut sink = Sink {
-        object: format!("ClusterNetworkPolicy {}", cnp.name),
-        out: &mut out,
-    };
+pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Diagnostic> {
+    let mut sink = Diagnostics::for_object(format!("ClusterNetworkPolicy {}", cnp.name));
     if cnp.priority > 1000 {
-        sink.push(
+        sink.error(
             "spec.priority",
             format!("priority {} is above 1000", cnp.priority),
         );
@@ -393,12 +339,12 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
         for (i, r) in rules.iter().enumerate() {
             let field = format!("spec.{dir}[{i}]");
             if r.peers.is_empty() {
-                sink.push(format!("{field}.{word}"), "must name at least one peer");
+                sink.error(format!("{field}.{word}"), "must name at least one peer");
             }
             for (j, p) in r.peers.iter().enumerate() {
                 let pf = format!("{field}.{word}[{j}]");
                 match p {
-                    CnpPeer::Networks(c) if dir == "ingress" => sink.push(
+                    CnpPeer::Networks(c) if dir == "ingress" => sink.error(
                         format!("{pf}.networks"),
                         format!(
                             "networks ({} prefixes) are only allowed in egress rules",
@@ -406,7 +352,7 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
                         ),
                     ),
                     CnpPeer::Networks(c) if c.is_empty() => {
-                        sink.push(format!("{pf}.networks"), "must list at least one CIDR")
+                        sink.error(format!("{pf}.networks"), "must list at least one CIDR")
                     }
                     CnpPeer::Namespaces(s) => sink.selector(&format!("{pf}.namespaces"), s),
                     CnpPeer::Pods {
@@ -422,13 +368,13 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
             for (j, p) in r.ports.iter().enumerate() {
                 if let CnpPort::Range { start, end, .. } = p {
                     if *start == 0 {
-                        sink.push(
+                        sink.error(
                             format!("{field}.protocols[{j}]"),
                             "port 0 is not a valid port",
                         );
                     }
                     if end < start {
-                        sink.push(
+                        sink.error(
                             format!("{field}.protocols[{j}]"),
                             format!("range end {end} is lower than start {start}"),
                         );
@@ -437,11 +383,11 @@ pub fn validate_cluster_network_policy(cnp: &ClusterNetworkPolicy) -> Vec<Proble
             }
         }
     }
-    out
+    sink.into_vec()
 }
 
 /// Every problem of every policy in the cluster, sorted.
-pub fn validate_cluster(cluster: &Cluster) -> Vec<Problem> {
+pub fn validate_cluster(cluster: &Cluster) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for np in cluster.network_policies.values() {
         out.extend(validate_network_policy(np));

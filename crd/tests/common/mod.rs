@@ -33,9 +33,9 @@ pub fn engine(extra: &str) -> Engine<InMemoryAllocations> {
     m.load_str("world.yaml", &world_yaml());
     m.load_str("case.yaml", extra);
     assert!(
-        m.errors.is_empty(),
+        m.diagnostics.is_empty(),
         "manifests do not load: {:#?}",
-        m.errors
+        m.diagnostics
     );
     Engine::new(m.cluster, InMemoryAllocations::new())
 }
