@@ -18,7 +18,8 @@ use septum_policy::model as m;
     group = "policy.networking.k8s.io",
     version = "v1alpha2",
     kind = "ClusterNetworkPolicy",
-    plural = "clusternetworkpolicies"
+    plural = "clusternetworkpolicies",
+    status = "ClusterNetworkPolicyStatus"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterNetworkPolicySpec {
@@ -34,6 +35,16 @@ pub struct ClusterNetworkPolicySpec {
     /// Egress rules, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<EgressRule>>,
+}
+
+/// Observed state, written by the implementations (read back from a cluster, e.g. `kubectl get
+/// -o yaml`, it must load: it is not an unknown field). Septum reads nothing from it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetworkPolicyStatus {
+    /// Conditions reported by each implementation.
+    #[serde(default)]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 /// Pods of selected namespaces.

@@ -3,7 +3,9 @@
 //! subdomains), label keys and values (in metadata and in every selector), port names
 //! (IANA service names), unique Service ports, CIDRs with host bits set, a namespace on a
 //! cluster-scoped object. Unlike a conversion error, a finding does not stop the object from
-//! loading, so every finding of one object is reported together.
+//! loading, so every finding of one object is reported together. The name rules themselves
+//! live in [`septum_policy::names`], their one home, shared with the semantic validation of
+//! policy port names.
 
 use std::collections::BTreeSet;
 
@@ -17,125 +19,9 @@ use septum_policy::diagnostic::{Diagnostic, Diagnostics};
 use crate::cluster_network_policy::ClusterNetworkPolicy;
 use crate::flow_policy::{FlowPolicy, Peer};
 
-fn dns_label_chars(s: &str, first_letter: bool) -> bool {
-    let b = s.as_bytes();
-    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
-    !b.is_empty()
-        && b.iter().all(inner)
-        && (b[0].is_ascii_lowercase() || (!first_letter && b[0].is_ascii_digit()))
-        && b[b.len() - 1] != b'-'
-}
-
-/// A DNS-1123 label (namespaces): at most 63 lowercase letters, digits and `-`, starting and
-/// ending with a letter or digit.
-pub fn dns_label(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > 63 {
-        return Err(format!("{s:?} is longer than 63 characters"));
-    }
-    if !dns_label_chars(s, false) {
-        return Err(format!(
-            "{s:?} is not a DNS label (lowercase letters, digits and '-', starting and ending with a letter or digit)"
-        ));
-    }
-    Ok(())
-}
-
-/// A DNS-1035 label (Service names): a DNS label that starts with a letter.
-pub fn dns1035_label(s: &str) -> Result<(), String> {
-    dns_label(s)?;
-    if !s.as_bytes()[0].is_ascii_lowercase() {
-        return Err(format!("{s:?} must start with a lowercase letter"));
-    }
-    Ok(())
-}
-
-/// A DNS-1123 subdomain (most object names): at most 253 characters, DNS labels joined by `.`.
-pub fn dns_subdomain(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > 253 {
-        return Err(format!(
-            "{:?}... is longer than 253 characters",
-            s.chars().take(20).collect::<String>()
-        ));
-    }
-    if !s.split('.').all(|l| dns_label_chars(l, false)) {
-        return Err(format!(
-            "{s:?} is not a DNS subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)"
-        ));
-    }
-    Ok(())
-}
-
-fn qualified_name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
-/// alphanumerics, `-`, `_` and `.`, starting and ending with an alphanumeric.
-pub fn label_key(k: &str) -> Result<(), String> {
-    let (prefix, name) = match k.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    if let Some(p) = prefix {
-        dns_subdomain(p).map_err(|m| format!("label key {k:?}: prefix {m}"))?;
-    }
-    if !qualified_name_part(name) {
-        return Err(format!(
-            "label key {k:?} is invalid: the name part must be 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit{}",
-            if name.contains('/') {
-                " (at most one '/')"
-            } else {
-                ""
-            }
-        ));
-    }
-    Ok(())
-}
-
-/// A label value: empty, or at most 63 alphanumerics, `-`, `_` and `.`, starting and ending with
-/// an alphanumeric.
-pub fn label_value(v: &str) -> Result<(), String> {
-    if v.is_empty() || qualified_name_part(v) {
-        Ok(())
-    } else {
-        Err(format!(
-            "label value {v:?} is invalid: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-        ))
-    }
-}
-
-/// A port name (IANA service name): 1-15 lowercase letters, digits and `-`, at least one letter,
-/// no `-` at either end and no `--`.
-pub fn port_name(n: &str) -> Result<(), String> {
-    let b = n.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 15
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.iter().any(|c| c.is_ascii_lowercase())
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-        && !n.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "port name {n:?} is invalid: 1-15 lowercase letters, digits and '-', with at least one letter, no '-' at either end and no '--'"
-        ))
-    }
-}
+pub use septum_policy::names::{
+    dns_label, dns_subdomain, dns1035_label, label_key, label_value, port_name, service_port_name,
+};
 
 fn labels(
     sink: &mut Diagnostics,
@@ -210,7 +96,7 @@ fn cidr_host_bits(sink: &mut Diagnostics, field: &str, raw: &str) {
     if let (Ok(c), Some((addr, _))) = (
         raw.parse::<septum_policy::cidr::Cidr>(),
         raw.split_once('/'),
-    ) && addr.parse::<std::net::IpAddr>().ok() != Some(c.addr())
+    ) && septum_policy::cidr::parse_ip_sloppy(addr) != Some(c.addr())
     {
         sink.warn(
             field,
@@ -292,10 +178,7 @@ pub fn service(o: &core::Service) -> Vec<Diagnostic> {
             // Service port names are DNS-1123 labels of up to 63 characters
             // (`validateServicePort`), not the 15-character IANA names of container ports.
             Some(n) if !n.is_empty() => {
-                s.check(
-                    format!("{f}.name"),
-                    dns_label(n).map_err(|m| format!("Service port name {m}")),
-                );
+                s.check(format!("{f}.name"), service_port_name(n));
                 if !names.insert(n.clone()) {
                     s.error(format!("{f}.name"), format!("duplicate port name {n:?}"));
                 }
@@ -320,12 +203,7 @@ pub fn service(o: &core::Service) -> Vec<Diagnostic> {
 
 fn np_ports(s: &mut Diagnostics, field: &str, ports: Option<&Vec<net::NetworkPolicyPort>>) {
     for (i, p) in ports.into_iter().flatten().enumerate() {
-        // Length is checked by validation; here only the characters.
-        if let Some(IntOrString::String(n)) = &p.port
-            && (1..=15).contains(&n.len())
-        {
-            named_port(s, &format!("{field}.ports[{i}].port"), p.port.as_ref());
-        }
+        named_port(s, &format!("{field}.ports[{i}].port"), p.port.as_ref());
     }
 }
 
@@ -412,10 +290,9 @@ fn flow_ports(
     for (i, p) in ports.into_iter().flatten().enumerate() {
         let f = format!("{field}.ports[{i}].port");
         match p.port.as_ref() {
-            Some(IntOrString::String(n)) if toward_service && !n.is_empty() => s.check(
-                f,
-                dns_label(n).map_err(|m| format!("Service port name {m}")),
-            ),
+            Some(IntOrString::String(n)) if toward_service && !n.is_empty() => {
+                s.check(f, service_port_name(n))
+            }
             other => named_port(s, &f, other),
         }
     }
@@ -522,43 +399,4 @@ pub fn cluster_network_policy(o: &ClusterNetworkPolicy) -> Vec<Diagnostic> {
         }
     }
     s.into_vec()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert!(dns_label("shop-1").is_ok());
-        assert!(dns_label("Shop").is_err());
-        assert!(dns_label("-a").is_err());
-        assert!(dns_label("a.b").is_err());
-        assert!(dns_label(&"a".repeat(64)).is_err());
-        assert!(dns_subdomain("a.b-c.d").is_ok());
-        assert!(dns_subdomain("a..b").is_err());
-        assert!(dns_subdomain("bad_name").is_err());
-        assert!(dns1035_label("1abc").is_err());
-        assert!(dns1035_label("abc1").is_ok());
-    }
-
-    #[test]
-    fn labels_and_ports() {
-        assert!(label_key("app").is_ok());
-        assert!(label_key("app.kubernetes.io/name").is_ok());
-        assert!(label_key("a/b/c").is_err());
-        assert!(label_key("-bad").is_err());
-        assert!(label_key("/x").is_err());
-        assert!(label_key("Bad_Prefix/x").is_err());
-        assert!(label_value("").is_ok());
-        assert!(label_value("v1.2_3-x").is_ok());
-        assert!(label_value("no spaces").is_err());
-        assert!(label_value(&"a".repeat(64)).is_err());
-        assert!(port_name("http").is_ok());
-        assert!(port_name("serve-80-tcp").is_ok());
-        assert!(port_name("80").is_err());
-        assert!(port_name("a--b").is_err());
-        assert!(port_name("HTTP").is_err());
-        assert!(port_name("waytoolongportname").is_err());
-    }
 }

@@ -775,6 +775,24 @@ mod tests {
     }
 
     #[test]
+    fn objects_read_back_from_a_cluster_load() {
+        // A ClusterNetworkPolicy with the status its implementations write, and legacy IP
+        // fields with leading zeros (the API server reads them as decimal).
+        let mut m = Manifests::new();
+        m.load_str(
+            "t.yaml",
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  ingress: [{action: Deny, from: [{namespaces: {}}]}]\nstatus:\n  conditions: [{type: Accepted, status: 'True', reason: Ok, message: ok, lastTransitionTime: '2026-01-01T00:00:00Z'}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nspec: {containers: [{name: c, image: x}]}\nstatus: {podIP: 010.000.001.002}\n",
+        );
+        assert!(m.diagnostics.is_empty(), "{:#?}", m.diagnostics);
+        assert!(m.cluster.cluster_network_policies.contains_key("c"));
+        let p = &m.cluster.pods[&ObjectKey::new("a", "p")];
+        assert_eq!(
+            p.ips,
+            vec!["10.0.1.2".parse::<std::net::IpAddr>().expect("ip")]
+        );
+    }
+
+    #[test]
     fn kinds_come_from_the_types() {
         let names = kind_names();
         assert_eq!(

@@ -97,6 +97,36 @@ impl Cidr {
     }
 }
 
+/// Parses an IP address as the API server reads its legacy IP and CIDR fields (`podIP`,
+/// `clusterIP`, `ipBlock.cidr`, ...; k8s.io/utils/net `ParseIPSloppy`): besides the canonical
+/// forms, IPv4 octets may carry leading zeros and are read as decimal (`010.0.0.1` is
+/// 10.0.0.1, not octal). A cluster stores such objects, so septum must read them the same way.
+pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let digits = part.trim_start_matches('0');
+        *o = if digits.is_empty() {
+            0
+        } else if digits.len() > 3 {
+            return None;
+        } else {
+            digits.parse().ok()?
+        };
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(IpAddr::V4(Ipv4Addr::from(octets)))
+}
+
 /// The 16-byte form of an address used by the datapath (IPv4 in the first 4 bytes).
 pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
     match ip {
@@ -147,10 +177,19 @@ impl FromStr for Cidr {
         let (addr, len) = s
             .split_once('/')
             .ok_or_else(|| err("missing /prefix-length"))?;
-        let addr: IpAddr = addr.parse().map_err(|_| err("not an IP address"))?;
-        let len: u8 = len
-            .parse()
-            .map_err(|_| err("prefix length is not a number"))?;
+        let addr = parse_ip_sloppy(addr).ok_or_else(|| err("not an IP address"))?;
+        // Decimal digits only, as the API server reads them (`/+8` is refused; `/08` is 8).
+        if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("prefix length is not a number"));
+        }
+        let digits = len.trim_start_matches('0');
+        let len: u8 = if digits.is_empty() {
+            0
+        } else {
+            digits
+                .parse()
+                .map_err(|_| err("prefix length longer than the address"))?
+        };
         Cidr::new(addr, len).map_err(|_| err("prefix length longer than the address"))
     }
 }
@@ -177,6 +216,41 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("10.0.0.0".parse::<Cidr>().is_err());
         assert!("banana/8".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn reads_what_the_api_servers_legacy_fields_accept() {
+        // Leading zeros are decimal (ParseCIDRSloppy), in octets and in the prefix length.
+        assert_eq!(c("010.001.002.000/08").to_string(), "10.0.0.0/8");
+        assert_eq!(c("0.0.0.0/00").to_string(), "0.0.0.0/0");
+        assert_eq!(
+            parse_ip_sloppy("192.168.001.010"),
+            Some("192.168.1.10".parse().expect("ip"))
+        );
+        assert_eq!(
+            parse_ip_sloppy("0000010.0.0.1"),
+            Some("10.0.0.1".parse().expect("ip"))
+        );
+        // Refused there too: signs, empty parts, octets over 255, a fifth octet.
+        for bad in [
+            "10.0.0.0/+8",
+            "10.0.0.0/-0",
+            "10.0.0.0/",
+            "10.0.0.0/ 8",
+            "10.0.0.0/999",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        for bad in [
+            "256.0.0.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            "+1.2.3.4",
+            "1.2.3.0x1",
+        ] {
+            assert_eq!(parse_ip_sloppy(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -107,8 +107,7 @@ fn target_port(p: &IntOrString, field: &str) -> Result<Option<PortRef>, Diagnost
 }
 
 fn ip(s: &str, field: &str) -> Result<IpAddr, Diagnostic> {
-    s.parse()
-        .map_err(|_| err(field, format!("{s:?} is not an IP address")))
+    crate::cidr::parse_ip_sloppy(s).ok_or_else(|| err(field, format!("{s:?} is not an IP address")))
 }
 
 /// The object's name; a missing or empty one is recorded as an error.

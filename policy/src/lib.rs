@@ -14,6 +14,7 @@
 //! - [`lpm`]: the datapath's reading of that state (reference for tests).
 //! - [`explain`]: which rules decided a flow, tier by tier, on both sides.
 //! - [`diagnostic`]: the one diagnostic type of every layer (file, document, object, field).
+//! - [`names`]: the API server's name rules (DNS labels, label keys and values, port names).
 //! - [`validate`]: problems a schema cannot catch, naming object and field.
 //! - `k8s` (feature `k8s`): conversions from k8s-openapi objects.
 //!
@@ -40,6 +41,7 @@ pub mod identity;
 pub mod k8s;
 pub mod lpm;
 pub mod model;
+pub mod names;
 pub mod node;
 pub mod ports;
 pub mod rules;

@@ -26,38 +26,11 @@ impl SelectorChecks for Diagnostics {
     }
 }
 
-/// Which names a `port` may carry: a container port name (an IANA service name, at most 15
-/// characters) or a Service port name (a DNS-1123 label, at most 63).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PortNames {
-    Container,
-    Service,
-}
-
-impl PortNames {
-    fn max_len(self) -> usize {
-        match self {
-            Self::Container => 15,
-            Self::Service => 63,
-        }
-    }
-}
-
-fn check_port(
-    sink: &mut Diagnostics,
-    field: &str,
-    port: &Option<PortRef>,
-    end_port: Option<u16>,
-    names: PortNames,
-) {
+fn check_port(sink: &mut Diagnostics, field: &str, port: &Option<PortRef>, end_port: Option<u16>) {
     match (port, end_port) {
         (Some(PortRef::Number(0)), _) => sink.error(
             format!("{field}.port"),
             "port 0 is not a valid port (1-65535)",
-        ),
-        (Some(PortRef::Name(n)), _) if n.is_empty() || n.len() > names.max_len() => sink.error(
-            format!("{field}.port"),
-            format!("named port {n:?} must be 1-{} characters", names.max_len()),
         ),
         (Some(PortRef::Name(n)), Some(e)) => sink.error(
             format!("{field}.endPort"),
@@ -77,13 +50,7 @@ fn check_port(
 
 fn check_np_ports(sink: &mut Diagnostics, field: &str, ports: &[NetworkPolicyPort]) {
     for (i, p) in ports.iter().enumerate() {
-        check_port(
-            sink,
-            &format!("{field}.ports[{i}]"),
-            &p.port,
-            p.end_port,
-            PortNames::Container,
-        );
+        check_port(sink, &format!("{field}.ports[{i}]"), &p.port, p.end_port);
     }
 }
 
@@ -235,19 +202,12 @@ pub fn validate_flow_policy(
                 if let Some(svc) = subject_service {
                     check_service_ports(&mut sink, &field, &r.ports, svc);
                 } else {
-                    // With a Service subject (even a missing one) ports name Service ports.
-                    let names = if matches!(fp.subject, FlowSubject::Service(_)) {
-                        PortNames::Service
-                    } else {
-                        PortNames::Container
-                    };
                     for (j, p) in r.ports.iter().enumerate() {
                         check_port(
                             &mut sink,
                             &format!("{field}.ports[{j}]"),
                             &p.port,
                             p.end_port,
-                            names,
                         );
                     }
                 }
@@ -258,7 +218,6 @@ pub fn validate_flow_policy(
                         &format!("{field}.ports[{j}]"),
                         &p.port,
                         p.end_port,
-                        PortNames::Container,
                     );
                 }
             }
