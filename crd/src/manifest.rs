@@ -12,6 +12,7 @@
 
 use std::any::TypeId;
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
@@ -141,8 +142,8 @@ fn entry<K: Kind>() -> KindEntry {
     }
 }
 
-/// Every kind the loader reads.
-fn kinds() -> [KindEntry; 7] {
+/// Every kind the loader reads, read off the types once (not per document).
+static KINDS: LazyLock<[KindEntry; 7]> = LazyLock::new(|| {
     [
         entry::<core::Namespace>(),
         entry::<core::Pod>(),
@@ -152,11 +153,15 @@ fn kinds() -> [KindEntry; 7] {
         entry::<FlowPolicy>(),
         entry::<ClusterNetworkPolicy>(),
     ]
+});
+
+fn kinds() -> &'static [KindEntry; 7] {
+    &KINDS
 }
 
 /// The names of the kinds the loader reads.
 pub fn kind_names() -> Vec<String> {
-    kinds().into_iter().map(|k| k.kind).collect()
+    kinds().iter().map(|k| k.kind.clone()).collect()
 }
 
 /// The result of loading: the model, and every problem found.
@@ -809,7 +814,7 @@ mod tests {
         );
         let scoped: Vec<bool> = kinds().iter().map(|k| k.namespaced).collect();
         assert_eq!(scoped, [false, true, false, true, true, true, false]);
-        let apis: Vec<String> = kinds().into_iter().map(|k| k.api_version).collect();
+        let apis: Vec<&str> = kinds().iter().map(|k| k.api_version.as_str()).collect();
         assert_eq!(
             apis,
             [
