@@ -1,0 +1,1 @@
+//! septum node agent (being written).

@@ -1,0 +1,18 @@
+//! septum's lab: Kubernetes manifests become network-namespace pods on this host.
+//!
+//! Pieces, each owning one concern:
+//! - [`netns`]: named network namespaces (`/run/netns/NAME`) and running code or commands in them.
+//! - [`cni_exec`]: running a CNI plugin chain with libcni's semantics (prevResult injection,
+//!   cached results, DEL in reverse order).
+//! - [`nft`]: Service ClusterIPs as nftables DNAT rules, the way kube-proxy's nftables mode
+//!   writes them.
+//! - [`sctp`]: the SCTP handshake from user space over raw sockets (this kernel has no SCTP).
+//! - [`serve`]: servers on every containerPort of a pod (TCP, UDP, SCTP).
+//! - [`connect`]: one probe connection (TCP, UDP, SCTP) and its result.
+
+pub mod cni_exec;
+pub mod connect;
+pub mod netns;
+pub mod nft;
+pub mod sctp;
+pub mod serve;
