@@ -1,1 +1,142 @@
-//! septum node agent (being written).
+//! septum's node agent.
+//!
+//! It keeps the kernel equal to the compiled policy: it serves the endpoint registry the CNI
+//! plugin calls (ADD attaches the datapath to the pod's host veth before returning), keeps its
+//! endpoints and allocated numbers in a state directory so a restart loses nothing, compiles the
+//! node's model and writes only the difference into the pinned maps.
+//!
+//! Today the model comes from standalone mode's datastore, a directory of Kubernetes YAML
+//! watched with inotify ([`datastore`]); the controller's node-state stream will be a second
+//! source of the same model.
+//!
+//! - [`config`]: flags and `SEPTUM_*` keys.
+//! - [`registry`]: the endpoints; [`state_dir`]: their persistence and the numbers'.
+//! - [`datastore`]: the YAML directory and each file's last good version.
+//! - [`reconcile`]: model -> map contents -> minimal writes, and their order.
+//! - [`agent`]: the core joining them; [`server`]: the gRPC registry; [`health`]: `/healthz`,
+//!   `/readyz`, `/status`.
+
+pub mod agent;
+pub mod config;
+pub mod datastore;
+pub mod health;
+pub mod reconcile;
+pub mod registry;
+pub mod server;
+pub mod state_dir;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use notify::Watcher as _;
+use tokio::sync::Mutex;
+
+pub use agent::Agent;
+pub use config::AgentConfig;
+
+/// How long after a file event the datastore is read (editors write in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(5);
+/// How often the node's own addresses are checked (a bridge gets its address on the first ADD).
+const ADDRESS_POLL: Duration = Duration::from_millis(500);
+
+/// Runs the agent until SIGTERM or SIGINT. Enforcement stays in the kernel when it ends.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let health = cfg.health_addr()?;
+    let socket = cfg.socket.clone();
+    let roots = cfg.manifests.clone();
+    let agent = Arc::new(Mutex::new(Agent::start(cfg)?));
+
+    // Datastore watch: inotify on every root (a file root: its directory).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && ev.paths.iter().any(|p| datastore::is_relevant(p))
+        {
+            let _ = tx.send(());
+        }
+    })
+    .context("starting the datastore watcher")?;
+    for root in &roots {
+        let (path, mode) = if root.is_dir() {
+            (root.clone(), notify::RecursiveMode::Recursive)
+        } else {
+            (
+                root.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+                notify::RecursiveMode::NonRecursive,
+            )
+        };
+        watcher
+            .watch(&path, mode)
+            .with_context(|| format!("watching {}", path.display()))?;
+    }
+    let a = agent.clone();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while rx.try_recv().is_ok() {}
+            let mut g = a.lock().await;
+            g.reload();
+            g.sync();
+        }
+    });
+
+    let a = agent.clone();
+    tokio::spawn(async move {
+        let mut last = agent::node_addresses();
+        loop {
+            tokio::time::sleep(ADDRESS_POLL).await;
+            let now = agent::node_addresses();
+            if now != last {
+                tracing::info!(addresses = ?now, "node addresses changed");
+                last = now;
+                a.lock().await.sync();
+            }
+        }
+    });
+
+    if let Some(addr) = health {
+        let a = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(addr, a).await {
+                tracing::error!(error = %e, "health endpoint failed");
+            }
+        });
+    }
+
+    let listener = server::bind_socket(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "endpoint registry listening");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(
+            septum_proto::agent::v1::endpoint_registry_server::EndpointRegistryServer::new(
+                server::RegistryService::new(agent.clone()),
+            ),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving the endpoint registry")?;
+    let _ = std::fs::remove_file(&socket);
+    drop(watcher);
+    tracing::info!("agent stopped; enforcement stays in the kernel");
+    Ok(())
+}
+
+/// Sets up tracing (`RUST_LOG`, default info) for the agent's binaries.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

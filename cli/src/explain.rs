@@ -15,7 +15,7 @@ use septum_policy::{Engine, InMemoryAllocations};
 
 use septum_crd::lint;
 
-use crate::manifest_files;
+use septum_crd::files as manifest_files;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -157,7 +157,7 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
     let from = parse_end(&a.from, false)?;
     let to = parse_end(&a.to, true)?;
     let port = parse_port(&a.port, matches!(to, FlowEnd::Service(_)))?;
-    let m = manifest_files::load(&a.manifests)?;
+    let m = manifest_files::load(&a.manifests);
     let protocol = flow_protocol(given, &to, &port, &m.cluster);
     let query = ExplainQuery {
         from,

@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 
 mod crd;
 mod explain;
-mod manifest_files;
 mod policy;
 
 /// septum: Kubernetes micro-segmentation.

@@ -9,13 +9,15 @@
 //!   with an error naming file, document, object and field for every problem;
 //! - [`lint`]: the checks the API server makes that the types and conversions do not (names,
 //!   label keys and values, port names, unique Service ports, CIDRs with host bits set);
-//! - [`generate`]: the CRD YAML printed into `manifests/crds` (drift-checked by a test).
+//! - [`generate`]: the CRD YAML printed into `manifests/crds` (drift-checked by a test);
+//! - [`files`]: reading manifest files and directories from disk (the one place that does I/O).
 //!
-//! Only types and pure conversions live here: no client, no I/O.
+//! Only types, pure conversions and file reading live here: no client.
 
 #![forbid(unsafe_code)]
 
 pub mod cluster_network_policy;
+pub mod files;
 pub mod flow_policy;
 pub mod generate;
 pub mod lint;

@@ -1,13 +1,13 @@
 //! Reading manifest files and directories (every `.yaml`/`.yml`, sorted, recursively) into
 //! [`septum_crd::manifest::Manifests`]. A path that cannot be read (missing, unreadable, not a
 //! file) is a problem of that path, like a problem inside a file: the other paths are still
-//! loaded and checked.
+//! loaded and checked. Used by the CLI (`policy check`, `explain`) and by the agent's standalone
+//! datastore, which loads file by file (see [`collect_files`] and [`read_limited`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use septum_crd::manifest::{Diagnostic, Manifests, Origin};
+use crate::manifest::{Diagnostic, Manifests, Origin};
 
 fn problem(path: &Path, message: String) -> Diagnostic {
     Diagnostic::error("-", message)
@@ -92,7 +92,8 @@ fn is_pipe(_: &std::fs::Metadata) -> bool {
 /// Files larger than this are refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 256 << 20;
 
-fn read_limited(path: &Path) -> std::result::Result<Vec<u8>, String> {
+/// Reads a file, refusing one larger than 256 MiB; the error is the message of the problem.
+pub fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     let mut bytes = Vec::new();
@@ -108,25 +109,27 @@ fn read_limited(path: &Path) -> std::result::Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Loads every file under `paths`. Problems with the paths themselves are in the result's
-/// errors like every other problem; only nothing at all to load is an error here.
-pub fn load(paths: &[PathBuf]) -> Result<Manifests> {
+/// The manifest files under `paths` (sorted within each directory; a file named twice, as in
+/// `dir dir/a.yaml`, once), and the problems of paths that could not be read.
+pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
     for p in paths {
         collect(p, true, &mut files, &mut errors, &mut seen);
     }
+    let mut loaded = BTreeSet::new();
+    files.retain(|f| std::fs::canonicalize(f).map_or(true, |c| loaded.insert(c)));
+    (files, errors)
+}
+
+/// Loads every file under `paths`. Problems with the paths themselves are in the result's
+/// diagnostics like every other problem.
+pub fn load(paths: &[PathBuf]) -> Manifests {
+    let (files, errors) = collect_files(paths);
     let mut m = Manifests::new();
     m.diagnostics = errors;
-    // A file named twice (`dir dir/a.yaml`) is read once, not reported as all duplicates.
-    let mut loaded = BTreeSet::new();
     for f in files {
-        if let Ok(canonical) = std::fs::canonicalize(&f)
-            && !loaded.insert(canonical)
-        {
-            continue;
-        }
         match read_limited(&f) {
             Ok(bytes) => {
                 let before = (m.diagnostics.len(), m.origins.len());
@@ -139,5 +142,5 @@ pub fn load(paths: &[PathBuf]) -> Result<Manifests> {
             Err(e) => m.diagnostics.push(problem(&f, e)),
         }
     }
-    Ok(m)
+    m
 }
