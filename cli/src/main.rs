@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod crd;
 mod explain;
+mod lab;
 mod policy;
 
 /// septum: Kubernetes micro-segmentation.
@@ -27,6 +28,11 @@ enum Command {
     /// septum's CustomResourceDefinitions.
     #[command(subcommand)]
     Crd(crd::CrdCommand),
+    /// Runs the node agent (standalone mode: a directory of Kubernetes YAML is the datastore).
+    Agent(septum_agent::AgentConfig),
+    /// Network-namespace pods from manifests on this host, enforced and probed.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 /// Restores the default SIGPIPE action, which Rust's runtime sets to "ignore": with it ignored,
@@ -40,6 +46,15 @@ fn quiet_on_closed_pipe() {
     }
 }
 
+fn run_agent(cfg: septum_agent::AgentConfig) -> anyhow::Result<ExitCode> {
+    septum_agent::init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(septum_agent::run(cfg))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let cli = Cli::parse();
@@ -47,6 +62,8 @@ fn main() -> ExitCode {
         Command::Policy(c) => policy::run(c),
         Command::Explain(a) => explain::run(a),
         Command::Crd(c) => crd::run(c),
+        Command::Agent(cfg) => run_agent(cfg),
+        Command::Lab(c) => lab::run(c),
     };
     match result {
         Ok(code) => code,

@@ -9,10 +9,21 @@
 //! - [`sctp`]: the SCTP handshake from user space over raw sockets (this kernel has no SCTP).
 //! - [`serve`]: servers on every containerPort of a pod (TCP, UDP, SCTP).
 //! - [`connect`]: one probe connection (TCP, UDP, SCTP) and its result.
+//! - [`objects`]: the manifests' objects and the agent's datastore directory.
+//! - [`state`]: the lab's record of what it created; [`control`]: up, apply, delete, status,
+//!   down; [`probe`]: the reachability matrix.
 
 pub mod cni_exec;
 pub mod connect;
+#[cfg(feature = "control")]
+pub mod control;
 pub mod netns;
 pub mod nft;
+#[cfg(feature = "control")]
+pub mod objects;
+#[cfg(feature = "control")]
+pub mod probe;
 pub mod sctp;
 pub mod serve;
+#[cfg(feature = "control")]
+pub mod state;
