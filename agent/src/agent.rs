@@ -23,7 +23,9 @@ use septum_proto::agent::v1 as pb;
 
 use crate::config::AgentConfig;
 use crate::datastore::{Datastore, FileStatus};
-use crate::reconcile::{ContentsDiff, MapContents, WriteStats, map_contents, node_model, read_maps};
+use crate::reconcile::{
+    ContentsDiff, MapContents, WriteStats, map_contents, node_model, read_maps,
+};
 use crate::registry::{AttachmentKey, Endpoint, Registry};
 use crate::state_dir::StateDir;
 
@@ -153,7 +155,8 @@ impl Agent {
             ..DatapathOptions::default()
         };
         let dp = Datapath::load(&opts).context("loading the datapath")?;
-        let datastore = Datastore::new(cfg.manifests.clone());
+        let datastore =
+            Datastore::with_cache(cfg.manifests.clone(), cfg.state_dir.join("last-good"));
         let mut agent = Self {
             cfg,
             dp,
@@ -284,10 +287,9 @@ impl Agent {
         let full = self.applied.is_none();
         let diff = match &self.applied {
             Some(applied) => ContentsDiff::between(applied, &desired),
-            None => ContentsDiff::between(
-                &read_maps(&self.dp).map_err(|e| e.to_string())?,
-                &desired,
-            ),
+            None => {
+                ContentsDiff::between(&read_maps(&self.dp).map_err(|e| e.to_string())?, &desired)
+            }
         };
         let writes = diff.apply(&mut self.dp).map_err(|e| e.to_string())?;
         let entries = desired.len();
@@ -500,12 +502,7 @@ impl Agent {
     /// CNI CHECK.
     pub fn check(&self, req: pb::CheckRequest) -> Result<pb::CheckResponse, Status> {
         let key = attachment_key(req.attachment.as_ref(), &req.network)?;
-        let fail = |reason: String| {
-            Ok(pb::CheckResponse {
-                ok: false,
-                reason,
-            })
-        };
+        let fail = |reason: String| Ok(pb::CheckResponse { ok: false, reason });
         let Some(ep) = self.registry.by_attachment(&key) else {
             return fail(format!("attachment {key} is not registered"));
         };
@@ -528,7 +525,9 @@ impl Agent {
         let mut have = ep.ips.clone();
         have.sort();
         if want != have {
-            return fail(format!("addresses differ: registered {have:?}, result lists {want:?}"));
+            return fail(format!(
+                "addresses differ: registered {have:?}, result lists {want:?}"
+            ));
         }
         Ok(pb::CheckResponse {
             ok: true,

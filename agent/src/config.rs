@@ -11,16 +11,29 @@ pub struct AgentConfig {
     /// Standalone mode: a directory (or file) of Kubernetes YAML (Namespaces, Pods, Services,
     /// NetworkPolicy, FlowPolicy, ClusterNetworkPolicy) to enforce; watched for changes.
     /// Repeatable.
-    #[arg(long = "manifests", env = "SEPTUM_MANIFESTS", value_name = "PATH", required = true)]
+    #[arg(
+        long = "manifests",
+        env = "SEPTUM_MANIFESTS",
+        value_name = "PATH",
+        required = true
+    )]
     pub manifests: Vec<PathBuf>,
     /// This node's name (pods registered here are placed on it).
     #[arg(long, env = "SEPTUM_NODE_NAME", default_value = "standalone")]
     pub node_name: String,
     /// Where the endpoint registry and allocated numbers are kept.
-    #[arg(long, env = "SEPTUM_STATE_DIR", default_value = "/var/lib/septum/agent")]
+    #[arg(
+        long,
+        env = "SEPTUM_STATE_DIR",
+        default_value = "/var/lib/septum/agent"
+    )]
     pub state_dir: PathBuf,
     /// The endpoint registry's unix socket (the CNI plugin's `agentSocket`).
-    #[arg(long, env = "SEPTUM_AGENT_SOCKET", default_value = "/run/septum/agent.sock")]
+    #[arg(
+        long,
+        env = "SEPTUM_AGENT_SOCKET",
+        default_value = "/run/septum/agent.sock"
+    )]
     pub socket: PathBuf,
     /// Root of the bpffs pins.
     #[arg(long, env = "SEPTUM_PIN_ROOT", default_value = septum_datapath::DEFAULT_PIN_ROOT)]

@@ -70,7 +70,13 @@ struct Version {
 pub struct Datastore {
     roots: Vec<PathBuf>,
     last_good: BTreeMap<PathBuf, Version>,
+    /// Where last good versions are kept across restarts (a file broken while the agent was
+    /// away still has its last good version in force after the restart).
+    cache: Option<PathBuf>,
 }
+
+/// The cache's index: datastore path -> cached file name.
+const CACHE_INDEX: &str = "index.json";
 
 fn render(ds: &[Diagnostic]) -> Vec<String> {
     ds.iter().map(ToString::to_string).collect()
@@ -82,6 +88,67 @@ impl Datastore {
         Self {
             roots,
             last_good: BTreeMap::new(),
+            cache: None,
+        }
+    }
+
+    /// The same, keeping last good versions in `cache` (read now, written on every change).
+    pub fn with_cache(roots: Vec<PathBuf>, cache: PathBuf) -> Self {
+        let mut last_good = BTreeMap::new();
+        let index: BTreeMap<PathBuf, String> = std::fs::read(cache.join(CACHE_INDEX))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for (path, name) in index {
+            if let Ok(bytes) = std::fs::read(cache.join(&name)) {
+                let v = Version {
+                    digest: digest(&bytes),
+                    bytes: Arc::new(bytes),
+                };
+                last_good.insert(path, v);
+            }
+        }
+        Self {
+            roots,
+            last_good,
+            cache: Some(cache),
+        }
+    }
+
+    /// Writes the last good versions to the cache (best effort: a failure costs only the
+    /// protection across a restart, and is logged).
+    fn save_cache(&self) {
+        let Some(cache) = &self.cache else { return };
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(cache)?;
+            let mut index = BTreeMap::new();
+            for (path, v) in &self.last_good {
+                let name = format!("{}.yaml", &v.digest[..32]);
+                let file = cache.join(&name);
+                if !file.exists() {
+                    let tmp = cache.join(format!(".{name}.tmp"));
+                    std::fs::write(&tmp, v.bytes.as_slice())?;
+                    std::fs::rename(&tmp, &file)?;
+                }
+                index.insert(path.clone(), name);
+            }
+            let tmp = cache.join(".index.tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&index).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, cache.join(CACHE_INDEX))?;
+            let keep: Vec<String> = index.into_values().collect();
+            for e in std::fs::read_dir(cache)?.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.ends_with(".yaml") && !keep.contains(&n) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(cache = %cache.display(), error = %e, "cannot keep last good versions");
         }
     }
 
@@ -145,7 +212,12 @@ impl Datastore {
                 in_force.push((path, v));
             }
         }
+        let before = self.last_good.len();
         self.last_good.retain(|p, _| present.contains(p));
+        if self.cache.is_some() {
+            let _ = before;
+            self.save_cache();
+        }
 
         let mut all = Manifests::new();
         for (path, v) in &in_force {
@@ -199,13 +271,19 @@ mod tests {
         assert!(l.cluster.network_policies.is_empty());
         let st = &l.files[&np.display().to_string()];
         assert_eq!(st.enforced, None);
-        assert!(st.diagnostics.iter().any(|d| d.contains("policyTypes")), "{st:?}");
+        assert!(
+            st.diagnostics.iter().any(|d| d.contains("policyTypes")),
+            "{st:?}"
+        );
 
         std::fs::write(&np, NP).unwrap();
         let l = ds.load().unwrap();
         assert_eq!(l.cluster.network_policies.len(), 1);
         let good = digest(NP.as_bytes());
-        assert_eq!(l.files[&np.display().to_string()].enforced.as_ref(), Some(&good));
+        assert_eq!(
+            l.files[&np.display().to_string()].enforced.as_ref(),
+            Some(&good)
+        );
 
         // Broken again: the good version stays.
         std::fs::write(&np, NP_BROKEN).unwrap();

@@ -104,8 +104,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         });
     }
 
-    let listener = server::bind_socket(&socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        server::bind_socket(&socket).with_context(|| format!("binding {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "endpoint registry listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     let shutdown = async {

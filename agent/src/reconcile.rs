@@ -270,8 +270,7 @@ mod tests {
         assert_eq!(model.nodes["node-1"].ips, vec![node_ip]);
         assert!(!model.pods.contains_key(&ObjectKey::new("ns", "ghost")));
 
-        let (state, _) =
-            septum_policy::compile(&model, septum_policy::InMemoryAllocations::new());
+        let (state, _) = septum_policy::compile(&model, septum_policy::InMemoryAllocations::new());
         let slice = septum_policy::node::node_state(&model, &state, "node-1");
         let contents = map_contents(&slice, &r);
         assert_eq!(contents.endpoints[&10].state, STATE_READY);

@@ -13,15 +13,15 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use septum_datapath_common::Identity;
+use septum_policy::InMemoryAllocations;
 use septum_policy::allocation::{AllocationKey, PolicyKind, RuleId, Section};
 use septum_policy::cidr::Cidr;
 use septum_policy::identity::IdentityKey;
 use septum_policy::model::{ObjectKey, Protocol};
-use septum_policy::InMemoryAllocations;
 
 use crate::registry::Registry;
 

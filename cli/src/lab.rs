@@ -117,7 +117,10 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             let mut lab = Lab::open(dir, programs)?;
             let started = std::time::Instant::now();
             lab.apply(&paths)?;
-            println!("applied and enforced in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+            println!(
+                "applied and enforced in {:.0} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
         }
         LabCommand::Delete { paths } => {
             let mut lab = Lab::open(dir, programs)?;
@@ -137,10 +140,17 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                             .iter()
                             .map(|x| format!("{}/{}", x.port, x.protocol.as_str()))
                             .collect();
-                        println!("pod {}/{}\t{}\t{}", p.namespace, p.name, ips.join(","), ports.join(","));
+                        println!(
+                            "pod {}/{}\t{}\t{}",
+                            p.namespace,
+                            p.name,
+                            ips.join(","),
+                            ports.join(",")
+                        );
                     }
                     for s in lab.state().services.values() {
-                        let ips: Vec<String> = s.cluster_ips.iter().map(ToString::to_string).collect();
+                        let ips: Vec<String> =
+                            s.cluster_ips.iter().map(ToString::to_string).collect();
                         println!("service {}/{}\t{}", s.namespace, s.name, ips.join(","));
                     }
                 }
@@ -183,11 +193,17 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
             let mut parsed = Vec::new();
             for p in &ports {
                 let (n, proto) = p.split_once('/').unwrap_or((p, "TCP"));
-                let port: u16 = n.parse().map_err(|_| anyhow::anyhow!("--port {p:?}: not PORT/PROTOCOL"))?;
-                let protocol: Protocol = proto.parse().map_err(|e| anyhow::anyhow!("--port {p:?}: {e}"))?;
+                let port: u16 = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--port {p:?}: not PORT/PROTOCOL"))?;
+                let protocol: Protocol = proto
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--port {p:?}: {e}"))?;
                 parsed.push(septum_lab::serve::ServePort { port, protocol });
             }
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(septum_lab::serve::serve(parsed))?;
         }
     }

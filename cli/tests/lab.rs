@@ -70,8 +70,18 @@ impl TestLab {
     fn matrix(&self, port: u16, via: &str) -> BTreeMap<(String, String), String> {
         let p = port.to_string();
         let v = self.json(&[
-            "lab", "probe", "--port", &p, "--protocol", "TCP", "--via", via, "--timeout", "700ms",
-            "--output", "json",
+            "lab",
+            "probe",
+            "--port",
+            &p,
+            "--protocol",
+            "TCP",
+            "--via",
+            via,
+            "--timeout",
+            "700ms",
+            "--output",
+            "json",
         ]);
         v["results"]
             .as_array()
@@ -79,7 +89,10 @@ impl TestLab {
             .iter()
             .map(|r| {
                 (
-                    (r["from"].as_str().unwrap().to_string(), r["to"].as_str().unwrap().to_string()),
+                    (
+                        r["from"].as_str().unwrap().to_string(),
+                        r["to"].as_str().unwrap().to_string(),
+                    ),
                     r["result"].as_str().unwrap().to_string(),
                 )
             })
@@ -105,14 +118,28 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const PODS: [&str; 4] = ["outside/outsider", "shop/backend", "shop/database", "shop/frontend"];
+const PODS: [&str; 4] = [
+    "outside/outsider",
+    "shop/backend",
+    "shop/database",
+    "shop/frontend",
+];
 
 /// What `septum explain` says of a flow over the lab's datastore: "allow" or "deny".
 fn explain(lab: &TestLab, from: &str, to: &str, port: u16) -> String {
     let ds = lab.datastore();
     let v = lab.json(&[
-        "explain", "--manifests", path(&ds), "--from", from, "--to", to, "--port", &port.to_string(),
-        "--output", "json",
+        "explain",
+        "--manifests",
+        path(&ds),
+        "--from",
+        from,
+        "--to",
+        to,
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
     ]);
     v["verdict"].as_str().unwrap().to_string()
 }
@@ -146,11 +173,21 @@ fn shop_before_and_after_policies_through_pods_and_services() {
     assert_eq!(pods.len(), 4, "{st}");
     for p in pods {
         assert!(!p["ips"].as_array().unwrap().is_empty(), "{p}");
-        assert!(p["ports"].as_array().unwrap().iter().all(|x| x["protocol"] == "TCP"));
+        assert!(
+            p["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| x["protocol"] == "TCP")
+        );
     }
     let services = st["services"].as_array().unwrap();
     assert_eq!(services.len(), 4);
-    assert!(services.iter().all(|s| s["clusterIPs"].as_array().unwrap().len() == 1));
+    assert!(
+        services
+            .iter()
+            .all(|s| s["clusterIPs"].as_array().unwrap().len() == 1)
+    );
 
     for via in ["pod", "service"] {
         let m = lab.matrix(80, via);
@@ -178,7 +215,11 @@ fn shop_before_and_after_policies_through_pods_and_services() {
                     let has_port = port == 80 || to == "shop/database";
                     let want = if !has_port {
                         // Nothing listens: refused when allowed, a silent drop when denied.
-                        if expected_after_policies(from, to, port) { "refused" } else { "timeout" }
+                        if expected_after_policies(from, to, port) {
+                            "refused"
+                        } else {
+                            "timeout"
+                        }
                     } else if expected_after_policies(from, to, port) {
                         "connected"
                     } else {
@@ -205,8 +246,18 @@ fn standalone_edit_break_and_fix_a_policy_file() {
     lab.ok(&["lab", "up", path(&examples().join("pods.yaml"))]);
     let cell = |lab: &TestLab| {
         let v = lab.json(&[
-            "lab", "probe", "--port", "80", "--from", "outside/outsider", "--to", "shop/backend",
-            "--timeout", "500ms", "--output", "json",
+            "lab",
+            "probe",
+            "--port",
+            "80",
+            "--from",
+            "outside/outsider",
+            "--to",
+            "shop/backend",
+            "--timeout",
+            "500ms",
+            "--output",
+            "json",
         ]);
         v["results"][0]["result"].as_str().unwrap().to_string()
     };
@@ -239,7 +290,10 @@ fn standalone_edit_break_and_fix_a_policy_file() {
             assert_ne!(f["enforced"], f["current"], "{f}");
             break;
         }
-        assert!(Instant::now() < deadline, "the broken file was never reported: {st}");
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was never reported: {st}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(cell(&lab), "timeout", "a broken file changed enforcement");
@@ -254,7 +308,9 @@ fn standalone_edit_break_and_fix_a_policy_file() {
 #[test]
 fn lab_down_leaves_the_host_as_it_found_it() {
     let lab = TestLab::new("down");
-    let netns_before = std::fs::read_dir("/run/netns").map(|d| d.count()).unwrap_or(0);
+    let netns_before = std::fs::read_dir("/run/netns")
+        .map(|d| d.count())
+        .unwrap_or(0);
     lab.ok(&["lab", "up", path(&examples().join("pods.yaml"))]);
     assert!(lab.pins.exists());
     let out = lab.ok(&["lab", "down"]);
@@ -271,7 +327,9 @@ fn lab_down_leaves_the_host_as_it_found_it() {
         .unwrap_or_default();
     assert!(left.is_empty(), "network namespaces left: {left:?}");
     assert_eq!(
-        std::fs::read_dir("/run/netns").map(|d| d.count()).unwrap_or(0),
+        std::fs::read_dir("/run/netns")
+            .map(|d| d.count())
+            .unwrap_or(0),
         netns_before
     );
     let dir = lab.dir.to_string_lossy().into_owned();
@@ -280,7 +338,11 @@ fn lab_down_leaves_the_host_as_it_found_it() {
             && String::from_utf8_lossy(&cmd).contains(&dir)
         {
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            assert!(stat.contains(") Z"), "process left: {:?} {stat}", e.file_name());
+            assert!(
+                stat.contains(") Z"),
+                "process left: {:?} {stat}",
+                e.file_name()
+            );
         }
     }
     // A second down is harmless.

@@ -197,7 +197,10 @@ impl Lab {
             .arg("--health-addr")
             .arg("127.0.0.1:9878")
             .arg("--migrate")
-            .env("RUST_LOG", std::env::var("SEPTUM_LAB_AGENT_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SEPTUM_LAB_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -281,8 +284,16 @@ impl Lab {
             Some(ip) if ip != "None" && !ip.is_empty() => ip
                 .parse()
                 .with_context(|| format!("{}: spec.clusterIP {ip:?}", o.label()))?,
-            Some("None") => bail!("{}: headless Services are not supported by the lab", o.label()),
-            _ => match self.state.services.get(&key).and_then(|s| s.cluster_ips.first()) {
+            Some("None") => bail!(
+                "{}: headless Services are not supported by the lab",
+                o.label()
+            ),
+            _ => match self
+                .state
+                .services
+                .get(&key)
+                .and_then(|s| s.cluster_ips.first())
+            {
                 Some(ip) => *ip,
                 None => {
                     let used: BTreeSet<Ipv4Addr> = self
@@ -438,7 +449,11 @@ impl Lab {
             .filter_map(|a| a.split('/').next()?.parse().ok())
             .collect::<Vec<IpAddr>>();
         if ips.is_empty() {
-            bail!("CNI ADD of pod {}/{} gave no address: {result}", rec.namespace, rec.name);
+            bail!(
+                "CNI ADD of pod {}/{} gave no address: {result}",
+                rec.namespace,
+                rec.name
+            );
         }
         Ok(ips)
     }
@@ -457,9 +472,13 @@ impl Lab {
         std::fs::create_dir_all(self.dir.logs())?;
         let log = std::fs::File::create(self.dir.logs().join(format!("{}.log", rec.netns)))?;
         let mut cmd = ns.command(&self.programs.septum);
-        cmd.arg("lab").arg("serve").arg("--lab-dir").arg(self.dir.root());
+        cmd.arg("lab")
+            .arg("serve")
+            .arg("--lab-dir")
+            .arg(self.dir.root());
         for p in &rec.ports {
-            cmd.arg("--port").arg(format!("{}/{}", p.port, p.protocol.as_str()));
+            cmd.arg("--port")
+                .arg(format!("{}/{}", p.port, p.protocol.as_str()));
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -476,7 +495,11 @@ impl Lab {
         let store = Datastore::open(&self.dir.datastore())?;
         let mut cluster = septum_crd::files::load(&[store.dir().to_path_buf()]).cluster;
         for (key, rec) in &self.state.pods {
-            if let Some(p) = cluster.pods.values_mut().find(|p| format!("{}/{}", p.namespace, p.name) == *key) {
+            if let Some(p) = cluster
+                .pods
+                .values_mut()
+                .find(|p| format!("{}/{}", p.namespace, p.name) == *key)
+            {
                 p.ips = rec.ips.clone();
             }
         }
@@ -518,7 +541,10 @@ impl Lab {
     /// with every attached pod ready.
     fn wait_enforced(&self, written: &[(PathBuf, String)], removed: &[PathBuf]) -> Result<()> {
         let deadline = Instant::now() + ENFORCE_TIMEOUT;
-        let status_file = self.dir.agent_state().join(septum_agent::state_dir::STATUS_FILE);
+        let status_file = self
+            .dir
+            .agent_state()
+            .join(septum_agent::state_dir::STATUS_FILE);
         let mut last = String::from("no status yet");
         loop {
             if let Ok(bytes) = std::fs::read(&status_file)
@@ -532,7 +558,8 @@ impl Lab {
                 for (p, _) in written {
                     let f = &st["files"][p.display().to_string()];
                     if let Some(d) = f["diagnostics"].as_array()
-                        && d.iter().any(|d| d.as_str().is_some_and(|s| s.starts_with("error")))
+                        && d.iter()
+                            .any(|d| d.as_str().is_some_and(|s| s.starts_with("error")))
                     {
                         bail!("the agent refused {}: {f}", p.display());
                     }
@@ -625,7 +652,11 @@ impl Lab {
     pub fn model(&self) -> septum_policy::Cluster {
         let mut cluster = septum_crd::files::load(&[self.dir.datastore()]).cluster;
         for (key, rec) in &self.state.pods {
-            if let Some(p) = cluster.pods.values_mut().find(|p| format!("{}/{}", p.namespace, p.name) == *key) {
+            if let Some(p) = cluster
+                .pods
+                .values_mut()
+                .find(|p| format!("{}/{}", p.namespace, p.name) == *key)
+            {
                 p.ips = rec.ips.clone();
                 p.ports = rec
                     .ports
@@ -699,7 +730,9 @@ pub fn down(dir: &LabDir, programs: &Programs) -> Result<Vec<String>> {
                 stop_process(pid, true);
             }
             // DEL while the agent still runs, so nothing is queued for a dead agent.
-            if rec.attached && let Err(e) = lab.cni_del(rec) {
+            if rec.attached
+                && let Err(e) = lab.cni_del(rec)
+            {
                 done.push(format!("warning: {e:#}"));
             }
         }
@@ -750,7 +783,10 @@ fn pid_alive(pid: u32) -> bool {
     };
     // A zombie child is not alive for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -795,7 +831,9 @@ fn processes_mentioning(dir: &Path) -> Vec<u32> {
             continue;
         }
         if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline"))
-            && cmdline.windows(needle.len()).any(|w| w == needle.as_slice())
+            && cmdline
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice())
         {
             out.push(pid);
         }

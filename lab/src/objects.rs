@@ -48,11 +48,21 @@ impl Object {
     pub fn file_name(&self) -> String {
         let clean = |s: &str| -> String {
             s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect()
         };
         if self.namespace.is_empty() {
-            format!("{}.{}.yaml", self.kind.to_ascii_lowercase(), clean(&self.name))
+            format!(
+                "{}.{}.yaml",
+                self.kind.to_ascii_lowercase(),
+                clean(&self.name)
+            )
         } else {
             format!(
                 "{}.{}.{}.yaml",
@@ -103,7 +113,8 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<Object>> {
     }
     let mut out = Vec::new();
     for f in files {
-        let bytes = septum_crd::files::read_limited(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let bytes = septum_crd::files::read_limited(&f)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         let text = String::from_utf8_lossy(&bytes);
         for doc in serde_norway::Deserializer::from_str(&text) {
             let v = Value::deserialize(doc).with_context(|| format!("{}", f.display()))?;
@@ -111,7 +122,10 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<Object>> {
                 continue;
             }
             let kind = v["kind"].as_str().unwrap_or_default().to_string();
-            let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = v["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let namespace = if CLUSTER_SCOPED.contains(&kind.as_str()) {
                 String::new()
             } else {
@@ -169,7 +183,8 @@ impl Datastore {
         let path = self.path_of(o);
         let tmp = self.dir.join(format!(".{}.tmp", o.file_name()));
         let bytes = o.to_bytes();
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);

@@ -80,9 +80,19 @@ pub struct ProbeCell {
 
 /// The destination address of `to` for this probe: the pod IP, or the ClusterIP and port of a
 /// Service selecting `to` that exposes `port`.
-fn target(lab: &Lab, cluster: &septum_policy::Cluster, to: &str, spec: &ProbeSpec) -> Result<SocketAddr, String> {
+fn target(
+    lab: &Lab,
+    cluster: &septum_policy::Cluster,
+    to: &str,
+    spec: &ProbeSpec,
+) -> Result<SocketAddr, String> {
     let rec = &lab.state().pods[to];
-    let v4 = |ips: &[IpAddr]| ips.iter().copied().find(IpAddr::is_ipv4).or(ips.first().copied());
+    let v4 = |ips: &[IpAddr]| {
+        ips.iter()
+            .copied()
+            .find(IpAddr::is_ipv4)
+            .or(ips.first().copied())
+    };
     match spec.via {
         Via::Pod => v4(&rec.ips)
             .map(|ip| SocketAddr::new(ip, spec.port))
@@ -103,7 +113,9 @@ fn target(lab: &Lab, cluster: &septum_policy::Cluster, to: &str, spec: &ProbeSpe
                     continue;
                 }
                 let port = PortRef::Number(spec.port);
-                if svc.ports_matching(&port, Some(proto)).any(|sp| sp.target_on(pod).is_some())
+                if svc
+                    .ports_matching(&port, Some(proto))
+                    .any(|sp| sp.target_on(pod).is_some())
                     && let Some(ip) = v4(&svc.cluster_ips)
                 {
                     return Ok(SocketAddr::new(ip, spec.port));
@@ -125,11 +137,22 @@ pub fn run(lab: &Lab, spec: &ProbeSpec) -> Result<Vec<ProbeCell>> {
         if let Some(v) = v
             && !pods.contains(v)
         {
-            bail!("{flag} {v}: no such pod in the lab (pods: {})", pods.join(", "));
+            bail!(
+                "{flag} {v}: no such pod in the lab (pods: {})",
+                pods.join(", ")
+            );
         }
     }
-    let froms: Vec<String> = pods.iter().filter(|p| spec.from.as_ref().is_none_or(|f| f == *p)).cloned().collect();
-    let tos: Vec<String> = pods.iter().filter(|p| spec.to.as_ref().is_none_or(|t| t == *p)).cloned().collect();
+    let froms: Vec<String> = pods
+        .iter()
+        .filter(|p| spec.from.as_ref().is_none_or(|f| f == *p))
+        .cloned()
+        .collect();
+    let tos: Vec<String> = pods
+        .iter()
+        .filter(|p| spec.to.as_ref().is_none_or(|t| t == *p))
+        .cloned()
+        .collect();
     let cluster = lab.model();
     let mut handles = Vec::new();
     for from in &froms {
@@ -138,7 +161,13 @@ pub fn run(lab: &Lab, spec: &ProbeSpec) -> Result<Vec<ProbeCell>> {
             .map(|to| (to.clone(), target(lab, &cluster, to, spec)))
             .collect();
         let ns = NetNs::open(&lab.state().pods[from].netns)?;
-        let (protocol, timeout, via, port, from_c) = (spec.protocol, spec.timeout, spec.via, spec.port, from.clone());
+        let (protocol, timeout, via, port, from_c) = (
+            spec.protocol,
+            spec.timeout,
+            spec.via,
+            spec.port,
+            from.clone(),
+        );
         let h = ns.spawn_thread(format!("probe-{from}"), move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -183,7 +212,10 @@ pub fn run(lab: &Lab, spec: &ProbeSpec) -> Result<Vec<ProbeCell>> {
     }
     let mut cells = Vec::new();
     for h in handles {
-        cells.extend(h.join().map_err(|_| anyhow::anyhow!("a probe thread panicked"))?);
+        cells.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a probe thread panicked"))?,
+        );
     }
     Ok(cells)
 }
