@@ -73,6 +73,13 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Restarts the lab's agent (`--kill`: with SIGKILL, as a crash would); enforcement
+    /// continues in the kernel meanwhile.
+    RestartAgent {
+        /// SIGKILL instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
     /// Removes everything the lab created (also after a crash or a killed `up`).
     Down,
     /// (internal) The servers of one pod, run inside its network namespace.
@@ -182,6 +189,11 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 ),
                 Output::Table => print!("{}", probe::table(&cells)),
             }
+        }
+        LabCommand::RestartAgent { kill } => {
+            let mut lab = Lab::open(dir, programs)?;
+            lab.restart_agent(kill)?;
+            println!("agent restarted (pid {})", lab.state().agent_pid.unwrap_or(0));
         }
         LabCommand::Down => {
             for line in control::down(&dir, &programs)? {

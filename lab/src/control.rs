@@ -20,10 +20,10 @@ use serde_json::{Value, json};
 
 use septum_policy::model::{ContainerPort, Pod, PortRef, Protocol as ModelProtocol};
 
-use crate::cni_exec;
+use crate::cni;
 use crate::connect::Protocol;
-use crate::netns::NetNs;
-use crate::nft;
+use crate::ns::NetNs;
+use crate::proxy;
 use crate::objects::{self, Datastore, Object};
 use crate::state::{LabDir, LabState, PodRecord, PortRecord, ServicePortRecord, ServiceRecord};
 
@@ -33,8 +33,10 @@ pub const NETWORK: &str = "septum-lab";
 pub const BRIDGE: &str = "septum-lab0";
 /// The pods' subnet.
 pub const POD_SUBNET: &str = "10.231.0.0/16";
-/// Where ClusterIPs are allocated when a Service names none.
-pub const SERVICE_RANGE: &str = "10.96.0.0/16";
+/// Where ClusterIPs are allocated when a Service names none (10.96.0.0/16).
+pub const SERVICE_BASE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 0);
+/// See [`SERVICE_BASE`].
+pub const SERVICE_PREFIX: u8 = 16;
 /// The node name the lab's agent uses.
 pub const NODE_NAME: &str = "lab-node";
 /// How long `up`/`apply`/`delete` wait for the agent to enforce a change.
@@ -228,7 +230,15 @@ impl Lab {
             stop_process(pid, kill);
         }
         let _ = std::fs::remove_file(self.dir.agent_socket());
-        self.start_agent()
+        // The old agent's report must not pass for the new one's.
+        let _ = std::fs::remove_file(
+            self.dir
+                .agent_state()
+                .join(septum_agent::state_dir::STATUS_FILE),
+        );
+        self.start_agent()?;
+        self.save()?;
+        self.wait_enforced(&[], &[])
     }
 
     /// `lab apply`.
@@ -306,9 +316,8 @@ impl Lab {
                             IpAddr::V6(_) => None,
                         })
                         .collect();
-                    let range = SERVICE_RANGE.parse().expect("a valid constant range");
                     IpAddr::V4(
-                        nft::allocate_cluster_ip(range, &used)
+                        proxy::allocate_cluster_ip(SERVICE_BASE, SERVICE_PREFIX, &used)
                             .context("the lab's Service range is full")?,
                     )
                 }
@@ -401,7 +410,7 @@ impl Lab {
 
     fn conflist(&self) -> Value {
         let cni = self.dir.cni();
-        cni_exec::lab_conflist(
+        cni::lab_conflist(
             NETWORK,
             BRIDGE,
             POD_SUBNET,
@@ -415,8 +424,8 @@ impl Lab {
         )
     }
 
-    fn runtime_conf(&self, rec: &PodRecord) -> cni_exec::RuntimeConf {
-        cni_exec::RuntimeConf {
+    fn runtime_conf(&self, rec: &PodRecord) -> cni::RuntimeConf {
+        cni::RuntimeConf {
             container_id: rec.container_id.clone(),
             netns: PathBuf::from(format!("/run/netns/{}", rec.netns)),
             ifname: "eth0".into(),
@@ -428,8 +437,8 @@ impl Lab {
         }
     }
 
-    fn cni(&self) -> Result<cni_exec::CniRunner> {
-        Ok(cni_exec::CniRunner::new(
+    fn cni(&self) -> Result<cni::CniRunner> {
+        Ok(cni::CniRunner::new(
             self.programs.cni_path.clone(),
             self.dir.cni().join("cache"),
             Some(self.node()?),
@@ -517,23 +526,23 @@ impl Lab {
                             })
                         })
                         .collect();
-                    rules.push(nft::ServicePortRule {
+                    rules.push(proxy::ServicePortRule {
                         namespace: svc.namespace.clone(),
                         name: svc.name.clone(),
                         port_name: sp.name.clone(),
                         cluster_ip: *vip,
                         port: sp.port,
                         protocol: match sp.protocol {
-                            ModelProtocol::Tcp => nft::L4::Tcp,
-                            ModelProtocol::Udp => nft::L4::Udp,
-                            ModelProtocol::Sctp => nft::L4::Sctp,
+                            ModelProtocol::Tcp => proxy::L4::Tcp,
+                            ModelProtocol::Udp => proxy::L4::Udp,
+                            ModelProtocol::Sctp => proxy::L4::Sctp,
                         },
                         endpoints,
                     });
                 }
             }
         }
-        nft::apply(&self.node()?, &nft::render(&rules)).context("programming Service rules")?;
+        proxy::apply(&self.node()?, &proxy::render(&rules)).context("programming Service rules")?;
         Ok(())
     }
 

@@ -1,10 +1,10 @@
 //! septum's lab: Kubernetes manifests become network-namespace pods on this host.
 //!
 //! Pieces, each owning one concern:
-//! - [`netns`]: named network namespaces (`/run/netns/NAME`) and running code or commands in them.
-//! - [`cni_exec`]: running a CNI plugin chain with libcni's semantics (prevResult injection,
+//! - [`ns`]: named network namespaces (`/run/netns/NAME`) and running code or commands in them.
+//! - [`cni`]: running a CNI plugin chain with libcni's semantics (prevResult injection,
 //!   cached results, DEL in reverse order).
-//! - [`nft`]: Service ClusterIPs as nftables DNAT rules, the way kube-proxy's nftables mode
+//! - [`proxy`]: Service ClusterIPs as nftables DNAT rules, the way kube-proxy's nftables mode
 //!   writes them.
 //! - [`sctp`]: the SCTP handshake from user space over raw sockets (this kernel has no SCTP).
 //! - [`serve`]: servers on every containerPort of a pod (TCP, UDP, SCTP).
@@ -13,12 +13,12 @@
 //! - [`state`]: the lab's record of what it created; [`control`]: up, apply, delete, status,
 //!   down; [`probe`]: the reachability matrix.
 
-pub mod cni_exec;
+pub mod cni;
 pub mod connect;
 #[cfg(feature = "control")]
 pub mod control;
-pub mod netns;
-pub mod nft;
+pub mod ns;
+pub mod proxy;
 #[cfg(feature = "control")]
 pub mod objects;
 #[cfg(feature = "control")]

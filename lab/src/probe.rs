@@ -16,7 +16,7 @@ use septum_policy::model::{PortRef, Protocol as ModelProtocol};
 
 use crate::connect::{self, ProbeResult, Protocol};
 use crate::control::Lab;
-use crate::netns::NetNs;
+use crate::ns::NetNs;
 
 /// How a probe reaches its destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
