@@ -193,7 +193,10 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
         LabCommand::RestartAgent { kill } => {
             let mut lab = Lab::open(dir, programs)?;
             lab.restart_agent(kill)?;
-            println!("agent restarted (pid {})", lab.state().agent_pid.unwrap_or(0));
+            println!(
+                "agent restarted (pid {})",
+                lab.state().agent_pid.unwrap_or(0)
+            );
         }
         LabCommand::Down => {
             for line in control::down(&dir, &programs)? {

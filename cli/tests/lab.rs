@@ -357,8 +357,12 @@ fn in_pod<R: Send + 'static>(
     pod: &str,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> std::thread::JoinHandle<R> {
-    let st: Value = serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
-    let netns = st["pods"][pod]["netns"].as_str().expect("pod netns").to_string();
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let netns = st["pods"][pod]["netns"]
+        .as_str()
+        .expect("pod netns")
+        .to_string();
     std::thread::spawn(move || {
         let f0 = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
         nix::sched::setns(&f0, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -372,7 +376,13 @@ fn pod_ip(lab: &TestLab, pod: &str) -> std::net::IpAddr {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| format!("{}/{}", p["namespace"].as_str().unwrap(), p["name"].as_str().unwrap()) == pod)
+        .find(|p| {
+            format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap(),
+                p["name"].as_str().unwrap()
+            ) == pod
+        })
         .and_then(|p| p["ips"][0].as_str())
         .unwrap()
         .parse()
@@ -431,7 +441,8 @@ fn agent_kill_and_restart_under_traffic() {
     });
 
     std::thread::sleep(Duration::from_millis(300));
-    let st: Value = serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
     let pid = st["agent_pid"].as_u64().expect("agent pid") as i32;
     // SAFETY: kill(2) on the lab's agent.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -445,11 +456,24 @@ fn agent_kill_and_restart_under_traffic() {
     let before = echoed.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
-    established.join().unwrap().expect("the established connection broke");
-    assert!(echoed.load(Ordering::SeqCst) > before, "stalled after the restart");
+    established
+        .join()
+        .unwrap()
+        .expect("the established connection broke");
+    assert!(
+        echoed.load(Ordering::SeqCst) > before,
+        "stalled after the restart"
+    );
     let tries = denied.join().unwrap();
     assert!(tries > 0);
-    assert_eq!(leaks.load(Ordering::SeqCst), 0, "a denied connection got through around the restart");
+    assert_eq!(
+        leaks.load(Ordering::SeqCst),
+        0,
+        "a denied connection got through around the restart"
+    );
     // New allowed connections work after the restart.
-    assert_eq!(lab.matrix(80, "pod")[&("shop/frontend".to_string(), "shop/backend".to_string())], "connected");
+    assert_eq!(
+        lab.matrix(80, "pod")[&("shop/frontend".to_string(), "shop/backend".to_string())],
+        "connected"
+    );
 }

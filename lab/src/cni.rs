@@ -107,7 +107,10 @@ impl CniRunner {
         });
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(file.parent().unwrap_or(Path::new("/")))?;
-            std::fs::write(&file, serde_json::to_vec(&cached).map_err(std::io::Error::other)?)
+            std::fs::write(
+                &file,
+                serde_json::to_vec(&cached).map_err(std::io::Error::other)?,
+            )
         };
         write().map_err(|e| CniError::Exec {
             plugin: "libcni".into(),
@@ -134,7 +137,12 @@ impl CniRunner {
         Ok(())
     }
 
-    fn exec(&self, conf: &Value, command: &'static str, rt: &RuntimeConf) -> Result<Value, CniError> {
+    fn exec(
+        &self,
+        conf: &Value,
+        command: &'static str,
+        rt: &RuntimeConf,
+    ) -> Result<Value, CniError> {
         let plugin = conf["type"].as_str().unwrap_or_default().to_string();
         let exec_err = |message: String| CniError::Exec {
             plugin: plugin.clone(),
@@ -154,7 +162,10 @@ impl CniRunner {
         let cni_path = std::env::join_paths(&self.path).unwrap_or_default();
         let args: Vec<String> = rt.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
         cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &rt.container_id)
             .env("CNI_NETNS", &rt.netns)
@@ -164,7 +175,9 @@ impl CniRunner {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| exec_err(format!("cannot run {}: {e}", bin.display())))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| exec_err(format!("cannot run {}: {e}", bin.display())))?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(conf.to_string().as_bytes());
         }
@@ -202,14 +215,21 @@ impl CniRunner {
         if command != "ADD" {
             return Ok(Value::Null);
         }
-        serde_json::from_str(&stdout).map_err(|e| exec_err(format!("result is not JSON ({e}): {stdout}")))
+        serde_json::from_str(&stdout)
+            .map_err(|e| exec_err(format!("result is not JSON ({e}): {stdout}")))
     }
 }
 
 fn parse_list(list: &Value) -> Result<(&str, &str, &Vec<Value>), CniError> {
-    let name = list["name"].as_str().ok_or_else(|| CniError::Config("no name".into()))?;
-    let version = list["cniVersion"].as_str().ok_or_else(|| CniError::Config("no cniVersion".into()))?;
-    let plugins = list["plugins"].as_array().ok_or_else(|| CniError::Config("no plugins".into()))?;
+    let name = list["name"]
+        .as_str()
+        .ok_or_else(|| CniError::Config("no name".into()))?;
+    let version = list["cniVersion"]
+        .as_str()
+        .ok_or_else(|| CniError::Config("no cniVersion".into()))?;
+    let plugins = list["plugins"]
+        .as_array()
+        .ok_or_else(|| CniError::Config("no plugins".into()))?;
     Ok((name, version, plugins))
 }
 
@@ -226,7 +246,13 @@ fn build_conf(plugin: &Value, name: &str, version: &str, prev: Option<&Value>) -
 
 /// The lab's network: Debian's bridge (gateway on the bridge, hairpin for Service traffic back
 /// to the same pod) with host-local addresses from `subnet`, then `chained` plugins.
-pub fn lab_conflist(network: &str, bridge: &str, subnet: &str, ipam_dir: &Path, chained: Vec<Value>) -> Value {
+pub fn lab_conflist(
+    network: &str,
+    bridge: &str,
+    subnet: &str,
+    ipam_dir: &Path,
+    chained: Vec<Value>,
+) -> Value {
     let mut plugins = vec![json!({
         "type": "bridge",
         "bridge": bridge,

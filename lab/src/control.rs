@@ -23,8 +23,8 @@ use septum_policy::model::{ContainerPort, Pod, PortRef, Protocol as ModelProtoco
 use crate::cni;
 use crate::connect::Protocol;
 use crate::ns::NetNs;
-use crate::proxy;
 use crate::objects::{self, Datastore, Object};
+use crate::proxy;
 use crate::state::{LabDir, LabState, PodRecord, PortRecord, ServicePortRecord, ServiceRecord};
 
 /// The CNI network name of the lab.
@@ -274,8 +274,22 @@ impl Lab {
                             protocol: protocol_of(p.protocol),
                         })
                         .collect();
+                    // Like the kubelet: the Pod object carries its node and, once the CNI
+                    // result is in, its addresses (so `septum explain` over the datastore
+                    // knows them too).
+                    if let Some(rec) = self.state.pods.get(&o.key()) {
+                        set_pod_status(&mut o, &rec.ips);
+                    } else {
+                        set_pod_status(&mut o, &[]);
+                    }
                     written.push(store.write(&o)?);
+                    let created = !self.state.pods.contains_key(&o.key());
                     self.ensure_pod(&o, pod.labels.clone(), ports)?;
+                    if created && let Some(rec) = self.state.pods.get(&o.key()) {
+                        set_pod_status(&mut o, &rec.ips.clone());
+                        written.pop();
+                        written.push(store.write(&o)?);
+                    }
                     continue;
                 }
                 _ => {}
@@ -683,6 +697,19 @@ impl Lab {
             }
         }
         cluster
+    }
+}
+
+/// Sets `spec.nodeName` and, when known, `status.podIP(s)` of a Pod object.
+fn set_pod_status(o: &mut Object, ips: &[IpAddr]) {
+    o.value["spec"]["nodeName"] = json!(NODE_NAME);
+    if !ips.is_empty() {
+        o.value["status"]["podIP"] = json!(ips[0].to_string());
+        o.value["status"]["podIPs"] = json!(
+            ips.iter()
+                .map(|ip| json!({"ip": ip.to_string()}))
+                .collect::<Vec<_>>()
+        );
     }
 }
 

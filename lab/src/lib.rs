@@ -18,11 +18,11 @@ pub mod connect;
 #[cfg(feature = "control")]
 pub mod control;
 pub mod ns;
-pub mod proxy;
 #[cfg(feature = "control")]
 pub mod objects;
 #[cfg(feature = "control")]
 pub mod probe;
+pub mod proxy;
 pub mod sctp;
 pub mod serve;
 #[cfg(feature = "control")]

@@ -60,7 +60,11 @@ impl NetNs {
     pub fn create(name: &str) -> Result<Self, NetNsError> {
         std::fs::create_dir_all(NETNS_DIR).map_err(sys(name, "creating /run/netns"))?;
         let path = Path::new(NETNS_DIR).join(name);
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(NetNsError::Exists(name.to_string()));
@@ -147,7 +151,8 @@ impl NetNs {
 
     fn enter(&self) -> Result<(), NetNsError> {
         let f = File::open(&self.path).map_err(sys(&self.name, "opening"))?;
-        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| sys(&self.name, "entering")(errno(e)))
+        setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|e| sys(&self.name, "entering")(errno(e)))
     }
 
     /// Runs `f` on a thread inside the namespace.

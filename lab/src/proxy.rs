@@ -76,7 +76,10 @@ pub enum NftError {
 /// The script that replaces the table with `rules`.
 pub fn render(rules: &[ServicePortRule]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{");
+    let _ = writeln!(
+        s,
+        "table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{"
+    );
     let mut elements = Vec::new();
     let mut chains = String::new();
     for (i, r) in rules.iter().enumerate() {
@@ -119,7 +122,9 @@ pub fn render(rules: &[ServicePortRule]) -> String {
         let _ = writeln!(s, "    elements = {{ {} }}", elements.join(", "));
     }
     s.push_str("  }\n");
-    s.push_str("  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n");
+    s.push_str(
+        "  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n",
+    );
     s.push_str("  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n");
     s.push_str("  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n");
     s.push_str("  chain mark-for-masquerade {\n    meta mark set meta mark or 0x4000\n  }\n");
@@ -153,7 +158,11 @@ pub fn apply(ns: &NetNs, script: &str) -> Result<(), NftError> {
 
 /// The first free address of `base/prefix` (skipping the network address and the first host,
 /// which Kubernetes gives the `kubernetes` Service).
-pub fn allocate_cluster_ip(base: Ipv4Addr, prefix: u8, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+pub fn allocate_cluster_ip(
+    base: Ipv4Addr,
+    prefix: u8,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
     let size = 1u64 << (32 - u32::from(prefix.min(32)));
     let start = u32::from(base) & !((size - 1) as u32);
     (2..size.saturating_sub(1))
@@ -174,21 +183,36 @@ mod tests {
             cluster_ip: Ipv4Addr::new(10, 96, 0, 2),
             port: 80,
             protocol: L4::Tcp,
-            endpoints: vec![(Ipv4Addr::new(10, 231, 0, 5), 8080), (Ipv4Addr::new(10, 231, 0, 6), 8080)],
+            endpoints: vec![
+                (Ipv4Addr::new(10, 231, 0, 5), 8080),
+                (Ipv4Addr::new(10, 231, 0, 6), 8080),
+            ],
         }]);
         assert!(s.contains("10.96.0.2 . tcp . 80 : goto service-0"), "{s}");
-        assert!(s.contains("numgen random mod 2 vmap { 0 : goto endpoint-0-0, 1 : goto endpoint-0-1 }"), "{s}");
+        assert!(
+            s.contains("numgen random mod 2 vmap { 0 : goto endpoint-0-0, 1 : goto endpoint-0-1 }"),
+            "{s}"
+        );
         assert!(s.contains("dnat to 10.231.0.6:8080"), "{s}");
-        assert!(s.starts_with("table ip septum-lab-proxy {}\ndelete table"), "{s}");
+        assert!(
+            s.starts_with("table ip septum-lab-proxy {}\ndelete table"),
+            "{s}"
+        );
     }
 
     #[test]
     fn allocation_skips_used_and_reserved_addresses() {
         let base = Ipv4Addr::new(10, 96, 0, 0);
         let mut used = BTreeSet::new();
-        assert_eq!(allocate_cluster_ip(base, 16, &used), Some(Ipv4Addr::new(10, 96, 0, 2)));
+        assert_eq!(
+            allocate_cluster_ip(base, 16, &used),
+            Some(Ipv4Addr::new(10, 96, 0, 2))
+        );
         used.insert(Ipv4Addr::new(10, 96, 0, 2));
-        assert_eq!(allocate_cluster_ip(base, 16, &used), Some(Ipv4Addr::new(10, 96, 0, 3)));
+        assert_eq!(
+            allocate_cluster_ip(base, 16, &used),
+            Some(Ipv4Addr::new(10, 96, 0, 3))
+        );
         assert_eq!(allocate_cluster_ip(base, 31, &BTreeSet::new()), None);
     }
 }

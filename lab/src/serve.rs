@@ -1,7 +1,7 @@
 //! Servers on a pod's ports: what answers the lab's probes inside a pod's network namespace.
 //!
 //! This module owns the server sockets and their loops:
-//! - TCP: accept, write the greeting line `septum\n`, close.
+//! - TCP: accept, write the greeting line `septum\n`, then echo until the peer closes.
 //! - UDP: echo every datagram back, from the address it was sent to.
 //! - SCTP: one raw socket per address family for all SCTP ports, answered by
 //!   [`crate::sctp::Responder`] (this kernel has no SCTP; the responder is the stack).
@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg,
-    sendmsg, setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg, sendmsg,
+    setsockopt, sockopt,
 };
 use socket2::{Domain, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -129,11 +129,15 @@ impl Server {
             match protocol {
                 Protocol::Tcp => {
                     server.tcp.push(tcp_listener(v4).map_err(bind_error)?);
-                    server.tcp.extend(ipv6_optional(protocol, port, tcp_listener(v6)));
+                    server
+                        .tcp
+                        .extend(ipv6_optional(protocol, port, tcp_listener(v6)));
                 }
                 Protocol::Udp => {
                     server.udp.push(udp_socket(v4).map_err(bind_error)?);
-                    server.udp.extend(ipv6_optional(protocol, port, udp_socket(v6)));
+                    server
+                        .udp
+                        .extend(ipv6_optional(protocol, port, udp_socket(v6)));
                 }
                 Protocol::Sctp => sctp_ports.push(port),
             }
@@ -240,12 +244,27 @@ async fn serve_tcp(listener: TcpListener) {
     }
 }
 
+/// Writes the greeting, then echoes what the peer sends until it closes (or stays silent for a
+/// minute), so a connection can stay established across a test (an agent restart).
 async fn greet(mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt as _;
     // A peer that went away is no concern of the server's.
     let written = tokio::time::timeout(Duration::from_secs(1), stream.write_all(TCP_GREETING));
-    if let Ok(Ok(())) = written.await {
-        let _ = stream.shutdown().await;
+    if !matches!(written.await, Ok(Ok(()))) {
+        return;
     }
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            _ => break,
+        }
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// A datagram received with its sender and the local address it was sent to.
