@@ -57,8 +57,9 @@ PY
       python3 -c '
 import json, sys
 e = json.load(sys.stdin)
-side = lambda s: "%s by %s" % (s["action"], s.get("decisive_rule") or "no policy")
-print("%s (egress %s; ingress %s)" % (e["verdict"].upper(), side(e["egress"]), side(e["ingress"])))'
+sides = [s for s in (e["egress"], e["ingress"]) if s["action"] == e["verdict"] and s["policed"]]
+why = "; ".join("%s: %s" % (s["direction"], s.get("decisiveRule") or s["action"]) for s in sides) or "not policed"
+print("%s (%s)" % (e["verdict"].upper(), why))'
   done
 done
 echo

@@ -118,9 +118,10 @@ impl StateDir {
         self.write(ALLOCATIONS_FILE, &stored)
     }
 
-    /// Writes the status report.
+    /// Writes the status report (atomically, but not synced to disk: it is a report, rewritten
+    /// on every sync, and a crash loses nothing the agent needs).
     pub fn save_status(&self, status: &impl Serialize) -> Result<(), StateDirError> {
-        self.write(STATUS_FILE, status)
+        self.write_with(STATUS_FILE, status, false)
     }
 
     fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateDirError> {
@@ -135,6 +136,15 @@ impl StateDir {
     }
 
     fn write(&self, name: &str, value: &impl Serialize) -> Result<(), StateDirError> {
+        self.write_with(name, value, true)
+    }
+
+    fn write_with(
+        &self,
+        name: &str,
+        value: &impl Serialize,
+        durable: bool,
+    ) -> Result<(), StateDirError> {
         let path = self.root.join(name);
         let tmp = self.root.join(format!(".{name}.tmp"));
         let io_err = |source| StateDirError::Io {
@@ -144,9 +154,14 @@ impl StateDir {
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_err(io::Error::other(e)))?;
         let mut f = fs::File::create(&tmp).map_err(io_err)?;
         f.write_all(&bytes).map_err(io_err)?;
-        f.sync_all().map_err(io_err)?;
+        if durable {
+            f.sync_all().map_err(io_err)?;
+        }
         drop(f);
         fs::rename(&tmp, &path).map_err(io_err)?;
+        if !durable {
+            return Ok(());
+        }
         fs::File::open(&self.root)
             .and_then(|d| d.sync_all())
             .map_err(io_err)

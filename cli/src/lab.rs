@@ -82,6 +82,16 @@ pub enum LabCommand {
     },
     /// Removes everything the lab created (also after a crash or a killed `up`).
     Down,
+    /// Benchmarks a lab of its own: `up` of 9 pods, a 9x9 probe, policy edit -> enforced, CNI
+    /// ADD (each beside a baseline).
+    Bench {
+        /// Policy edits to time.
+        #[arg(long, default_value_t = 100)]
+        edits: usize,
+        /// CNI ADDs to time.
+        #[arg(long, default_value_t = 50)]
+        adds: usize,
+    },
     /// (internal) The servers of one pod, run inside its network namespace.
     #[command(hide = true)]
     Serve {
@@ -198,6 +208,7 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                 lab.state().agent_pid.unwrap_or(0)
             );
         }
+        LabCommand::Bench { edits, adds } => septum_lab::bench::run(programs, edits, adds)?,
         LabCommand::Down => {
             for line in control::down(&dir, &programs)? {
                 println!("{line}");

@@ -89,11 +89,26 @@ impl CniRunner {
 
     /// ADD: the chain's final result.
     pub fn add(&self, list: &Value, rt: &RuntimeConf) -> Result<Value, CniError> {
+        self.add_timed(list, rt).map(|(v, _)| v)
+    }
+
+    /// ADD, with how long each plugin took (for benchmarks).
+    pub fn add_timed(
+        &self,
+        list: &Value,
+        rt: &RuntimeConf,
+    ) -> Result<(Value, Vec<(String, Duration)>), CniError> {
         let (name, version, plugins) = parse_list(list)?;
         let mut prev: Option<Value> = None;
+        let mut times = Vec::new();
         for p in plugins {
             let conf = build_conf(p, name, version, prev.as_ref());
+            let started = std::time::Instant::now();
             prev = Some(self.exec(&conf, "ADD", rt)?);
+            times.push((
+                conf["type"].as_str().unwrap_or("?").to_string(),
+                started.elapsed(),
+            ));
         }
         let result = prev.unwrap_or_else(|| json!({"cniVersion": version}));
         let file = self.cache_file(name, rt);
@@ -117,7 +132,7 @@ impl CniRunner {
             command: "ADD",
             message: format!("caching the result in {}: {e}", file.display()),
         })?;
-        Ok(result)
+        Ok((result, times))
     }
 
     /// DEL: every plugin in reverse order, with the cached result when there is one.

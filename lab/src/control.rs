@@ -422,7 +422,7 @@ impl Lab {
         self.save()
     }
 
-    fn conflist(&self) -> Value {
+    pub(crate) fn conflist(&self) -> Value {
         let cni = self.dir.cni();
         cni::lab_conflist(
             NETWORK,
@@ -438,7 +438,7 @@ impl Lab {
         )
     }
 
-    fn runtime_conf(&self, rec: &PodRecord) -> cni::RuntimeConf {
+    pub(crate) fn runtime_conf(&self, rec: &PodRecord) -> cni::RuntimeConf {
         cni::RuntimeConf {
             container_id: rec.container_id.clone(),
             netns: PathBuf::from(format!("/run/netns/{}", rec.netns)),
@@ -451,7 +451,7 @@ impl Lab {
         }
     }
 
-    fn cni(&self) -> Result<cni::CniRunner> {
+    pub(crate) fn cni(&self) -> Result<cni::CniRunner> {
         Ok(cni::CniRunner::new(
             self.programs.cni_path.clone(),
             self.dir.cni().join("cache"),

@@ -13,6 +13,8 @@
 //! - [`state`]: the lab's record of what it created; [`control`]: up, apply, delete, status,
 //!   down; [`probe`]: the reachability matrix.
 
+#[cfg(feature = "control")]
+pub mod bench;
 pub mod cni;
 pub mod connect;
 #[cfg(feature = "control")]

@@ -204,7 +204,7 @@ impl Datastore {
     /// Every object in the datastore, by file name.
     pub fn objects(&self) -> Result<BTreeMap<String, Object>> {
         let mut out = BTreeMap::new();
-        for o in read(&[self.dir.clone()])? {
+        for o in read(std::slice::from_ref(&self.dir))? {
             out.insert(o.file_name(), o);
         }
         Ok(out)

@@ -551,6 +551,13 @@ pub fn open_raw_socket(address: IpAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Registers `socket` with the current tokio runtime's reactor (it must run inside one).
+pub(crate) fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: `Socket` owns its file descriptor, and the `AsyncFd` takes ownership of it, so
+    // nothing can close or replace the descriptor while it is registered.
+    Ok(unsafe { AsyncFd::register(socket) }?)
+}
+
 /// A nonzero random tag (tags and TSNs should be random, RFC 9260 §5.3.1).
 fn nonzero_tag() -> u32 {
     loop {
@@ -639,7 +646,7 @@ impl ClientSocket {
         // ICMP errors for the peer on this socket. The port of a raw socket address is unused.
         socket.connect(&SockAddr::from(SocketAddr::new(peer, 0)))?;
         Ok(Self {
-            fd: AsyncFd::new(socket)?,
+            fd: register(socket)?,
             peer,
         })
     }

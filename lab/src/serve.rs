@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage, recvmsg, sendmsg,
-    setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt,
+    sockopt,
 };
 use socket2::{Domain, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -227,7 +227,7 @@ fn sctp_socket(family: IpAddr) -> io::Result<AsyncFd<Socket>> {
     if family.is_ipv6() {
         setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?;
     }
-    AsyncFd::new(socket)
+    sctp::register(socket)
 }
 
 async fn serve_tcp(listener: TcpListener) {
@@ -465,6 +465,3 @@ async fn respond_sctp(socket: AsyncFd<Socket>, responder: Arc<Mutex<Responder>>)
             .await;
     }
 }
-
-#[allow(dead_code)]
-fn assert_sockaddr_like<S: SockaddrLike>() {}
