@@ -435,11 +435,7 @@ impl Chunk {
         let start = out.len();
         let flags = match self {
             Self::Abort { tag_reflected, .. } | Self::ShutdownComplete { tag_reflected } => {
-                if *tag_reflected {
-                    FLAG_T
-                } else {
-                    0
-                }
+                FLAG_T * u8::from(*tag_reflected)
             }
             Self::Other { flags, .. } => *flags,
             _ => 0,
