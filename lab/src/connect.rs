@@ -237,6 +237,7 @@ async fn probe_udp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
     let socket = std::net::UdpSocket::bind(local)
         .and_then(|socket| {
             socket.set_nonblocking(true)?;
+            sctp::report_soft_icmp_errors(&socket, addr.ip())?;
             Ok(socket)
         })
         .and_then(UdpSocket::from_std);

@@ -19,10 +19,12 @@
 //! it does, and a probe reports that as refused.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSliceMut, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -547,6 +549,20 @@ pub fn open_raw_socket(address: IpAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Asks the kernel to report every ICMP error for a connected datagram or raw socket.
+///
+/// Without it only "hard" errors (port and protocol unreachable) surface; host and network
+/// unreachable, which is what a failed neighbour resolution produces, count as "soft" and
+/// would leave a probe waiting for its timeout.
+pub fn report_soft_icmp_errors(socket: &impl std::os::fd::AsFd, peer: IpAddr) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    match peer {
+        IpAddr::V4(_) => setsockopt(socket, sockopt::Ipv4RecvErr, &true)?,
+        IpAddr::V6(_) => setsockopt(socket, sockopt::Ipv6RecvErr, &true)?,
+    }
+    Ok(())
+}
+
 /// Registers `socket` with the current tokio runtime's reactor (it must run inside one).
 pub(crate) fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: `Socket` owns its file descriptor, and the `AsyncFd` takes ownership of it, so
@@ -629,54 +645,139 @@ const CLIENT_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
 const CLIENT_STREAMS: u16 = 10;
 const RECEIVE_BUFFER_LEN: usize = 65536;
 
-/// A connected raw SCTP socket registered with the tokio reactor.
+/// A connected raw SCTP socket registered with the tokio reactor, for one handshake's ports.
 struct ClientSocket {
     fd: AsyncFd<Socket>,
-    peer: IpAddr,
+    peer: SocketAddr,
+    local_port: u16,
 }
 
+/// What a raw socket's error queue held (IP_RECVERR queues every ICMP error it reports).
+enum QueuedErrors {
+    /// Nothing queued: the error at hand is a local one, this handshake's.
+    Empty,
+    /// Only errors about other sockets' packets to the same host.
+    Others,
+    /// An error about one of this handshake's packets.
+    Own(io::Error),
+}
+
+/// Most error-queue entries read at once; the queue is bounded by the receive buffer anyway.
+const MAX_QUEUED_ERRORS: usize = 64;
+
 impl ClientSocket {
-    fn open(peer: IpAddr) -> io::Result<Self> {
-        let socket = open_raw_socket(peer)?;
+    fn open(peer: SocketAddr, local_port: u16) -> io::Result<Self> {
+        let socket = open_raw_socket(peer.ip())?;
         // Connecting filters received packets by source address and makes the kernel report
         // ICMP errors for the peer on this socket. The port of a raw socket address is unused.
-        socket.connect(&SockAddr::from(SocketAddr::new(peer, 0)))?;
+        socket.connect(&SockAddr::from(SocketAddr::new(peer.ip(), 0)))?;
+        report_soft_icmp_errors(&socket, peer.ip())?;
         Ok(Self {
             fd: register(socket)?,
             peer,
+            local_port,
         })
     }
 
+    /// Reads the error queue. Every raw SCTP socket connected to a host hears of every ICMP
+    /// error from it, and the socket error the kernel reports is whichever came last; the
+    /// queued copy of the offending packet's SCTP header tells whose packet it was.
+    fn take_queued_errors(&self) -> QueuedErrors {
+        let fd = self.fd.as_raw_fd();
+        let mut verdict = QueuedErrors::Empty;
+        for _ in 0..MAX_QUEUED_ERRORS {
+            let mut offending = [0u8; 8];
+            let mut iov = [IoSliceMut::new(&mut offending)];
+            let mut control = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+            let Ok(message) = recvmsg::<SockaddrStorage>(
+                fd,
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_ERRQUEUE,
+            ) else {
+                break;
+            };
+            let length = message.bytes;
+            let errno = message.cmsgs().ok().and_then(|mut messages| {
+                messages.find_map(|message| match message {
+                    ControlMessageOwned::Ipv4RecvErr(error, _)
+                    | ControlMessageOwned::Ipv6RecvErr(error, _) => {
+                        i32::try_from(error.ee_errno).ok()
+                    }
+                    _ => None,
+                })
+            });
+            let offending = offending.get(..length).unwrap_or_default();
+            let ours = be_u16(offending, 0) == Some(self.local_port)
+                && be_u16(offending, 2) == Some(self.peer.port());
+            verdict = match (verdict, ours, errno) {
+                (QueuedErrors::Own(error), _, _) => QueuedErrors::Own(error),
+                (_, true, Some(errno)) => QueuedErrors::Own(io::Error::from_raw_os_error(errno)),
+                _ => QueuedErrors::Others,
+            };
+        }
+        verdict
+    }
+
+    /// Whether `error`, returned by a send or receive, belongs to this handshake: then the
+    /// error to report (the queued one, which names the cause), else `None`.
+    fn own_error(&self, error: io::Error) -> Option<io::Error> {
+        match self.take_queued_errors() {
+            QueuedErrors::Empty => Some(error),
+            QueuedErrors::Others => None,
+            QueuedErrors::Own(queued) => Some(queued),
+        }
+    }
+
     async fn send(&self, packet: &Packet) -> Result<(), HandshakeError> {
-        let peer = self.peer;
+        let peer = self.peer.ip();
         let bytes = packet
             .encode()
             .map_err(|source| HandshakeError::Encode { peer, source })?;
-        self.fd
-            .async_io(Interest::WRITABLE, |mut socket| socket.write(&bytes))
-            .await
-            .map_err(|source| HandshakeError::Send { peer, source })?;
-        Ok(())
+        // A send fails with a pending socket error, which may be another socket's ICMP error;
+        // then the packet did not go out and is sent again.
+        loop {
+            let sent = self
+                .fd
+                .async_io(Interest::WRITABLE, |mut socket| socket.write(&bytes))
+                .await;
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(error) => {
+                    if let Some(source) = self.own_error(error) {
+                        return Err(HandshakeError::Send { peer, source });
+                    }
+                }
+            }
+        }
     }
 
     /// Receives the next packet from the peer that decodes; garbage is skipped.
     async fn receive(&self, buffer: &mut [u8]) -> Result<Packet, HandshakeError> {
         loop {
             // ERROR too: an ICMP error wakes the socket with EPOLLERR only, no EPOLLIN.
-            let length = self
+            let received = self
                 .fd
                 .async_io(Interest::READABLE | Interest::ERROR, |mut socket| {
                     socket.read(buffer)
                 })
-                .await
-                .map_err(|source| HandshakeError::Receive {
-                    peer: self.peer,
-                    source,
-                })?;
+                .await;
+            let length = match received {
+                Ok(length) => length,
+                Err(error) => match self.own_error(error) {
+                    Some(source) => {
+                        return Err(HandshakeError::Receive {
+                            peer: self.peer.ip(),
+                            source,
+                        });
+                    }
+                    None => continue,
+                },
+            };
             let Some(datagram) = buffer.get(..length) else {
                 continue;
             };
-            let sctp = match self.peer {
+            let sctp = match self.peer.ip() {
                 IpAddr::V4(peer) => match strip_ipv4_header(datagram) {
                     Ok(envelope) if envelope.source == peer => envelope.payload,
                     _ => continue,
@@ -709,11 +810,11 @@ pub async fn handshake(
     timeout: Duration,
 ) -> Result<HandshakeOutcome, HandshakeError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let socket = ClientSocket::open(peer.ip()).map_err(|source| HandshakeError::Open {
+    let local_port = rand::Rng::gen_range(&mut rand::thread_rng(), CLIENT_PORTS);
+    let socket = ClientSocket::open(peer, local_port).map_err(|source| HandshakeError::Open {
         peer: peer.ip(),
         source,
     })?;
-    let local_port = rand::Rng::gen_range(&mut rand::thread_rng(), CLIENT_PORTS);
     let local_tag = nonzero_tag();
     let packet_to_peer = |verification_tag, chunk| Packet {
         source_port: local_port,
