@@ -176,6 +176,13 @@ pub async fn probe(addr: SocketAddr, protocol: Protocol, timeout: Duration) -> P
     }
 }
 
+/// The instant `timeout` from now; a timeout too long to represent waits a year instead.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// `error` with its sources, one after another.
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
@@ -199,7 +206,7 @@ fn socket_error(action: &str, error: &io::Error) -> ProbeOutcome {
 }
 
 async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -228,7 +235,7 @@ async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
 }
 
 async fn probe_udp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline_after(timeout);
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -278,14 +285,27 @@ async fn probe_sctp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
         }
         Ok(HandshakeOutcome::NoAnswer) => ProbeOutcome::timeout(timeout),
         Err(error) => {
-            let result = match error.io_error().and_then(io::Error::raw_os_error) {
-                // ICMP port or protocol unreachable, or ICMPv6 parameter problem (unrecognized
-                // next header): the host is there and has no SCTP responder.
-                Some(libc::ECONNREFUSED | libc::ENOPROTOOPT) => ProbeResult::Refused,
-                Some(libc::EPROTO) if matches!(addr.ip(), IpAddr::V6(_)) => ProbeResult::Refused,
-                _ => ProbeResult::Error,
+            // ICMP port or protocol unreachable, or ICMPv6 parameter problem (unrecognized
+            // next header): the host is there and has no SCTP responder.
+            let (result, meaning) = match error.io_error().and_then(io::Error::raw_os_error) {
+                Some(libc::ECONNREFUSED) => (ProbeResult::Refused, "ICMP port unreachable"),
+                Some(libc::ENOPROTOOPT) => (
+                    ProbeResult::Refused,
+                    "ICMP protocol unreachable, no SCTP responder",
+                ),
+                Some(libc::EPROTO) if addr.is_ipv6() => (
+                    ProbeResult::Refused,
+                    "ICMPv6 parameter problem, no SCTP responder",
+                ),
+                _ => (ProbeResult::Error, ""),
             };
-            ProbeOutcome::new(result, describe(&error))
+            let detail = describe(&error);
+            let detail = if meaning.is_empty() {
+                detail
+            } else {
+                format!("{meaning} ({detail})")
+            };
+            ProbeOutcome::new(result, detail)
         }
     }
 }

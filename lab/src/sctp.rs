@@ -809,7 +809,7 @@ pub async fn handshake(
     peer: SocketAddr,
     timeout: Duration,
 ) -> Result<HandshakeOutcome, HandshakeError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::connect::deadline_after(timeout);
     let local_port = rand::Rng::gen_range(&mut rand::thread_rng(), CLIENT_PORTS);
     let socket = ClientSocket::open(peer, local_port).map_err(|source| HandshakeError::Open {
         peer: peer.ip(),

@@ -160,8 +160,8 @@ impl Server {
         Ok(server)
     }
 
-    /// Serves until a server task dies (they only end by panicking); never returns `Ok`
-    /// unless there was nothing to serve.
+    /// Serves forever: returns only if a server task dies (they end only by panicking). With
+    /// nothing to serve it waits forever too, like a pod without ports.
     pub async fn run(self) -> io::Result<()> {
         let mut tasks = JoinSet::new();
         for listener in self.tcp {
@@ -177,7 +177,7 @@ impl Server {
             }
         }
         match tasks.join_next().await {
-            None => Ok(()),
+            None => std::future::pending().await,
             Some(Ok(())) => Err(io::Error::other("a server task ended")),
             Some(Err(error)) => Err(io::Error::other(error)),
         }

@@ -294,6 +294,8 @@ fn assert_probes(netns: &str, expectations: Vec<Expectation>) -> Vec<ProbeOutcom
             )
         })
         .collect();
+    // Shown with --nocapture, and by the test harness when a later assertion fails.
+    println!("{}", table.join("\n"));
     assert!(
         expectations
             .iter()
