@@ -27,6 +27,15 @@
 
 #![no_std]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+/// The map diff and its apply order (user space).
+#[cfg(feature = "alloc")]
+pub mod diff;
+#[cfg(feature = "alloc")]
+pub use diff::MapDiff;
+
 use core::mem::size_of;
 
 /// Version of every map layout below; part of every map name and of the pin directory.

@@ -9,44 +9,17 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+pub use septum_datapath_common::MapDiff;
 use septum_datapath_common::{
     CtEntry, CtKey, EndpointInfo, IpCacheEntry, IpPrefixData, PolicyEntry, PolicyKeyData,
     ServiceEntry, ServiceKey,
 };
-
-/// The writes that turn a map's current contents into the desired contents.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MapDiff<K, V> {
-    pub upserts: Vec<(K, V)>,
-    pub deletes: Vec<K>,
-}
 
 /// What applying a diff did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiffStats {
     pub upserted: usize,
     pub deleted: usize,
-}
-
-impl<K: Ord + Clone, V: PartialEq + Clone> MapDiff<K, V> {
-    /// The minimal diff from `current` to `desired`.
-    pub fn between(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
-        let upserts = desired
-            .iter()
-            .filter(|(k, v)| current.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let deletes = current
-            .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .cloned()
-            .collect();
-        Self { upserts, deletes }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.upserts.is_empty() && self.deletes.is_empty()
-    }
 }
 
 /// An LPM key as an ordered value: (prefix length, data).

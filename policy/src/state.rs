@@ -193,61 +193,8 @@ pub struct ClusterState {
     pub identities: BTreeMap<Identity, IdentityDescription>,
 }
 
-/// Upserts and deletes for one map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapDiff<K, V> {
-    /// Entries to write.
-    pub upsert: Vec<(K, V)>,
-    /// Keys to remove.
-    pub delete: Vec<K>,
-}
-
-impl<K, V> Default for MapDiff<K, V> {
-    fn default() -> Self {
-        Self {
-            upsert: Vec::new(),
-            delete: Vec::new(),
-        }
-    }
-}
-
-impl<K: Ord + Clone, V: Clone + PartialEq> MapDiff<K, V> {
-    /// The minimal diff turning `old` into `new`.
-    pub fn between(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Self {
-        let mut d = Self::default();
-        for (k, v) in new {
-            if old.get(k) != Some(v) {
-                d.upsert.push((k.clone(), v.clone()));
-            }
-        }
-        for k in old.keys() {
-            if !new.contains_key(k) {
-                d.delete.push(k.clone());
-            }
-        }
-        d
-    }
-
-    /// Whether nothing changes.
-    pub fn is_empty(&self) -> bool {
-        self.upsert.is_empty() && self.delete.is_empty()
-    }
-
-    /// Number of operations.
-    pub fn len(&self) -> usize {
-        self.upsert.len() + self.delete.len()
-    }
-
-    /// Applies the diff to a map.
-    pub fn apply_to(&self, map: &mut BTreeMap<K, V>) {
-        for k in &self.delete {
-            map.remove(k);
-        }
-        for (k, v) in &self.upsert {
-            map.insert(k.clone(), v.clone());
-        }
-    }
-}
+/// Upserts and deletes for one map: the datapath contract's one diff type (upserts first).
+pub use septum_datapath_common::MapDiff;
 
 /// The difference between two [`ClusterState`]s, map by map: what an agent writes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

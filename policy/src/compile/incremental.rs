@@ -43,8 +43,8 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Tracker<K, V> {
             match (old, map.get(&k)) {
                 (Some(o), Some(n)) if &o == n => {}
                 (None, None) => {}
-                (_, Some(n)) => d.upsert.push((k, n.clone())),
-                (Some(_), None) => d.delete.push(k),
+                (_, Some(n)) => d.upserts.push((k, n.clone())),
+                (Some(_), None) => d.deletes.push(k),
             }
         }
         d
