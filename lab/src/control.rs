@@ -422,7 +422,7 @@ impl Lab {
         self.save()
     }
 
-    pub(crate) fn conflist(&self) -> Value {
+    pub fn conflist(&self) -> Value {
         let cni = self.dir.cni();
         cni::lab_conflist(
             NETWORK,
@@ -451,7 +451,7 @@ impl Lab {
         }
     }
 
-    pub(crate) fn cni(&self) -> Result<cni::CniRunner> {
+    pub fn cni(&self) -> Result<cni::CniRunner> {
         Ok(cni::CniRunner::new(
             self.programs.cni_path.clone(),
             self.dir.cni().join("cache"),
