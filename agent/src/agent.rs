@@ -309,12 +309,7 @@ impl Agent {
             .endpoints
             .values()
             .map(|ep| {
-                let info = self
-                    .applied
-                    .as_ref()
-                    .and_then(|a| a.endpoints.get(&ep.host_ifindex).copied())
-                    .or_else(|| self.dp.endpoints.get(ep.host_ifindex))
-                    .unwrap_or_else(|| init_deny(ep.id));
+                let info = self.endpoint_info(ep);
                 EndpointStatus {
                     id: ep.id,
                     pod: ep.pod.as_ref().map(ToString::to_string),
@@ -351,15 +346,22 @@ impl Agent {
         self.applied.is_some()
     }
 
-    fn endpoint_state(&self, ep: &Endpoint) -> (pb::EndpointState, u32) {
-        let info = self
-            .applied
+    /// What the datapath holds for an endpoint: as last written, else as read from the map,
+    /// else init-deny (what the programs do without an entry).
+    fn endpoint_info(&self, ep: &Endpoint) -> EndpointInfo {
+        self.applied
             .as_ref()
             .and_then(|a| a.endpoints.get(&ep.host_ifindex).copied())
-            .or_else(|| self.dp.endpoints.get(ep.host_ifindex));
-        match info {
-            Some(i) if i.state == STATE_READY => (pb::EndpointState::Ready, i.identity),
-            _ => (pb::EndpointState::InitDeny, 0),
+            .or_else(|| self.dp.endpoints.get(ep.host_ifindex))
+            .unwrap_or_else(|| init_deny(ep.id))
+    }
+
+    fn endpoint_state(&self, ep: &Endpoint) -> (pb::EndpointState, u32) {
+        let info = self.endpoint_info(ep);
+        if info.state == STATE_READY {
+            (pb::EndpointState::Ready, info.identity)
+        } else {
+            (pb::EndpointState::InitDeny, 0)
         }
     }
 

@@ -212,12 +212,8 @@ impl Datastore {
                 in_force.push((path, v));
             }
         }
-        let before = self.last_good.len();
         self.last_good.retain(|p, _| present.contains(p));
-        if self.cache.is_some() {
-            let _ = before;
-            self.save_cache();
-        }
+        self.save_cache();
 
         let mut all = Manifests::new();
         for (path, v) in &in_force {

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+pub use septum_datapath::Lpm;
 use septum_datapath::{Datapath, DatapathError, MapDiff};
 use septum_datapath_common::{
     EndpointInfo, IpCacheEntry, IpPrefixData, MODE_ENFORCE, PolicyEntry, PolicyKeyData,
@@ -27,9 +28,6 @@ use septum_policy::model::{Cluster, Node, ObjectKey};
 use septum_policy::node::NodeState;
 
 use crate::registry::Registry;
-
-/// An LPM key as the datapath crate orders it: (prefix length, data).
-pub type Lpm<T> = (u32, T);
 
 /// What the pinned maps should hold on this node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

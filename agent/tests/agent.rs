@@ -113,6 +113,18 @@ fn add_request(container: &str, host: &str, pod: Option<(&str, &str)>, ip: &str)
     }
 }
 
+fn check_request(container: &str, ip: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        attachment: Some(pb::Attachment {
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        }),
+        network: "net".into(),
+        host_interface: None,
+        ips: vec![ip.into()],
+    }
+}
+
 fn del_request(container: &str) -> pb::DelRequest {
     pb::DelRequest {
         attachment: Some(pb::Attachment {
@@ -161,29 +173,9 @@ fn add_attaches_in_init_deny_until_the_pod_is_known_then_ready() {
         assert_ne!(ghost.endpoint_id, r.endpoint_id);
         assert!(link_pins(&pins) >= 2 || a.config().attach_mode == AttachMode::Netlink);
 
-        let check = a
-            .check(pb::CheckRequest {
-                attachment: Some(pb::Attachment {
-                    container_id: "c1".into(),
-                    ifname: "eth0".into(),
-                }),
-                network: "net".into(),
-                host_interface: None,
-                ips: vec!["10.9.0.2".into()],
-            })
-            .unwrap();
+        let check = a.check(check_request("c1", "10.9.0.2")).unwrap();
         assert!(check.ok, "{check:?}");
-        let bad = a
-            .check(pb::CheckRequest {
-                attachment: Some(pb::Attachment {
-                    container_id: "c1".into(),
-                    ifname: "eth0".into(),
-                }),
-                network: "net".into(),
-                host_interface: None,
-                ips: vec!["10.9.0.99".into()],
-            })
-            .unwrap();
+        let bad = a.check(check_request("c1", "10.9.0.99")).unwrap();
         assert!(!bad.ok && bad.reason.contains("addresses"), "{bad:?}");
 
         // The wrong ifindex for a name is refused, and nothing is attached.

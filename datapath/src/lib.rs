@@ -34,7 +34,7 @@ use aya::{
 };
 pub use events::{AsyncEventReader, EventReader, decode_event};
 pub use maps::{
-    ConntrackMap, DiffStats, EndpointsMap, IpCacheMap, MapDiff, PolicyMap, ServicesMap,
+    ConntrackMap, DiffStats, EndpointsMap, IpCacheMap, Lpm, MapDiff, PolicyMap, ServicesMap,
     ipcache_key, policy_key,
 };
 use septum_datapath_common::{

@@ -515,17 +515,7 @@ impl Lab {
 
     /// Rewrites the Service DNAT rules from the recorded Services and pods.
     fn sync_services(&self) -> Result<()> {
-        let store = Datastore::open(&self.dir.datastore())?;
-        let mut cluster = septum_crd::files::load(&[store.dir().to_path_buf()]).cluster;
-        for (key, rec) in &self.state.pods {
-            if let Some(p) = cluster
-                .pods
-                .values_mut()
-                .find(|p| format!("{}/{}", p.namespace, p.name) == *key)
-            {
-                p.ips = rec.ips.clone();
-            }
-        }
+        let cluster = self.model();
         let mut rules = Vec::new();
         for svc in cluster.services.values() {
             for ip in &svc.cluster_ips {
@@ -674,12 +664,11 @@ impl Lab {
     /// The model pods of the lab with their addresses (for probes via Services).
     pub fn model(&self) -> septum_policy::Cluster {
         let mut cluster = septum_crd::files::load(&[self.dir.datastore()]).cluster;
-        for (key, rec) in &self.state.pods {
-            if let Some(p) = cluster
-                .pods
-                .values_mut()
-                .find(|p| format!("{}/{}", p.namespace, p.name) == *key)
-            {
+        for rec in self.state.pods.values() {
+            if let Some(p) = cluster.pods.get_mut(&septum_policy::model::ObjectKey::new(
+                &rec.namespace,
+                &rec.name,
+            )) {
                 p.ips = rec.ips.clone();
                 p.ports = rec
                     .ports

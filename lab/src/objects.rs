@@ -5,7 +5,6 @@
 //! Manifests are validated with septum's own loader before anything is written, so a mistake is
 //! reported with the user's file, document and field, and nothing changes.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -199,15 +198,6 @@ impl Datastore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e).with_context(|| format!("removing {}", o.file_name())),
         }
-    }
-
-    /// Every object in the datastore, by file name.
-    pub fn objects(&self) -> Result<BTreeMap<String, Object>> {
-        let mut out = BTreeMap::new();
-        for o in read(std::slice::from_ref(&self.dir))? {
-            out.insert(o.file_name(), o);
-        }
-        Ok(out)
     }
 }
 
