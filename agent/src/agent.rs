@@ -23,9 +23,7 @@ use septum_proto::agent::v1 as pb;
 
 use crate::config::AgentConfig;
 use crate::datastore::{Datastore, FileStatus};
-use crate::reconcile::{
-    ContentsDiff, MapContents, WriteStats, map_contents, node_model, read_maps,
-};
+use crate::reconcile::{ContentsDiff, MapContents, WriteStats, map_contents, node_model};
 use crate::registry::{AttachmentKey, Endpoint, Registry};
 use crate::state_dir::StateDir;
 
@@ -287,9 +285,10 @@ impl Agent {
         let full = self.applied.is_none();
         let diff = match &self.applied {
             Some(applied) => ContentsDiff::between(applied, &desired),
-            None => {
-                ContentsDiff::between(&read_maps(&self.dp).map_err(|e| e.to_string())?, &desired)
-            }
+            None => ContentsDiff::between(
+                &MapContents::read(&self.dp).map_err(|e| e.to_string())?,
+                &desired,
+            ),
         };
         let writes = diff.apply(&mut self.dp).map_err(|e| e.to_string())?;
         let entries = desired.len();

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use septum_agent::reconcile::read_maps;
+use septum_agent::reconcile::MapContents;
 use septum_agent::{Agent, AgentConfig};
 use septum_datapath::{AttachMode, ifindex_of};
 use septum_proto::agent::v1 as pb;
@@ -232,7 +232,7 @@ fn read_maps_of(a: &Agent) -> septum_agent::reconcile::MapContents {
         ..septum_datapath::DatapathOptions::default()
     })
     .expect("adopting the pins");
-    read_maps(&dp).unwrap()
+    MapContents::read(&dp).unwrap()
 }
 
 #[test]

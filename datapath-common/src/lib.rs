@@ -36,6 +36,10 @@ pub mod diff;
 #[cfg(feature = "alloc")]
 pub use diff::MapDiff;
 
+/// The LPM key type, the longest-prefix reading and the decision contract.
+pub mod lpm;
+pub use lpm::{IpCacheKey, LpmData, LpmKey, PolicyKey};
+
 use core::mem::size_of;
 
 /// Version of every map layout below; part of every map name and of the pin directory.

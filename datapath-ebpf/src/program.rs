@@ -46,8 +46,8 @@ use septum_datapath_common::{
     ENDPOINT_F_EGRESS_POLICY, ENDPOINT_F_INGRESS_POLICY, EVENT_F_DENIED_BY_EGRESS,
     EVENT_F_DENIED_BY_INGRESS, EVENT_F_EGRESS_DEFERRED, EVENT_F_FROM_HOST, EVENT_F_PICKUP,
     EVENT_F_RELATED, EVENT_F_REPLY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, FlowEvent, FragEntry,
-    FragKey, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD,
-    IpCacheEntry, IpPrefixData, MODE_AUDIT, POINT_FROM_POD, POINT_TO_POD, POLICY_PREFIX_FULL,
+    FragKey, IDENTITY_HOST, IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD, IpCacheEntry,
+    IpPrefixData, MODE_AUDIT, POINT_FROM_POD, POINT_TO_POD, POLICY_PREFIX_FULL,
     PRECEDENCE_DEFAULT_DENY, PolicyEntry, PolicyKeyData, STATE_READY, ServiceEntry, ServiceKey,
     Verdict, map_sizes, opposite_point, proto,
 };
@@ -646,15 +646,6 @@ const NOT_POLICED: Decision = Decision {
 };
 
 #[inline(always)]
-fn action_rank(action: u8) -> u8 {
-    match action {
-        ACTION_DENY => 3,
-        ACTION_AUDIT => 2,
-        _ => 1,
-    }
-}
-
-#[inline(always)]
 fn lookup_one(best: &mut Decision, subject: u32, direction: u8, peer: u32, pkt: &CtKey, port: u16) {
     let key = Key::new(
         POLICY_PREFIX_FULL,
@@ -662,9 +653,12 @@ fn lookup_one(best: &mut Decision, subject: u32, direction: u8, peer: u32, pkt: 
     );
     if let Some(e) = POLICY.get(&key) {
         let better = !best.matched
-            || e.precedence > best.precedence
-            || (e.precedence == best.precedence
-                && action_rank(e.action) > action_rank(best.action));
+            || septum_datapath_common::lpm::outranks(
+                e.precedence,
+                e.action,
+                best.precedence,
+                best.action,
+            );
         if better {
             *best = Decision {
                 action: e.action,
@@ -681,11 +675,13 @@ fn lookup_one(best: &mut Decision, subject: u32, direction: u8, peer: u32, pkt: 
 #[inline(always)]
 fn evaluate(subject: u32, direction: u8, peer: &IpCacheEntry, pkt: &CtKey, port: u16) -> Decision {
     let mut best = NOT_POLICED;
-    lookup_one(&mut best, subject, direction, peer.identity, pkt, port);
-    if peer.cidr_identity != 0 && peer.cidr_identity != peer.identity {
-        lookup_one(&mut best, subject, direction, peer.cidr_identity, pkt, port);
+    // The contract's three lookups, in its order (`septum_datapath_common::lpm::peer_lookups`).
+    for p in septum_datapath_common::lpm::peer_lookups(peer)
+        .into_iter()
+        .flatten()
+    {
+        lookup_one(&mut best, subject, direction, p, pkt, port);
     }
-    lookup_one(&mut best, subject, direction, IDENTITY_ANY, pkt, port);
     best
 }
 

@@ -14,6 +14,7 @@
 //! is refused, or, with [`DatapathOptions::migrate`], the stale pin is removed and a fresh map
 //! created (its contents are the agent's to rewrite).
 
+mod contents;
 mod events;
 mod maps;
 
@@ -32,10 +33,10 @@ use aya::{
     },
     util::KernelVersion,
 };
+pub use contents::{ContentsDiff, MapContents, WriteStats};
 pub use events::{AsyncEventReader, EventReader, decode_event};
 pub use maps::{
-    ConntrackMap, DiffStats, EndpointsMap, IpCacheMap, Lpm, MapDiff, PolicyMap, ServicesMap,
-    ipcache_key, policy_key,
+    ConntrackMap, DiffStats, EndpointsMap, IpCacheMap, MapDiff, PolicyMap, ServicesMap,
 };
 use septum_datapath_common::{
     COUNTER_COUNT, Counter, CtEntry, CtKey, DatapathConfig, EndpointInfo, FragEntry, FragKey,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 pub use septum_datapath_common::MapDiff;
 use septum_datapath_common::{
-    CtEntry, CtKey, EndpointInfo, IpCacheEntry, IpPrefixData, PolicyEntry, PolicyKeyData,
+    CtEntry, CtKey, EndpointInfo, IpCacheEntry, IpPrefixData, LpmKey, PolicyEntry, PolicyKeyData,
     ServiceEntry, ServiceKey,
 };
 
@@ -20,22 +20,6 @@ use septum_datapath_common::{
 pub struct DiffStats {
     pub upserted: usize,
     pub deleted: usize,
-}
-
-/// An LPM key as an ordered value: (prefix length, data).
-pub type Lpm<T> = (u32, T);
-
-/// The ipcache key for `addr/bits` of `family`.
-pub fn ipcache_key(family: u8, addr: [u8; 16], bits: u8) -> Lpm<IpPrefixData> {
-    (
-        IpPrefixData::prefix_len(bits),
-        IpPrefixData::new(family, addr),
-    )
-}
-
-/// A policy key with `prefix_len` significant bits (see the contract in datapath-common).
-pub fn policy_key(prefix_len: u32, data: PolicyKeyData) -> Lpm<PolicyKeyData> {
-    (prefix_len, data)
 }
 
 macro_rules! map_error {
@@ -86,31 +70,31 @@ macro_rules! lpm_map {
         impl $name {
             const NAME: &'static str = $map_name;
 
-            pub fn insert(&mut self, key: Lpm<$k>, value: $v) -> Result<(), crate::DatapathError> {
+            pub fn insert(&mut self, key: LpmKey<$k>, value: $v) -> Result<(), crate::DatapathError> {
                 self.0
-                    .insert(&Key::new(key.0, key.1), value, 0)
+                    .insert(&Key::new(key.prefix_len(), key.data()), value, 0)
                     .map_err(map_error!(Self::NAME))
             }
 
-            pub fn remove(&mut self, key: Lpm<$k>) -> Result<(), crate::DatapathError> {
-                match self.0.remove(&Key::new(key.0, key.1)) {
+            pub fn remove(&mut self, key: LpmKey<$k>) -> Result<(), crate::DatapathError> {
+                match self.0.remove(&Key::new(key.prefix_len(), key.data())) {
                     Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
                     Err(e) => Err(map_error!(Self::NAME)(e)),
                 }
             }
 
-            /// Every entry, keyed by (prefix length, data).
-            pub fn entries(&self) -> Result<BTreeMap<Lpm<$k>, $v>, crate::DatapathError> {
+            /// Every entry.
+            pub fn entries(&self) -> Result<BTreeMap<LpmKey<$k>, $v>, crate::DatapathError> {
                 let mut out = BTreeMap::new();
                 for item in self.0.iter() {
                     let (k, v) = item.map_err(map_error!(Self::NAME))?;
-                    out.insert((k.prefix_len(), k.data()), v);
+                    out.insert(LpmKey::new(k.prefix_len(), k.data()), v);
                 }
                 Ok(out)
             }
 
             /// Applies `diff`: upserts first, then deletes.
-            pub fn apply(&mut self, diff: &MapDiff<Lpm<$k>, $v>) -> Result<DiffStats, crate::DatapathError> {
+            pub fn apply(&mut self, diff: &MapDiff<LpmKey<$k>, $v>) -> Result<DiffStats, crate::DatapathError> {
                 for (k, v) in &diff.upserts {
                     self.insert(*k, *v)?;
                 }
@@ -121,7 +105,7 @@ macro_rules! lpm_map {
             }
 
             /// Makes the map hold exactly `desired`, writing only what differs.
-            pub fn sync(&mut self, desired: &BTreeMap<Lpm<$k>, $v>) -> Result<DiffStats, crate::DatapathError> {
+            pub fn sync(&mut self, desired: &BTreeMap<LpmKey<$k>, $v>) -> Result<DiffStats, crate::DatapathError> {
                 let diff = MapDiff::between(&self.entries()?, desired);
                 self.apply(&diff)
             }

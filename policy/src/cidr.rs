@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use septum_datapath_common::{FAMILY_IPV4, FAMILY_IPV6, IpPrefixData};
+use septum_datapath_common::{FAMILY_IPV4, FAMILY_IPV6, IpCacheKey, IpPrefixData};
 
 /// A CIDR that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,12 +88,27 @@ impl Cidr {
         other.len >= self.len && self.contains_ip(other.addr)
     }
 
-    /// The datapath LPM key of this prefix: data and prefix length in bits.
-    pub fn lpm_key(&self) -> (IpPrefixData, u32) {
-        (
-            IpPrefixData::new(self.family(), addr_bytes(self.addr)),
+    /// The datapath LPM key of this prefix (family, then the masked address).
+    pub fn lpm_key(&self) -> IpCacheKey {
+        IpCacheKey::new(
             IpPrefixData::prefix_len(self.len),
+            IpPrefixData::new(self.family(), addr_bytes(self.addr)),
         )
+    }
+
+    /// The prefix an ipcache key stands for (`None` for a key no prefix has: an unknown family
+    /// or more address bits than the family holds).
+    pub fn from_lpm_key(key: &IpCacheKey) -> Option<Self> {
+        let d = key.data();
+        let bits = u8::try_from(key.prefix_len().checked_sub(32)?).ok()?;
+        let addr = match d.family[3] {
+            FAMILY_IPV4 if d.family[..3] == [0; 3] => {
+                IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]])
+            }
+            FAMILY_IPV6 if d.family[..3] == [0; 3] => IpAddr::from(d.addr),
+            _ => return None,
+        };
+        Self::new(addr, bits).ok()
     }
 }
 

@@ -1,18 +1,17 @@
-//! A reference reading of compiled state exactly as the datapath reads its maps: longest-prefix
-//! match on the ipcache and on the policy trie, three policy lookups (peer identity, peer CIDR
-//! identity, any peer) combined by precedence with deny > audit > allow on ties, no entry =
-//! not policed = allowed. Tests use it to check the compiler against the semantics; the
-//! datapath's own tests can use it as the expected answer.
+//! Compiled state read exactly as the datapath reads its maps, through the one reader of
+//! `septum_datapath_common::lpm` (longest-prefix match, the three policy lookups, precedence and
+//! deny > audit > allow on ties, no entry = not policed). `explain` reports this reading beside
+//! the semantic decision, and the tests check the compiler against the semantics with it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use septum_datapath_common::lpm::{decide, longest_match};
 use septum_datapath_common::{
-    Action, Direction, Identity, IpCacheEntry, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO,
-    POLICY_PREFIX_FULL, PolicyEntry,
+    Direction, Identity, IpCacheEntry, IpPrefixData, PolicyEntry, PolicyKeyData,
 };
 
-use crate::cidr::Cidr;
+use crate::cidr::{Cidr, addr_bytes};
 use crate::state::{ClusterState, PolicyKey};
 
 /// Longest-prefix match of one policy lookup. `protocol` is any IP protocol number, as the
@@ -25,40 +24,8 @@ pub fn policy_lookup(
     protocol: u8,
     port: u16,
 ) -> Option<PolicyEntry> {
-    for bits in (0..=16u32).rev() {
-        let mask: u16 = if bits == 0 {
-            0
-        } else {
-            u16::MAX << (16 - bits)
-        };
-        let key = PolicyKey::new(
-            subject,
-            direction,
-            peer,
-            protocol,
-            port & mask,
-            POLICY_PREFIX_ANY_PORT + bits,
-        );
-        if let Some(e) = policy.get(&key) {
-            return Some(*e);
-        }
-    }
-    debug_assert_eq!(POLICY_PREFIX_ANY_PORT + 16, POLICY_PREFIX_FULL);
-    policy
-        .get(&PolicyKey::new(
-            subject,
-            direction,
-            peer,
-            0,
-            0,
-            POLICY_PREFIX_ANY_PROTO,
-        ))
-        .copied()
-}
-
-/// The tie-break rank of an entry's action (an unknown code ranks below every action).
-fn rank(action: u8) -> u8 {
-    Action::from_u8(action).map_or(0, Action::rank)
+    let key = PolicyKeyData::new(subject.get(), direction.code(), peer.get(), protocol, port);
+    longest_match(key, |k| policy.get(k).copied()).map(|(_, e)| e)
 }
 
 /// The datapath's decision for one side: the three lookups combined (`peer_cidr`: the peer's
@@ -72,30 +39,31 @@ pub fn policy_decision(
     protocol: u8,
     port: u16,
 ) -> Option<PolicyEntry> {
-    let mut best: Option<PolicyEntry> = None;
-    let mut peers = vec![peer];
-    peers.extend(peer_cidr);
-    peers.push(Identity::ANY);
-    for p in peers {
-        if let Some(e) = policy_lookup(policy, subject, direction, p, protocol, port) {
-            let better = best
-                .is_none_or(|b| (e.precedence, rank(e.action)) > (b.precedence, rank(b.action)));
-            if better {
-                best = Some(e);
-            }
-        }
-    }
-    best
+    let peer = IpCacheEntry {
+        identity: peer.get(),
+        cidr_identity: peer_cidr.map_or(0, Identity::get),
+        kind: 0,
+        _pad: [0; 3],
+    };
+    decide(
+        subject.get(),
+        direction.code(),
+        &peer,
+        protocol,
+        port,
+        |k| policy.get(k).copied(),
+    )
 }
 
 /// Longest-prefix match on the ipcache.
 pub fn ipcache_lookup(state: &ClusterState, ip: IpAddr) -> Option<IpCacheEntry> {
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    for len in (0..=max).rev() {
-        let c = Cidr::new(ip, len).ok()?;
-        if let Some(e) = state.ipcache.get(&c) {
-            return Some(*e);
-        }
-    }
-    None
+    let family = if ip.is_ipv4() {
+        septum_datapath_common::FAMILY_IPV4
+    } else {
+        septum_datapath_common::FAMILY_IPV6
+    };
+    longest_match(IpPrefixData::new(family, addr_bytes(ip)), |k| {
+        Cidr::from_lpm_key(k).and_then(|c| state.ipcache.get(&c).copied())
+    })
+    .map(|(_, e)| e)
 }

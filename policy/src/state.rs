@@ -29,8 +29,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    Action, Cookie, Direction, Identity, IpCacheEntry, IpPrefixData, PolicyEntry, PolicyKeyData,
-    ServiceEntry, ServiceKey,
+    Action, Cookie, Identity, IpCacheEntry, PolicyEntry, ServiceEntry, ServiceKey,
 };
 
 use crate::cidr::{Cidr, addr_bytes};
@@ -47,61 +46,9 @@ pub const PRECEDENCE_POD_IN_CIDR: u16 = 2;
 /// Band of the node-to-pod allow.
 pub const PRECEDENCE_HOST: u16 = 3;
 
-/// A policy LPM key: data and prefix length in bits. Sorted by subject first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyKey {
-    /// The key data.
-    pub data: PolicyKeyData,
-    /// Prefix length in bits (72, 80, or 80 + port bits).
-    pub prefix_len: u32,
-}
-
-impl PolicyKey {
-    /// A key from its typed parts. `protocol` is an IP protocol number (0 with a prefix that
-    /// stops before it).
-    pub fn new(
-        subject: Identity,
-        direction: Direction,
-        peer: Identity,
-        protocol: u8,
-        port: u16,
-        prefix_len: u32,
-    ) -> Self {
-        Self {
-            data: PolicyKeyData::new(subject.get(), direction.code(), peer.get(), protocol, port),
-            prefix_len,
-        }
-    }
-
-    /// The first key of a subject (for range scans).
-    pub fn subject_start(subject: Identity) -> Self {
-        Self::peer_start(subject, Identity::ANY)
-    }
-
-    /// The first key of a subject's entries toward `peer` (for range scans; direction 0 sorts
-    /// before both directions).
-    pub fn peer_start(subject: Identity, peer: Identity) -> Self {
-        Self {
-            data: PolicyKeyData::new(subject.get(), 0, peer.get(), 0, 0),
-            prefix_len: 0,
-        }
-    }
-
-    /// The subject identity.
-    pub fn subject(&self) -> Identity {
-        Identity::new(self.data.subject())
-    }
-
-    /// The peer identity.
-    pub fn peer(&self) -> Identity {
-        Identity::new(self.data.peer())
-    }
-
-    /// The direction (`None` only for a range-scan bound).
-    pub fn direction(&self) -> Option<Direction> {
-        Direction::from_u8(self.data.direction)
-    }
-}
+/// A policy LPM key (data, then prefix length: 72, 80, or 80 + port bits). Sorted by subject
+/// first, so one subject's entries are one range.
+pub use septum_datapath_common::PolicyKey;
 
 /// A Service VIP key in sortable form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -258,14 +205,6 @@ impl ClusterState {
         self.ipcache.len() + self.policy.len() + self.endpoints.len() + self.services.len()
     }
 
-    /// ipcache entries in datapath form.
-    pub fn ipcache_entries(&self) -> impl Iterator<Item = (IpPrefixData, u32, IpCacheEntry)> + '_ {
-        self.ipcache.iter().map(|(c, e)| {
-            let (d, l) = c.lpm_key();
-            (d, l, *e)
-        })
-    }
-
     /// Service entries in datapath form.
     pub fn service_entries(&self) -> impl Iterator<Item = (ServiceKey, ServiceEntry)> + '_ {
         self.services.iter().map(|(k, v)| (k.key(), *v))
@@ -314,13 +253,13 @@ impl fmt::Display for ClusterState {
         }
         writeln!(f, "# policy")?;
         for (k, e) in &self.policy {
-            let d = &k.data;
+            let d = k.data();
             let dir = if d.direction == septum_datapath_common::DIRECTION_INGRESS {
                 "in"
             } else {
                 "out"
             };
-            let what = match k.prefix_len {
+            let what = match k.prefix_len() {
                 72 => "any".to_string(),
                 80 => format!("proto {}", d.protocol),
                 n => format!("proto {} port {}/{}", d.protocol, d.port(), n - 80),

@@ -6,7 +6,11 @@ use std::{net::IpAddr, path::PathBuf};
 use septum_datapath::{AttachMode, Datapath, DatapathError, DatapathOptions};
 use septum_datapath_common::{IDENTITY_HOST, IPCACHE_KIND_HOST, IpCacheEntry};
 
-use crate::{netns::Topology, reference::MapContents};
+use crate::{
+    netns::Topology,
+    reference::{MapContents, Reference as _},
+    world::Build as _,
+};
 
 /// Removes a test's bpffs pin root on drop (detaching its pinned links).
 #[derive(Debug)]

@@ -1,15 +1,18 @@
-//! A straightforward reference evaluation of the datapath's map contents, written from the
-//! contract in `septum-datapath-common` rather than from the eBPF code: linear scans instead of
-//! tries, no shortcuts. The differential test checks the real program against it.
+//! The reference evaluation of a packet against the datapath's map contents, written from the
+//! contract in `septum-datapath-common` rather than from the eBPF code: the endpoint and Service
+//! checks, the decision on each side and the mid-stream pickup rules, with every map read through
+//! the contract's one reader (`septum_datapath_common::lpm`). The differential tests check the
+//! real program against it.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use septum_datapath::{Datapath, DatapathError};
+use septum_datapath_common::lpm::{decide, longest_match};
 use septum_datapath_common::{
-    ACTION_AUDIT, ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_F_EGRESS_POLICY,
-    ENDPOINT_F_INGRESS_POLICY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, IDENTITY_ANY, IDENTITY_HOST,
-    IDENTITY_WORLD, IPCACHE_KIND_POD, IPCACHE_KIND_WORLD, IpCacheEntry, IpPrefixData, MODE_AUDIT,
-    POINT_FROM_POD, PolicyEntry, PolicyKeyData, STATE_READY, ServiceEntry, ServiceKey, proto,
+    ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_F_EGRESS_POLICY,
+    ENDPOINT_F_INGRESS_POLICY, FAMILY_IPV4, FAMILY_IPV6, IDENTITY_HOST, IDENTITY_WORLD,
+    IPCACHE_KIND_POD, IPCACHE_KIND_WORLD, IpCacheEntry, IpPrefixData, MODE_AUDIT, POINT_FROM_POD,
+    STATE_READY, ServiceKey, proto,
 };
 
 use crate::packet::{ACK, Flow, SYN};
@@ -18,14 +21,8 @@ use crate::packet::{ACK, Flow, SYN};
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 
-/// Desired contents of the policy-related maps.
-#[derive(Clone, Debug, Default)]
-pub struct MapContents {
-    pub endpoints: BTreeMap<u32, EndpointInfo>,
-    pub ipcache: BTreeMap<(u32, IpPrefixData), IpCacheEntry>,
-    pub policy: BTreeMap<(u32, PolicyKeyData), PolicyEntry>,
-    pub services: BTreeMap<ServiceKey, ServiceEntry>,
-}
+/// The desired contents of the policy maps: the datapath's own type.
+pub use septum_datapath::MapContents;
 
 /// 16-byte form of an address, as the maps store it.
 pub fn addr16(ip: IpAddr) -> (u8, [u8; 16]) {
@@ -39,92 +36,52 @@ pub fn addr16(ip: IpAddr) -> (u8, [u8; 16]) {
     }
 }
 
-fn prefix_matches(entry: &[u8], key: &[u8], bits: u32) -> bool {
-    for bit in 0..bits as usize {
-        let (byte, shift) = (bit / 8, 7 - (bit % 8));
-        if byte >= entry.len() || byte >= key.len() {
-            return false;
-        }
-        if (entry[byte] >> shift) & 1 != (key[byte] >> shift) & 1 {
-            return false;
-        }
-    }
-    true
-}
-
-fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
-    // SAFETY: T is one of the plain-data map types (no padding, checked in datapath-common).
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-        .to_vec()
-}
-
-impl MapContents {
+/// The reference reading of map contents (the trait exists because `MapContents` is the
+/// datapath's type).
+pub trait Reference {
     /// Writes the contents into the datapath's maps (replacing whatever they held).
-    pub fn write_to(&self, dp: &mut Datapath) -> Result<(), DatapathError> {
-        for (k, _) in dp.endpoints.entries()? {
-            if !self.endpoints.contains_key(&k) {
-                dp.endpoints.remove(k)?;
-            }
-        }
-        for (k, v) in &self.endpoints {
-            dp.endpoints.insert(*k, *v)?;
-        }
-        dp.ipcache.sync(&self.ipcache)?;
-        dp.policy.sync(&self.policy)?;
-        dp.services.sync(&self.services)?;
-        Ok(())
-    }
-
-    /// Adds an ipcache entry for `ip/bits`.
-    pub fn add_ip(&mut self, ip: IpAddr, bits: u8, entry: IpCacheEntry) {
-        let (family, addr) = addr16(ip);
-        self.ipcache.insert(
-            (
-                IpPrefixData::prefix_len(bits),
-                IpPrefixData::new(family, addr),
-            ),
-            entry,
-        );
-    }
-
+    fn write_to(&self, dp: &mut Datapath) -> Result<(), DatapathError>;
     /// The ipcache's answer for `ip`: longest matching prefix, world if none.
-    pub fn ipcache_lookup(&self, ip: IpAddr) -> IpCacheEntry {
+    fn ipcache_lookup(&self, ip: IpAddr) -> IpCacheEntry;
+    /// The decision for `subject` in `direction` towards `peer` on (`protocol`, `port`):
+    /// `Some(action)` if any entry matched, `None` if the direction is not policed.
+    fn decide(
+        &self,
+        subject: u32,
+        direction: u8,
+        peer: &IpCacheEntry,
+        protocol: u8,
+        port: u16,
+    ) -> Option<u8>;
+    /// The TC verdict the program must return for `flow`, seen at `point` on `ifindex`, when
+    /// no conntrack state exists.
+    fn expected_verdict(&self, point: u8, ifindex: u32, flow: &Flow) -> i32;
+    /// A compact, one-line-per-entry rendering for failure messages.
+    fn describe(&self) -> String;
+}
+
+impl Reference for MapContents {
+    fn write_to(&self, dp: &mut Datapath) -> Result<(), DatapathError> {
+        self.sync_to(dp).map(|_| ())
+    }
+
+    fn ipcache_lookup(&self, ip: IpAddr) -> IpCacheEntry {
         let (family, addr) = addr16(ip);
-        let key = bytes_of(&IpPrefixData::new(family, addr));
-        self.ipcache
-            .iter()
-            .filter(|((bits, data), _)| prefix_matches(&bytes_of(data), &key, *bits))
-            .max_by_key(|((bits, _), _)| *bits)
-            .map(|(_, e)| *e)
-            .unwrap_or(IpCacheEntry {
+        longest_match(IpPrefixData::new(family, addr), |k| {
+            self.ipcache.get(k).copied()
+        })
+        .map_or(
+            IpCacheEntry {
                 identity: IDENTITY_WORLD,
                 cidr_identity: 0,
                 kind: IPCACHE_KIND_WORLD,
                 _pad: [0; 3],
-            })
+            },
+            |(_, e)| e,
+        )
     }
 
-    fn policy_lookup(
-        &self,
-        subject: u32,
-        direction: u8,
-        peer: u32,
-        protocol: u8,
-        port: u16,
-    ) -> Option<PolicyEntry> {
-        let key = bytes_of(&PolicyKeyData::new(
-            subject, direction, peer, protocol, port,
-        ));
-        self.policy
-            .iter()
-            .filter(|((bits, data), _)| prefix_matches(&bytes_of(data), &key, *bits))
-            .max_by_key(|((bits, _), _)| *bits)
-            .map(|(_, e)| *e)
-    }
-
-    /// The decision for `subject` in `direction` towards `peer` on (`protocol`, `port`):
-    /// `Some(action)` if any entry matched, `None` if the direction is not policed.
-    pub fn decide(
+    fn decide(
         &self,
         subject: u32,
         direction: u8,
@@ -132,26 +89,15 @@ impl MapContents {
         protocol: u8,
         port: u16,
     ) -> Option<u8> {
-        let mut peers = vec![peer.identity];
-        if peer.cidr_identity != 0 && peer.cidr_identity != peer.identity {
-            peers.push(peer.cidr_identity);
-        }
-        peers.push(IDENTITY_ANY);
-        let rank = |a: u8| match a {
-            ACTION_DENY => 3,
-            ACTION_AUDIT => 2,
-            _ => 1,
-        };
-        peers
-            .into_iter()
-            .filter_map(|p| self.policy_lookup(subject, direction, p, protocol, port))
-            .max_by_key(|e| (e.precedence, rank(e.action)))
-            .map(|e| e.action)
+        decide(subject, direction, peer, protocol, port, |k| {
+            self.policy.get(k).copied()
+        })
+        .map(|e| e.action)
     }
 
     /// The TC verdict the program must return for `flow`, seen at `point` on `ifindex`, when
     /// no conntrack state exists.
-    pub fn expected_verdict(&self, point: u8, ifindex: u32, flow: &Flow) -> i32 {
+    fn expected_verdict(&self, point: u8, ifindex: u32, flow: &Flow) -> i32 {
         let ep = self.endpoints.get(&ifindex);
         let (sport, dport) = ports(flow);
         let denied = |action: Option<u8>| action == Some(ACTION_DENY);
@@ -220,24 +166,8 @@ impl MapContents {
             TC_ACT_SHOT
         }
     }
-}
 
-/// The (sport, dport) the datapath derives for a flow (ICMP echo ids as ports).
-pub fn ports(flow: &Flow) -> (u16, u16) {
-    match flow.protocol {
-        proto::TCP | proto::UDP | proto::SCTP => (flow.sport, flow.dport),
-        proto::ICMP | proto::ICMPV6 => match flow.icmp_type {
-            8 | 128 => (flow.sport, 0),
-            0 | 129 => (0, flow.dport),
-            _ => (0, 0),
-        },
-        _ => (0, 0),
-    }
-}
-
-impl MapContents {
-    /// A compact, one-line-per-entry rendering for failure messages.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
         for (k, v) in &self.endpoints {
@@ -247,7 +177,8 @@ impl MapContents {
                 v.identity, v.flags, v.mode, v.state
             );
         }
-        for ((bits, d), v) in &self.ipcache {
+        for (k, v) in &self.ipcache {
+            let (bits, d) = (k.prefix_len(), k.data());
             let addr: IpAddr = if d.family[3] == FAMILY_IPV4 {
                 IpAddr::from([d.addr[0], d.addr[1], d.addr[2], d.addr[3]])
             } else {
@@ -262,7 +193,8 @@ impl MapContents {
                 v.kind
             );
         }
-        for ((bits, d), v) in &self.policy {
+        for (k, v) in &self.policy {
+            let (bits, d) = (k.prefix_len(), k.data());
             let _ = writeln!(
                 s,
                 "policy subj {} dir {} peer {} proto {} port {}/{} -> action {} prec {} cookie {}",
@@ -287,5 +219,18 @@ impl MapContents {
             );
         }
         s
+    }
+}
+
+/// The (sport, dport) the datapath derives for a flow (ICMP echo ids as ports).
+pub fn ports(flow: &Flow) -> (u16, u16) {
+    match flow.protocol {
+        proto::TCP | proto::UDP | proto::SCTP => (flow.sport, flow.dport),
+        proto::ICMP | proto::ICMPV6 => match flow.icmp_type {
+            8 | 128 => (flow.sport, 0),
+            0 | 129 => (0, flow.dport),
+            _ => (0, 0),
+        },
+        _ => (0, 0),
     }
 }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    ACTION_DENY, EndpointInfo, IPCACHE_KIND_POD, IpCacheEntry, MODE_ENFORCE,
+    ACTION_DENY, EndpointInfo, IPCACHE_KIND_POD, IpCacheEntry, IpPrefixData, LpmKey, MODE_ENFORCE,
     POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO, PRECEDENCE_DEFAULT_DENY, PolicyEntry,
     PolicyKeyData, STATE_READY, ServiceEntry, ServiceKey,
 };
@@ -45,9 +45,33 @@ pub struct Rule {
     pub cookie: u32,
 }
 
-impl MapContents {
-    /// A ready, enforcing endpoint on `ifindex` with `identity` at `ip`.
-    pub fn add_pod(
+/// Builders of map contents by hand (a trait because `MapContents` is the datapath's type).
+pub trait Build {
+    /// Adds an ipcache entry for `ip/bits`.
+    fn add_ip(&mut self, ip: IpAddr, bits: u8, entry: IpCacheEntry);
+    /// A ready, enforcing endpoint on `ifindex` with `identity` at `ips`.
+    fn add_pod(&mut self, ifindex: u32, endpoint_id: u32, identity: u32, ips: &[IpAddr], flags: u8);
+    /// The entries of one rule (a port range becomes aligned blocks).
+    fn add_rule(&mut self, r: &Rule);
+    /// Isolates `subject` in `direction`: the default deny entry.
+    fn isolate(&mut self, subject: u32, direction: u8, cookie: u32);
+    /// Marks `vip:port/protocol` as a Service VIP.
+    fn add_service(&mut self, vip: IpAddr, port: u16, protocol: u8, service_id: u32);
+}
+
+impl Build for MapContents {
+    fn add_ip(&mut self, ip: IpAddr, bits: u8, entry: IpCacheEntry) {
+        let (family, addr) = addr16(ip);
+        self.ipcache.insert(
+            LpmKey::new(
+                IpPrefixData::prefix_len(bits),
+                IpPrefixData::new(family, addr),
+            ),
+            entry,
+        );
+    }
+
+    fn add_pod(
         &mut self,
         ifindex: u32,
         endpoint_id: u32,
@@ -80,7 +104,7 @@ impl MapContents {
         }
     }
 
-    pub fn add_rule(&mut self, r: &Rule) {
+    fn add_rule(&mut self, r: &Rule) {
         let entry = PolicyEntry {
             action: r.action,
             _pad: 0,
@@ -90,7 +114,7 @@ impl MapContents {
         match (r.protocol, r.ports) {
             (None, _) => {
                 self.policy.insert(
-                    (
+                    LpmKey::new(
                         POLICY_PREFIX_ANY_PROTO,
                         PolicyKeyData::new(r.subject, r.direction, r.peer, 0, 0),
                     ),
@@ -99,7 +123,7 @@ impl MapContents {
             }
             (Some(p), None) => {
                 self.policy.insert(
-                    (
+                    LpmKey::new(
                         POLICY_PREFIX_ANY_PORT,
                         PolicyKeyData::new(r.subject, r.direction, r.peer, p, 0),
                     ),
@@ -109,7 +133,7 @@ impl MapContents {
             (Some(p), Some((lo, hi))) => {
                 for (port, bits) in port_range_prefixes(lo, hi) {
                     self.policy.insert(
-                        (
+                        LpmKey::new(
                             POLICY_PREFIX_ANY_PORT + bits,
                             PolicyKeyData::new(r.subject, r.direction, r.peer, p, port),
                         ),
@@ -120,8 +144,7 @@ impl MapContents {
         }
     }
 
-    /// Isolates `subject` in `direction`: the default deny entry.
-    pub fn isolate(&mut self, subject: u32, direction: u8, cookie: u32) {
+    fn isolate(&mut self, subject: u32, direction: u8, cookie: u32) {
         self.add_rule(&Rule {
             subject,
             direction,
@@ -134,8 +157,7 @@ impl MapContents {
         });
     }
 
-    /// Marks `vip:port/protocol` as a Service VIP.
-    pub fn add_service(&mut self, vip: IpAddr, port: u16, protocol: u8, service_id: u32) {
+    fn add_service(&mut self, vip: IpAddr, port: u16, protocol: u8, service_id: u32) {
         let (family, addr) = addr16(vip);
         self.services.insert(
             ServiceKey {

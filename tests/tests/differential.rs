@@ -18,8 +18,8 @@ use septum_datapath_common::{
 };
 use septum_tests::{
     packet::{ACK, Flow, SYN},
-    reference::MapContents,
-    world::Rule,
+    reference::{MapContents, Reference as _},
+    world::{Build as _, Rule},
 };
 
 const LO: u32 = 1;

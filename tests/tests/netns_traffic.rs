@@ -12,7 +12,7 @@ use septum_tests::{
     fixture::{PinRoot, enforce, topology_maps},
     netns::Topology,
     traffic::{Outcome, sctp_probe, tcp_echo_server, tcp_probe, udp_echo_server, udp_probe},
-    world::Rule,
+    world::{Build as _, Rule},
 };
 
 const P0: u32 = 2000;

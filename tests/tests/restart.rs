@@ -22,7 +22,7 @@ use septum_tests::{
     netns::Topology,
     reference::MapContents,
     traffic::{Outcome, tcp_echo_server, tcp_probe},
-    world::Rule,
+    world::{Build as _, Rule},
 };
 
 const CHILD_ENV: &str = "SEPTUM_RESTART_CHILD";

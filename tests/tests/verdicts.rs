@@ -15,8 +15,8 @@ use septum_datapath_common::{
 };
 use septum_tests::{
     packet::{ACK, Flow, Options, SYN, arp, build},
-    reference::{MapContents, TC_ACT_OK, TC_ACT_SHOT},
-    world::Rule,
+    reference::{MapContents, Reference as _, TC_ACT_OK, TC_ACT_SHOT},
+    world::{Build as _, Rule},
 };
 
 const LO: u32 = 1;

@@ -19,8 +19,8 @@ use septum_datapath_common::{
 };
 use septum_tests::{
     packet::{ACK, Flow},
-    reference::MapContents,
-    world::Rule,
+    reference::{MapContents, Reference as _},
+    world::{Build as _, Rule},
 };
 
 const LO: u32 = 1;

@@ -14,7 +14,7 @@ use septum_tests::{
     fixture::{PinRoot, enforce, topology_maps},
     netns::Topology,
     traffic::{Outcome, tcp_echo_server, tcp_probe, udp_echo_server, udp_probe},
-    world::Rule,
+    world::{Build as _, Rule},
 };
 
 const FRONTEND: u32 = 4000;

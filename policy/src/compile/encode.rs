@@ -31,7 +31,7 @@ pub(super) fn emit(
     }
     let mut push = |protocol: u8, port: u16, prefix_len: u32, d: Decision| {
         out.push((
-            PolicyKey::new(subject, direction, peer, protocol, port, prefix_len),
+            PolicyKey::rule(subject, direction, peer, protocol, port, prefix_len),
             policy_entry(d, precedence),
         ));
     };
@@ -121,7 +121,7 @@ fn policy_entry(d: Decision, precedence: u16) -> PolicyEntry {
 /// The entry that lets the node reach subject `s` whatever its ingress policy says.
 pub(super) fn host_entry(s: Identity) -> (PolicyKey, PolicyEntry) {
     (
-        PolicyKey::new(
+        PolicyKey::rule(
             s,
             Direction::Ingress,
             Identity::HOST,
@@ -194,8 +194,10 @@ mod tests {
     fn blocks(entries: &[(PolicyKey, PolicyEntry)], protocol: u8) -> Vec<(u16, u32)> {
         entries
             .iter()
-            .filter(|(k, _)| k.data.protocol == protocol && k.prefix_len >= POLICY_PREFIX_ANY_PORT)
-            .map(|(k, _)| (k.data.port(), k.prefix_len - POLICY_PREFIX_ANY_PORT))
+            .filter(|(k, _)| {
+                k.data().protocol == protocol && k.prefix_len() >= POLICY_PREFIX_ANY_PORT
+            })
+            .map(|(k, _)| (k.data().port(), k.prefix_len() - POLICY_PREFIX_ANY_PORT))
             .collect()
     }
 
@@ -232,8 +234,8 @@ mod tests {
         let (k, e) = out[0];
         assert_eq!((k.subject(), k.peer()), (SUBJECT, PEER));
         assert_eq!(k.direction(), Some(Direction::Egress));
-        assert_eq!((k.data.protocol, k.data.port()), (proto::UDP, 53));
-        assert_eq!(k.prefix_len, POLICY_PREFIX_FULL);
+        assert_eq!((k.data().protocol, k.data().port()), (proto::UDP, 53));
+        assert_eq!(k.prefix_len(), POLICY_PREFIX_FULL);
         assert_eq!(
             (e.action, e.cookie, e.precedence),
             (Action::Deny.code(), 21, PRECEDENCE_PEER)
@@ -264,7 +266,7 @@ mod tests {
         let f = Segmented::constant(deny(30));
         let out = emitted(&f, &fallback);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(out[0].0.prefix_len, POLICY_PREFIX_ANY_PROTO);
+        assert_eq!(out[0].0.prefix_len(), POLICY_PREFIX_ANY_PROTO);
         let map: BTreeMap<_, _> = out.into_iter().collect();
         for protocol in [proto::ICMP, proto::TCP, proto::UDP, proto::SCTP] {
             assert_eq!(read_back(&map, &fallback, protocol, 8080), deny(30));
@@ -292,7 +294,7 @@ mod tests {
         let (k, e) = host_entry(SUBJECT);
         assert_eq!((k.subject(), k.peer()), (SUBJECT, Identity::HOST));
         assert_eq!(k.direction(), Some(Direction::Ingress));
-        assert_eq!(k.prefix_len, POLICY_PREFIX_ANY_PROTO);
+        assert_eq!(k.prefix_len(), POLICY_PREFIX_ANY_PROTO);
         assert_eq!(
             (e.action, e.cookie),
             (Action::Allow.code(), COOKIE_HOST.get())
@@ -303,7 +305,7 @@ mod tests {
 
     fn entry(peer: Identity, precedence: u16, d: Decision) -> (PolicyKey, PolicyEntry) {
         (
-            PolicyKey::new(
+            PolicyKey::rule(
                 SUBJECT,
                 Direction::Ingress,
                 peer,

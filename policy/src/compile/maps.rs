@@ -191,13 +191,16 @@ mod tests {
 
     #[test]
     fn a_prefix_key_is_the_family_then_the_masked_address() {
-        let (data, len) = cidr("10.1.0.0/16").lpm_key();
+        let key = cidr("10.1.0.0/16").lpm_key();
         assert_eq!(
-            data,
+            key.data(),
             IpPrefixData::new(FAMILY_IPV4, addr_bytes(ip("10.1.0.0")))
         );
-        assert_eq!(len, 32 + 16);
-        assert_eq!(cidr("2001:db8::/64").lpm_key().1, 32 + 64);
+        assert_eq!(key.prefix_len(), 32 + 16);
+        assert_eq!(cidr("2001:db8::/64").lpm_key().prefix_len(), 32 + 64);
+        for c in ["10.1.0.0/16", "0.0.0.0/0", "2001:db8::/64", "10.1.2.3/32"] {
+            assert_eq!(Cidr::from_lpm_key(&cidr(c).lpm_key()), Some(cidr(c)));
+        }
     }
 
     #[test]
