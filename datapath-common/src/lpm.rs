@@ -23,6 +23,9 @@ pub trait LpmData: Copy {
     /// The data with every bit from `prefix_len` on cleared.
     #[must_use]
     fn masked(self, prefix_len: u32) -> Self;
+    /// Whether the contract allows a key of this data with `prefix_len` bits (the writers
+    /// produce no other; [`longest_match`] probes only these).
+    fn valid_prefix(&self, prefix_len: u32) -> bool;
 }
 
 /// Clears every bit of `bytes` from bit `prefix_len` on (bit 0 = the first byte's top bit).
@@ -50,6 +53,11 @@ impl LpmData for IpPrefixData {
         out.addr.copy_from_slice(&b[4..]);
         out
     }
+
+    /// The family is always matched whole; then up to the family's address bits.
+    fn valid_prefix(&self, prefix_len: u32) -> bool {
+        (32..=IpPrefixData::full_prefix_len(self.family[3])).contains(&prefix_len)
+    }
 }
 
 impl LpmData for PolicyKeyData {
@@ -71,6 +79,13 @@ impl LpmData for PolicyKeyData {
             port: [b[10], b[11]],
         }
     }
+
+    /// Subject, peer and direction are always matched whole; then the protocol whole, then any
+    /// prefix of the port (the crate docs' policy map contract).
+    fn valid_prefix(&self, prefix_len: u32) -> bool {
+        prefix_len == crate::POLICY_PREFIX_ANY_PROTO
+            || (crate::POLICY_PREFIX_ANY_PORT..=crate::POLICY_PREFIX_FULL).contains(&prefix_len)
+    }
 }
 
 /// An LPM trie key as user space holds it: canonical data and its prefix length. Ordered by the
@@ -89,7 +104,9 @@ pub type IpCacheKey = LpmKey<IpPrefixData>;
 
 impl<T: LpmData> LpmKey<T> {
     /// The key for the first `prefix_len` bits of `data` (capped at [`LpmData::BITS`]; the rest
-    /// is cleared).
+    /// is cleared). Writers use only prefix lengths the contract allows
+    /// ([`LpmData::valid_prefix`]); the kernel would honour any other, [`longest_match`] would
+    /// not see it, and the end-to-end differential test would report the difference.
     pub fn new(prefix_len: u32, data: T) -> Self {
         let prefix_len = prefix_len.min(T::BITS);
         Self {
@@ -164,16 +181,20 @@ impl PolicyKey {
 }
 
 /// The longest-prefix match of `key`, as the kernel's trie answers it: the stored key with the
-/// most significant bits that `key` starts with. `get` reads the store (any map keyed by
-/// [`LpmKey`], or by something convertible).
+/// most significant bits that `key` starts with, among the prefix lengths the contract allows
+/// (the only ones stored). `get` reads the store (any map keyed by [`LpmKey`], or by something
+/// convertible).
 pub fn longest_match<T: LpmData, V>(
     key: T,
     mut get: impl FnMut(&LpmKey<T>) -> Option<V>,
 ) -> Option<(LpmKey<T>, V)> {
-    (0..=T::BITS).rev().find_map(|bits| {
-        let k = LpmKey::new(bits, key);
-        get(&k).map(|v| (k, v))
-    })
+    (0..=T::BITS)
+        .rev()
+        .filter(|bits| key.valid_prefix(*bits))
+        .find_map(|bits| {
+            let k = LpmKey::new(bits, key);
+            get(&k).map(|v| (k, v))
+        })
 }
 
 /// The tie-break rank of an action code: deny beats audit beats allow. The datapath drops only
@@ -246,7 +267,8 @@ mod tests {
         );
         assert_eq!(k.data().addr[..4], [10, 0, 0, 0]);
         assert_eq!(k.data().family, [0, 0, 0, FAMILY_IPV4]);
-        assert_eq!(LpmKey::new(500, k.data()).prefix_len(), 160);
+        assert!(!PolicyKeyData::default().valid_prefix(75));
+        assert!(k.data().valid_prefix(32 + 32) && !k.data().valid_prefix(32 + 33));
     }
 
     #[test]

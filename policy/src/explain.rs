@@ -399,7 +399,7 @@ fn side<S: AllocationStore>(
         f.get(protocol.number(), port)
     };
     // Datapath reading.
-    let (peer_id, peer_cidr) = match lpm::ipcache_lookup(state, peer_end.ip) {
+    let (peer_id, peer_cidr) = match lpm::ipcache_lookup(&state.ipcache, peer_end.ip) {
         Some(e) => (
             Identity::new(e.identity),
             (e.cidr_identity != 0).then_some(Identity::new(e.cidr_identity)),

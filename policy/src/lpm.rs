@@ -12,7 +12,7 @@ use septum_datapath_common::{
 };
 
 use crate::cidr::{Cidr, addr_bytes};
-use crate::state::{ClusterState, PolicyKey};
+use crate::state::PolicyKey;
 
 /// Longest-prefix match of one policy lookup. `protocol` is any IP protocol number, as the
 /// datapath reads it from the packet.
@@ -55,15 +55,15 @@ pub fn policy_decision(
     )
 }
 
-/// Longest-prefix match on the ipcache.
-pub fn ipcache_lookup(state: &ClusterState, ip: IpAddr) -> Option<IpCacheEntry> {
+/// Longest-prefix match on an ipcache (the cluster's or a node slice's).
+pub fn ipcache_lookup(ipcache: &BTreeMap<Cidr, IpCacheEntry>, ip: IpAddr) -> Option<IpCacheEntry> {
     let family = if ip.is_ipv4() {
         septum_datapath_common::FAMILY_IPV4
     } else {
         septum_datapath_common::FAMILY_IPV6
     };
     longest_match(IpPrefixData::new(family, addr_bytes(ip)), |k| {
-        Cidr::from_lpm_key(k).and_then(|c| state.ipcache.get(&c).copied())
+        Cidr::from_lpm_key(k).and_then(|c| ipcache.get(&c).copied())
     })
     .map(|(_, e)| e)
 }

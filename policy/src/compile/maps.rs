@@ -215,7 +215,8 @@ mod tests {
         };
         let (wide, carve_out) = (class("10.1.0.0/16"), class("10.1.2.0/24"));
         assert_ne!(wide, carve_out);
-        let lookup = |a: &str| lpm::ipcache_lookup(state, ip(a)).expect("the world covers all");
+        let lookup =
+            |a: &str| lpm::ipcache_lookup(&state.ipcache, ip(a)).expect("the world covers all");
         assert_eq!(lookup("10.1.3.4").identity, wide);
         assert_eq!(lookup("10.1.2.9").identity, carve_out);
         let world = lookup("8.8.8.8");

@@ -94,14 +94,7 @@ fn lookup_ip(
     >,
     ip: IpAddr,
 ) -> (u32, u32) {
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    for len in (0..=max).rev() {
-        let c = septum_policy::cidr::Cidr::new(ip, len).expect("valid prefix length");
-        if let Some(e) = ipcache.get(&c) {
-            return (e.identity, e.cidr_identity);
-        }
-    }
-    (IDENTITY_WORLD, 0)
+    lpm::ipcache_lookup(ipcache, ip).map_or((IDENTITY_WORLD, 0), |e| (e.identity, e.cidr_identity))
 }
 
 /// Every flow end of a world: each pod address, each node address, some outside addresses.
