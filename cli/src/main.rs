@@ -38,8 +38,11 @@ enum Command {
 /// Restores the default SIGPIPE action, which Rust's runtime sets to "ignore": with it ignored,
 /// `septum explain ... | head` gets EPIPE on its next write and `println!` panics. With the
 /// default action the process ends quietly when its reader goes away, like every Unix filter.
+/// Only for the commands that are filters: a server (the agent, the lab's pod servers) must
+/// keep SIGPIPE ignored, or a client that hangs up before its answer (a CNI plugin past its
+/// deadline) kills it.
 fn quiet_on_closed_pipe() {
-    // SAFETY: called first thing in main, before any other thread exists; setting a signal's
+    // SAFETY: called in main right after parsing, before any other thread exists; setting a signal's
     // disposition to SIG_DFL installs no handler code, so nothing can run in signal context.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -55,9 +58,19 @@ fn run_agent(cfg: septum_agent::AgentConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the command serves clients (and so must survive a client hanging up).
+fn is_server(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Agent(_) | Command::Lab(lab::LabCommand::Serve { .. })
+    )
+}
+
 fn main() -> ExitCode {
-    quiet_on_closed_pipe();
     let cli = Cli::parse();
+    if !is_server(&cli.command) {
+        quiet_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Policy(c) => policy::run(c),
         Command::Explain(a) => explain::run(a),

@@ -1,8 +1,9 @@
 //! CNI ADD/DEL soak through a running lab, as root: `SEPTUM_SOAK_CYCLES` (default 1000) pods
 //! added and deleted through the real chain (bridge + host-local + septum-cni, libcni
 //! semantics), with faults injected on a schedule: duplicate DELs, the pod's network namespace
-//! deleted before DEL, and the agent killed (SIGKILL) before DEL, so septum-cni queues the DEL on
-//! disk and a later invocation replays it to the restarted agent. Afterwards nothing may have
+//! deleted before DEL, the agent killed (SIGKILL) before DEL, so septum-cni queues the DEL on
+//! disk and a later invocation replays it to the restarted agent, and ADD timing out because the
+//! agent is stopped (SIGSTOP) past septum-cni's deadline, followed by the runtime's DEL. Afterwards nothing may have
 //! leaked: no endpoints, host veths, link pins, IPAM reservations, queue files or namespaces
 //! beyond the lab's own four pods, and no DEL may have failed.
 
@@ -14,6 +15,13 @@ use septum_lab::state::LabDir;
 
 fn count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The last lines of a log, for failure messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[test]
@@ -60,7 +68,13 @@ fn thousand_add_del_cycles_with_faults_leak_nothing() {
 
     let mut lab = Lab::open(dir.clone(), programs.clone()).unwrap();
     let list = lab.conflist();
-    let (mut dup, mut gone, mut killed) = (0, 0, 0);
+    // The same chain with a short ADD deadline, for the cycles where the agent does not answer.
+    let mut impatient = list.clone();
+    let plugins = impatient["plugins"].as_array_mut().unwrap();
+    let septum_cni = plugins.last_mut().unwrap();
+    assert_eq!(septum_cni["type"], "septum-cni");
+    septum_cni["addTimeout"] = serde_json::json!("300ms");
+    let (mut dup, mut gone, mut killed, mut timed_out) = (0, 0, 0, 0);
     for i in 0..cycles {
         let name = format!("{prefix}soak");
         let ns = NetNs::create(&name).unwrap();
@@ -75,9 +89,34 @@ fn thousand_add_del_cycles_with_faults_leak_nothing() {
             ],
         };
         let runner = lab.cni().unwrap();
-        runner
-            .add(&list, &rt)
-            .unwrap_or_else(|e| panic!("cycle {i}: ADD: {e}"));
+        if i % 100 == 37 {
+            // ADD times out: the agent is stopped (SIGSTOP) past septum-cni's deadline, so ADD
+            // fails; the runtime then sends DEL (with no prevResult, as after any failed ADD),
+            // which must succeed once the agent runs again and leave nothing behind.
+            let pid = lab.state().agent_pid.unwrap() as i32;
+            // SAFETY: kill(2) on the lab's agent.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            let add = runner.add(&impatient, &rt);
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            match add {
+                Err(septum_lab::cni::CniError::Plugin { ref plugin, .. })
+                    if plugin == "septum-cni" => {}
+                other => panic!("cycle {i}: ADD with the agent stopped: {other:?}"),
+            }
+            runner
+                .del(&list, &rt)
+                .unwrap_or_else(|e| panic!("cycle {i}: DEL after a timed-out ADD: {e}"));
+            timed_out += 1;
+            NetNs::delete(&name).unwrap();
+            continue;
+        }
+        runner.add(&list, &rt).unwrap_or_else(|e| {
+            panic!(
+                "cycle {i}: ADD: {e}\nagent log (tail):\n{}",
+                log_tail(&root.join("agent.log"))
+            )
+        });
         if i % 50 == 49 {
             // The agent dies: the DEL is queued by septum-cni and succeeds anyway.
             let pid = lab.state().agent_pid.unwrap() as i32;
@@ -122,7 +161,7 @@ fn thousand_add_del_cycles_with_faults_leak_nothing() {
     runner.del(&list, &rt).unwrap();
     NetNs::delete(ns.name()).unwrap();
     eprintln!(
-        "{cycles} cycles: {dup} duplicate DELs, {gone} with the netns gone, {killed} with the agent killed"
+        "{cycles} cycles: {dup} duplicate DELs, {gone} with the netns gone, {killed} with the agent killed, {timed_out} ADDs timed out"
     );
 
     let status: serde_json::Value =
