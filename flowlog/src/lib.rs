@@ -1,0 +1,14 @@
+//! septum's flow log: the [`record::FlowRecord`] a responder reads, [`filter`]s in the spirit of
+//! `hubble observe`, and the embedded SQLite [`store::Store`] with retention and the aggregates
+//! incident response asks for (top talkers, denied flows by policy, service-map edges).
+//!
+//! The agent's pipeline (ring buffer -> enrich -> aggregate -> store, subscribers, exporters)
+//! builds on this crate; the store and queries are usable and tested on their own.
+
+pub mod filter;
+pub mod record;
+pub mod store;
+
+pub use filter::{FilterError, FlowFilter, Query};
+pub use record::{FlowEnd, FlowRecord, Point, RuleRef, Verdict};
+pub use store::{Retention, Store, StoreError};
