@@ -7,6 +7,7 @@
 //! builds on this crate; the store and queries are usable and tested on their own.
 
 pub mod aggregate;
+pub mod export;
 pub mod filter;
 pub mod record;
 pub mod store;
