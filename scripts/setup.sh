@@ -12,7 +12,8 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf iproute2 nftables
-  containernetworking-plugins sqlite3 protobuf-compiler ca-certificates python3)
+  containernetworking-plugins sqlite3 protobuf-compiler ca-certificates python3
+  containerd runc busybox-static)
 
 missing_packages() {
   local p

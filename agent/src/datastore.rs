@@ -246,6 +246,21 @@ pub fn is_relevant(path: &Path) -> bool {
     path.extension().is_none_or(|e| e == "yaml" || e == "yml")
 }
 
+/// Whether a watch event can change what a file holds. Opening and reading are not changes: the
+/// agent's own reload reads every file, and reacting to those reads would reload forever.
+pub fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        // A file closed after writing: its final content.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        // Unknown kinds (a rescan request, an overflowed queue): reload to be safe.
+        EventKind::Any | EventKind::Other => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +319,26 @@ mod tests {
         let mut ds = Datastore::new(vec![dir.path().to_path_buf()]);
         let refused = ds.load().unwrap_err();
         assert!(!refused.diagnostics.is_empty());
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind};
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Read)));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Content
+        ))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
     }
 
     #[test]

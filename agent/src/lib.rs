@@ -51,6 +51,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
+            && datastore::is_change(&ev.kind)
             && ev.paths.iter().any(|p| datastore::is_relevant(p))
         {
             let _ = tx.send(());

@@ -9,64 +9,22 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const SEPTUM: &str = env!("CARGO_BIN_EXE_septum");
+#[path = "common/lab.rs"]
+mod test_lab;
 
-/// One lab, removed on drop (also when the test fails).
-struct TestLab {
-    dir: PathBuf,
-    prefix: String,
-    pins: PathBuf,
+use test_lab::TestLab;
+
+/// The probe matrix of a lab.
+trait Matrix {
+    /// (from, to) -> result.
+    fn matrix(&self, port: u16, via: &str) -> BTreeMap<(String, String), String>;
 }
 
-impl TestLab {
-    fn new(tag: &str) -> Self {
-        let unique = format!("{tag}{}", std::process::id() % 100_000);
-        let lab = Self {
-            dir: PathBuf::from(format!("/run/septum-test-lab-{unique}")),
-            prefix: format!("stl{unique}-"),
-            pins: PathBuf::from(format!("/sys/fs/bpf/septum-test-lab-{unique}")),
-        };
-        let _ = lab.run(&["lab", "down"]);
-        lab
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(SEPTUM);
-        c.args(args)
-            .env("SEPTUM_LAB_DIR", &self.dir)
-            .env("SEPTUM_LAB_NETNS_PREFIX", &self.prefix)
-            .env("SEPTUM_LAB_PIN_ROOT", &self.pins)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("running septum")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "septum {args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-    }
-
-    /// (from, to) -> result.
+impl Matrix for TestLab {
     fn matrix(&self, port: u16, via: &str) -> BTreeMap<(String, String), String> {
         let p = port.to_string();
         let v = self.json(&[
@@ -97,16 +55,6 @@ impl TestLab {
                 )
             })
             .collect()
-    }
-
-    fn datastore(&self) -> PathBuf {
-        self.dir.join("datastore")
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let _ = self.run(&["lab", "down"]);
     }
 }
 
