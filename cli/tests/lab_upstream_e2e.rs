@@ -41,7 +41,6 @@ mod cases;
 mod test_lab;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -594,23 +593,6 @@ fn run_case(
     runs
 }
 
-/// An upstream-style table: rows are sources, columns destinations.
-fn table(title: &str, cell: impl Fn(&str, &str) -> char) -> String {
-    let mut s = format!("{title}:\n-\t");
-    for to in PODS {
-        let _ = write!(s, "{to}\t");
-    }
-    s.push('\n');
-    for from in PODS {
-        let _ = write!(s, "{from}\t");
-        for to in PODS {
-            let _ = write!(s, "{}\t", cell(from, to));
-        }
-        s.push('\n');
-    }
-    s
-}
-
 fn result_mark(result: &str) -> char {
     match result {
         "connected" => '.',
@@ -694,14 +676,14 @@ fn check(run: &ProbeRun, explains: &BTreeMap<ExplainKey, Result<String, String>>
             proto = run.probe.proto,
             port = run.probe.port,
             lines = lines.join("\n  "),
-            exp = table("expected (. connected, X blocked)", |f, t| {
+            exp = cases::table("expected (. connected, X blocked)", |f, t| {
                 match (f == t, want[&(f, t)]) {
                     (true, _) => '-',
                     (_, true) => '.',
                     (_, false) => 'X',
                 }
             }),
-            obs = table(
+            obs = cases::table(
                 "observed (. connected, X timeout, R refused, E error)",
                 |f, t| match cell(f, t) {
                     _ if f == t => '-',
@@ -709,7 +691,7 @@ fn check(run: &ProbeRun, explains: &BTreeMap<ExplainKey, Result<String, String>>
                     None => '?',
                 }
             ),
-            expl = table("septum explain (. allow, X deny)", |f, t| {
+            expl = cases::table("septum explain (. allow, X deny)", |f, t| {
                 if f == t {
                     return '-';
                 }
@@ -721,7 +703,7 @@ fn check(run: &ProbeRun, explains: &BTreeMap<ExplainKey, Result<String, String>>
                     _ => '?',
                 }
             }),
-            cmp = table("comparison (X differs)", |f, t| {
+            cmp = cases::table("comparison (X differs)", |f, t| {
                 if f == t {
                     '-'
                 } else if differs.iter().any(|(a, b)| *a == f && *b == t) {

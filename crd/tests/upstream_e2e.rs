@@ -30,7 +30,6 @@ mod cases;
 mod common;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use cases::{CASES, Case, Mutation, PODS, expected};
 use common::{check, engine};
@@ -85,23 +84,6 @@ fn observe(
         verdict = Some(got);
     }
     verdict.ok_or_else(|| "no flow explained".to_string())
-}
-
-/// An upstream-style table: rows are sources, columns destinations.
-fn table(title: &str, cell: impl Fn(&str, &str) -> char) -> String {
-    let mut s = format!("{title}:\n-\t");
-    for to in PODS {
-        let _ = write!(s, "{to}\t");
-    }
-    s.push('\n');
-    for from in PODS {
-        let _ = write!(s, "{from}\t");
-        for to in PODS {
-            let _ = write!(s, "{}\t", cell(from, to));
-        }
-        s.push('\n');
-    }
-    s
 }
 
 fn policy_from_yaml(yaml: &str) -> septum_policy::model::NetworkPolicy {
@@ -234,20 +216,20 @@ fn run(case: &Case, stats: &mut Stats) -> Vec<String> {
                     .cloned()
                     .collect::<Vec<_>>()
                     .join("\n  "),
-                exp = table("expected (. connected, X blocked)", |f, t| {
+                exp = cases::table("expected (. connected, X blocked)", |f, t| {
                     match (f == t, want[&(f, t)]) {
                         (true, _) => '-',
                         (_, true) => '.',
                         (_, false) => 'X',
                     }
                 }),
-                obs = table("observed", |f, t| match got.get(&(f, t)) {
+                obs = cases::table("observed", |f, t| match got.get(&(f, t)) {
                     _ if f == t => '-',
                     Some(true) => '.',
                     Some(false) => 'X',
                     None => '?',
                 }),
-                cmp = table("comparison (X differs)", mark),
+                cmp = cases::table("comparison (X differs)", mark),
             ));
         }
     }

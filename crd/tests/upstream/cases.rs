@@ -9,6 +9,8 @@
 //! is y/b); a runner with other addresses substitutes its own.
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
+
 use std::collections::BTreeMap;
 
 /// The pods of the model, in upstream order.
@@ -1350,4 +1352,21 @@ pub fn expected(ops: &[Op]) -> BTreeMap<(&'static str, &'static str), bool> {
         }
     }
     t
+}
+
+/// An upstream-style table: rows are sources, columns destinations.
+pub fn table(title: &str, cell: impl Fn(&str, &str) -> char) -> String {
+    let mut s = format!("{title}:\n-\t");
+    for to in PODS {
+        let _ = write!(s, "{to}\t");
+    }
+    s.push('\n');
+    for from in PODS {
+        let _ = write!(s, "{from}\t");
+        for to in PODS {
+            let _ = write!(s, "{}\t", cell(from, to));
+        }
+        s.push('\n');
+    }
+    s
 }
