@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -23,6 +24,8 @@ use septum_proto::agent::v1 as pb;
 
 use crate::config::AgentConfig;
 use crate::datastore::{Datastore, FileStatus};
+use crate::flows::Enricher;
+use crate::flows::metrics::AgentMetrics;
 use crate::reconcile::{ContentsDiff, MapContents, WriteStats, map_contents, node_model};
 use crate::registry::{AttachmentKey, Endpoint, Registry};
 use crate::state_dir::StateDir;
@@ -98,6 +101,8 @@ pub struct Agent {
     generation: u64,
     last_sync: Option<SyncReport>,
     last_error: Option<String>,
+    /// The flow pipeline's enrichment tables, rebuilt by every sync that compiles a model.
+    enricher: Arc<RwLock<Arc<Enricher>>>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -155,7 +160,9 @@ impl Agent {
         let dp = Datapath::load(&opts).context("loading the datapath")?;
         let datastore =
             Datastore::with_cache(cfg.manifests.clone(), cfg.state_dir.join("last-good"));
+        let enricher = Arc::new(RwLock::new(Arc::new(Enricher::empty(&cfg.node_name))));
         let mut agent = Self {
+            enricher,
             cfg,
             dp,
             dir,
@@ -280,6 +287,11 @@ impl Agent {
                 .map_err(|e| e.to_string())?;
             self.allocations = allocations;
         }
+        let previous = self.enricher.read().ok().map(|g| g.clone());
+        let enricher = Enricher::build(&node, &model, &state, previous.as_deref());
+        if let Ok(mut g) = self.enricher.write() {
+            *g = Arc::new(enricher);
+        }
         let slice = node_state(&model, &state, &node);
         let desired = map_contents(&slice, &self.registry);
         let full = self.applied.is_none();
@@ -332,6 +344,51 @@ impl Agent {
             endpoints,
             last_sync: self.last_sync.clone(),
             last_error: self.last_error.clone(),
+        }
+    }
+
+    /// The enrichment tables the flow pipeline reads (shared; every sync replaces them).
+    pub fn enricher_cell(&self) -> Arc<RwLock<Arc<Enricher>>> {
+        self.enricher.clone()
+    }
+
+    /// What the flow pipeline reads from the datapath: the ring buffer (once; `None` after)
+    /// and a read-only handle on conntrack and the counters.
+    pub fn flow_sources(
+        &mut self,
+    ) -> Result<
+        (
+            Option<septum_datapath::EventReader>,
+            septum_datapath::Observer,
+        ),
+        String,
+    > {
+        let observer = self.dp.observer().map_err(|e| e.to_string())?;
+        Ok((self.dp.take_events(), observer))
+    }
+
+    /// The agent's part of the metrics page.
+    pub fn metrics(&self) -> AgentMetrics {
+        use septum_datapath_common::map_sizes;
+        let (ep, ipc, pol, svc) = self.applied.as_ref().map_or((0, 0, 0, 0), |a| {
+            (
+                a.endpoints.len(),
+                a.ipcache.len(),
+                a.policy.len(),
+                a.services.len(),
+            )
+        });
+        AgentMetrics {
+            counters: self.dp.counters().unwrap_or_default(),
+            maps: vec![
+                ("endpoints", ep as u64, u64::from(map_sizes::ENDPOINTS)),
+                ("ipcache", ipc as u64, u64::from(map_sizes::IPCACHE)),
+                ("policy", pol as u64, u64::from(map_sizes::POLICY)),
+                ("services", svc as u64, u64::from(map_sizes::SERVICES)),
+            ],
+            endpoints: self.registry.endpoints.len() as u64,
+            generation: self.generation,
+            synced: self.applied.is_some(),
         }
     }
 

@@ -47,9 +47,76 @@ pub struct AgentConfig {
     /// Remove pinned maps whose layout differs from this build's instead of refusing to start.
     #[arg(long, env = "SEPTUM_MIGRATE_MAPS")]
     pub migrate: bool,
+    /// The flow store (SQLite); default `<state-dir>/flows.db`.
+    #[arg(long, env = "SEPTUM_FLOW_STORE", value_name = "PATH")]
+    pub flow_store: Option<PathBuf>,
+    /// Flow records last seen longer ago than this are removed (`0`: no age bound).
+    #[arg(
+        long,
+        env = "SEPTUM_FLOW_RETENTION",
+        default_value = "24h",
+        value_name = "DURATION"
+    )]
+    pub flow_retention: String,
+    /// The flow store is kept under this many bytes (`0`: no size bound).
+    #[arg(long, env = "SEPTUM_FLOW_STORE_MAX_BYTES", default_value_t = 1 << 30)]
+    pub flow_store_max_bytes: u64,
+    /// Also export flow records as JSON lines to this file (rotated by size).
+    #[arg(long, env = "SEPTUM_FLOW_JSONL", value_name = "PATH")]
+    pub flow_jsonl: Option<PathBuf>,
+    /// Rotate the JSON-lines export past this size.
+    #[arg(long, env = "SEPTUM_FLOW_JSONL_MAX_BYTES", default_value_t = 100 << 20)]
+    pub flow_jsonl_max_bytes: u64,
+    /// Rotated JSON-lines files kept.
+    #[arg(long, env = "SEPTUM_FLOW_JSONL_KEEP", default_value_t = 5)]
+    pub flow_jsonl_keep: u32,
+    /// Also export flow records as OTLP logs to this collector (`http://host:4317`).
+    #[arg(long, env = "SEPTUM_FLOW_OTLP", value_name = "URL")]
+    pub flow_otlp: Option<String>,
+    /// Serve the flow API on this TCP address too, with TLS (needs --flows-tls-cert and
+    /// --flows-tls-key; with --flows-tls-client-ca, clients must present a certificate it signed).
+    #[arg(long, env = "SEPTUM_FLOWS_ADDR", value_name = "ADDR")]
+    pub flows_addr: Option<SocketAddr>,
+    /// PEM certificate chain of the TCP flow API.
+    #[arg(long, env = "SEPTUM_FLOWS_TLS_CERT", value_name = "PATH")]
+    pub flows_tls_cert: Option<PathBuf>,
+    /// PEM private key of the TCP flow API.
+    #[arg(long, env = "SEPTUM_FLOWS_TLS_KEY", value_name = "PATH")]
+    pub flows_tls_key: Option<PathBuf>,
+    /// PEM CA certificate that signs the TCP flow API's client certificates.
+    #[arg(long, env = "SEPTUM_FLOWS_TLS_CLIENT_CA", value_name = "PATH")]
+    pub flows_tls_client_ca: Option<PathBuf>,
 }
 
 impl AgentConfig {
+    /// The flow pipeline's settings, validated.
+    pub fn flow_settings(&self) -> anyhow::Result<crate::flows::FlowSettings> {
+        let age = septum_flowlog::wire::parse_duration("flow-retention", &self.flow_retention)?;
+        if self.flows_addr.is_some()
+            && (self.flows_tls_cert.is_none() || self.flows_tls_key.is_none())
+        {
+            anyhow::bail!(
+                "--flows-addr serves the flow API over TLS only: give --flows-tls-cert and --flows-tls-key"
+            );
+        }
+        Ok(crate::flows::FlowSettings {
+            store: self
+                .flow_store
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("flows.db")),
+            retention: septum_flowlog::Retention {
+                max_age_ms: (age > 0).then_some(age),
+                max_bytes: (self.flow_store_max_bytes > 0).then_some(self.flow_store_max_bytes),
+            },
+            jsonl: self
+                .flow_jsonl
+                .clone()
+                .map(|p| (p, self.flow_jsonl_max_bytes, self.flow_jsonl_keep)),
+            otlp: self.flow_otlp.clone(),
+            aggregation: septum_flowlog::aggregate::Settings::default(),
+        })
+    }
+
     /// The health endpoint's address, if enabled.
     pub fn health_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
         if self.health_addr.is_empty() {

@@ -14,11 +14,14 @@
 //! - [`datastore`]: the YAML directory and each file's last good version.
 //! - [`reconcile`]: model -> map contents -> minimal writes, and their order.
 //! - [`agent`]: the core joining them; [`server`]: the gRPC registry; [`health`]: `/healthz`,
-//!   `/readyz`, `/status`.
+//!   `/readyz`, `/status`, `/metrics`.
+//! - [`flows`]: the flow pipeline (ring buffer -> enrich -> aggregate -> store, followers,
+//!   exporters) and the `FlowService` served beside the registry (and on TCP with TLS).
 
 pub mod agent;
 pub mod config;
 pub mod datastore;
+pub mod flows;
 pub mod health;
 pub mod reconcile;
 pub mod registry;
@@ -43,9 +46,33 @@ const ADDRESS_POLL: Duration = Duration::from_millis(500);
 /// Runs the agent until SIGTERM or SIGINT. Enforcement stays in the kernel when it ends.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let health = cfg.health_addr()?;
+    let flow_settings = cfg.flow_settings()?;
+    let tls = flows_tls(&cfg)?;
     let socket = cfg.socket.clone();
     let roots = cfg.manifests.clone();
-    let agent = Arc::new(Mutex::new(Agent::start(cfg)?));
+    let node = cfg.node_name.clone();
+    let mut started = Agent::start(cfg)?;
+    let hub = Arc::new(flows::FlowHub::new(
+        &node,
+        flow_settings.store.clone(),
+        flow_settings.retention,
+        started.enricher_cell(),
+    ));
+    let (events, observer) = started
+        .flow_sources()
+        .map_err(|e| anyhow::anyhow!("opening the datapath for flow logs: {e}"))?;
+    let agent = Arc::new(Mutex::new(started));
+    match events {
+        Some(events) => {
+            let h = hub.clone();
+            tokio::spawn(async move {
+                if let Err(e) = flows::pipeline::run(h, events, observer, flow_settings).await {
+                    tracing::error!(error = %format!("{e:#}"), "the flow pipeline stopped; flows are no longer recorded");
+                }
+            });
+        }
+        None => tracing::error!("the ring buffer was already taken; flows are not recorded"),
+    }
 
     // Datastore watch: inotify on every root (a file root: its directory).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -98,9 +125,28 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     if let Some(addr) = health {
         let a = agent.clone();
+        let h = hub.clone();
         tokio::spawn(async move {
-            if let Err(e) = health::serve(addr, a).await {
+            if let Err(e) = health::serve(addr, a, Some(h)).await {
                 tracing::error!(error = %e, "health endpoint failed");
+            }
+        });
+    }
+
+    if let Some((addr, tls)) = tls {
+        let api = flows::service::FlowApi::new(hub.clone());
+        let incoming = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the flow API on {addr}"))?;
+        tracing::info!(%addr, "flow API listening (TLS)");
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .context("the flow API's TLS configuration")?
+            .add_service(septum_proto::flow::v1::flow_service_server::FlowServiceServer::new(api))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(incoming));
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the TCP flow API stopped");
             }
         });
     }
@@ -123,6 +169,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 server::RegistryService::new(agent.clone()),
             ),
         )
+        .add_service(
+            septum_proto::flow::v1::flow_service_server::FlowServiceServer::new(
+                flows::service::FlowApi::new(hub.clone()),
+            ),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving the endpoint registry")?;
@@ -130,6 +181,30 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     drop(watcher);
     tracing::info!("agent stopped; enforcement stays in the kernel");
     Ok(())
+}
+
+/// The TCP flow API's address and TLS settings, read and checked at start.
+fn flows_tls(
+    cfg: &AgentConfig,
+) -> anyhow::Result<Option<(std::net::SocketAddr, tonic::transport::ServerTlsConfig)>> {
+    let Some(addr) = cfg.flows_addr else {
+        return Ok(None);
+    };
+    let read = |p: &Option<std::path::PathBuf>, what: &str| -> anyhow::Result<Vec<u8>> {
+        let p = p
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--flows-addr needs {what}"))?;
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let cert = read(&cfg.flows_tls_cert, "--flows-tls-cert")?;
+    let key = read(&cfg.flows_tls_key, "--flows-tls-key")?;
+    let mut tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    if cfg.flows_tls_client_ca.is_some() {
+        let ca = read(&cfg.flows_tls_client_ca, "--flows-tls-client-ca")?;
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    Ok(Some((addr, tls)))
 }
 
 /// Sets up tracing (`RUST_LOG`, default info) for the agent's binaries.

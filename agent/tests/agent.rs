@@ -67,6 +67,17 @@ impl World {
             attach_mode: AttachMode::detect(),
             health_addr: String::new(),
             migrate: false,
+            flow_store: None,
+            flow_retention: "24h".into(),
+            flow_store_max_bytes: 1 << 30,
+            flow_jsonl: None,
+            flow_jsonl_max_bytes: 100 << 20,
+            flow_jsonl_keep: 5,
+            flow_otlp: None,
+            flows_addr: None,
+            flows_tls_cert: None,
+            flows_tls_key: None,
+            flows_tls_client_ca: None,
         }
     }
 

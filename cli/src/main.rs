@@ -29,7 +29,7 @@ enum Command {
     #[command(subcommand)]
     Crd(crd::CrdCommand),
     /// Runs the node agent (standalone mode: a directory of Kubernetes YAML is the datastore).
-    Agent(septum_agent::AgentConfig),
+    Agent(Box<septum_agent::AgentConfig>),
     /// Network-namespace pods from manifests on this host, enforced and probed.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         Command::Policy(c) => policy::run(c),
         Command::Explain(a) => explain::run(a),
         Command::Crd(c) => crd::run(c),
-        Command::Agent(cfg) => run_agent(cfg),
+        Command::Agent(cfg) => run_agent(*cfg),
         Command::Lab(c) => lab::run(c),
     };
     match result {

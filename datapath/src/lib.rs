@@ -599,18 +599,45 @@ impl Datapath {
 
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
-        let mut out = Vec::with_capacity(Counter::ALL.len());
-        for (counter, _) in Counter::ALL {
-            let values =
-                self.counters
-                    .get(&(counter as u32), 0)
-                    .map_err(|source| DatapathError::Map {
-                        name: map_names::COUNTERS,
-                        source,
-                    })?;
-            out.push((counter, values.iter().sum()));
+        sum_counters(&self.counters)
+    }
+
+    /// A second, read-only handle on conntrack and the counters (duplicated map file
+    /// descriptors, the same kernel maps), for a reader on another thread or task, such as the
+    /// flow pipeline reading conntrack's per-connection counters.
+    pub fn observer(&self) -> Result<Observer, DatapathError> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        fn dup(name: &'static str, data: &MapData) -> Result<MapData, DatapathError> {
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DatapathError::Map {
+                    name,
+                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "dup",
+                        io_error: e,
+                    }),
+                })?;
+            MapData::from_fd(fd).map_err(|source| DatapathError::Map { name, source })
         }
-        Ok(out)
+        let ct = dup(map_names::CONNTRACK, self.conntrack.0.map())?;
+        let counters = dup(map_names::COUNTERS, self.counters.map())?;
+        Ok(Observer {
+            conntrack: ConntrackMap(HashMap::try_from(aya::maps::Map::HashMap(ct)).map_err(
+                |source| DatapathError::Map {
+                    name: map_names::CONNTRACK,
+                    source,
+                },
+            )?),
+            counters: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(counters)).map_err(
+                |source| DatapathError::Map {
+                    name: map_names::COUNTERS,
+                    source,
+                },
+            )?,
+        })
     }
 
     /// One counter, summed over CPUs.
@@ -637,6 +664,41 @@ impl Datapath {
     pub fn take_events(&mut self) -> Option<EventReader> {
         self.events.take().map(EventReader::new)
     }
+}
+
+/// Read-only access to conntrack and the counters from outside the [`Datapath`] (see
+/// [`Datapath::observer`]); `Send`, so it can live on its own thread.
+pub struct Observer {
+    /// Conntrack (read it; the datapath owns its entries).
+    pub conntrack: ConntrackMap,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Observer {
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        sum_counters(&self.counters)
+    }
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+fn sum_counters(map: &PerCpuArray<MapData, u64>) -> Result<Vec<(Counter, u64)>, DatapathError> {
+    let mut out = Vec::with_capacity(Counter::ALL.len());
+    for (counter, _) in Counter::ALL {
+        let values = map
+            .get(&(counter as u32), 0)
+            .map_err(|source| DatapathError::Map {
+                name: map_names::COUNTERS,
+                source,
+            })?;
+        out.push((counter, values.iter().sum()));
+    }
+    Ok(out)
 }
 
 /// Checks every existing pin in `dir` against the expected layout. Returns whether any map was

@@ -216,6 +216,17 @@ impl Aggregator {
         self.conns.len() + self.drops.len()
     }
 
+    /// The open connections (not the drop folds), whose counters [`Aggregator::update`]
+    /// refreshes, in an order that is stable while no connection opens or ends.
+    pub fn connections(&self) -> impl Iterator<Item = &ConnKey> {
+        self.conns.keys()
+    }
+
+    /// When an open connection's record began (ms since the epoch).
+    pub fn first_seen(&self, key: &ConnKey) -> Option<i64> {
+        self.conns.get(key).map(|o| o.record.first_seen_ms)
+    }
+
     /// Takes one observation.
     pub fn observe(&mut self, o: Observation) {
         if o.verdict == Verdict::Dropped {

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use rusqlite::types::Value;
 
-use crate::record::Verdict;
+use crate::record::{FlowEnd, FlowRecord, RuleRef, Verdict};
 
 /// Why a filter was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -314,7 +314,8 @@ fn prefix(side: &'static str, p: &Prefix, params: &mut Vec<Value>) -> String {
     let (lo, hi) = p.range();
     params.push(Value::Blob(lo.to_vec()));
     params.push(Value::Blob(hi.to_vec()));
-    format!("{side}_ip BETWEEN ? AND ?")
+    // An unknown address matches no prefix, also under NOT (a NULL would leave the row out).
+    format!("({side}_ip IS NOT NULL AND {side}_ip BETWEEN ? AND ?)")
 }
 
 fn label(side: &'static str, l: &LabelMatch, params: &mut Vec<Value>) -> String {
@@ -323,7 +324,8 @@ fn label(side: &'static str, l: &LabelMatch, params: &mut Vec<Value>) -> String 
     match &l.value {
         Some(v) => {
             params.push(Value::Text(v.clone()));
-            format!("json_extract({side}_labels, ?) = ?")
+            // A missing key is false, not NULL, so that an exclude keeps the flow.
+            format!("coalesce(json_extract({side}_labels, ?) = ?, 0)")
         }
         None => format!("json_type({side}_labels, ?) IS NOT NULL"),
     }
@@ -464,7 +466,106 @@ impl FlowFilter {
     }
 }
 
+impl Named {
+    fn matches_pod(&self, end: &FlowEnd) -> bool {
+        end.pod == self.name
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| end.namespace == *ns)
+    }
+
+    fn matches_rule(&self, rule: Option<&RuleRef>) -> bool {
+        rule.is_some_and(|r| {
+            r.name == self.name && r.namespace == self.namespace.as_deref().unwrap_or("")
+        })
+    }
+
+    fn matches_service(&self, service: &str) -> bool {
+        match &self.namespace {
+            Some(ns) => {
+                service
+                    .strip_prefix(ns.as_str())
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    == Some(self.name.as_str())
+            }
+            // SQL's LIKE '%/name' (case-insensitive for ASCII, as SQLite's LIKE is).
+            None => {
+                let tail = format!("/{}", self.name);
+                service.len() >= tail.len()
+                    && service.is_char_boundary(service.len() - tail.len())
+                    && service[service.len() - tail.len()..].eq_ignore_ascii_case(&tail)
+            }
+        }
+    }
+}
+
+impl Prefix {
+    /// Whether `ip` lies inside the prefix (an unknown address lies in none).
+    pub fn contains(&self, ip: Option<IpAddr>) -> bool {
+        let Some(ip) = ip else { return false };
+        let (lo, hi) = self.range();
+        let k = ip_key(ip);
+        lo <= k && k <= hi
+    }
+}
+
+impl LabelMatch {
+    fn matches(&self, end: &FlowEnd) -> bool {
+        match (&self.value, end.labels.get(&self.key)) {
+            (Some(want), Some(have)) => want == have,
+            (None, Some(_)) => true,
+            (_, None) => false,
+        }
+    }
+}
+
+fn any<T>(values: &[T], f: impl Fn(&T) -> bool) -> bool {
+    values.is_empty() || values.iter().any(f)
+}
+
+impl FlowFilter {
+    /// Whether `r` matches this filter: the same answer the store's SQL gives, for live
+    /// subscribers that never touch the store.
+    pub fn matches(&self, r: &FlowRecord) -> bool {
+        any(&self.from_pod, |n| n.matches_pod(&r.src))
+            && any(&self.to_pod, |n| n.matches_pod(&r.dst))
+            && any(&self.pod, |n| {
+                n.matches_pod(&r.src) || n.matches_pod(&r.dst)
+            })
+            && any(&self.from_namespace, |ns| r.src.namespace == *ns)
+            && any(&self.to_namespace, |ns| r.dst.namespace == *ns)
+            && any(&self.namespace, |ns| {
+                r.src.namespace == *ns || r.dst.namespace == *ns
+            })
+            && any(&self.from_ip, |p| p.contains(r.src.ip))
+            && any(&self.to_ip, |p| p.contains(r.dst.ip))
+            && any(&self.ip, |p| p.contains(r.src.ip) || p.contains(r.dst.ip))
+            && self.from_label.iter().all(|l| l.matches(&r.src))
+            && self.to_label.iter().all(|l| l.matches(&r.dst))
+            && any(&self.to_service, |n| n.matches_service(&r.dst.service))
+            && any(&self.port, |p| r.src.port == *p || r.dst.port == *p)
+            && any(&self.to_port, |p| r.dst.port == *p)
+            && any(&self.protocol, |p| r.protocol == *p)
+            && any(&self.verdict, |v| r.verdict == *v)
+            && any(&self.drop_reason, |d| r.drop_reason == *d)
+            && any(&self.policy, |n| {
+                n.matches_rule(r.egress_rule.as_ref()) || n.matches_rule(r.ingress_rule.as_ref())
+            })
+            && any(&self.node, |n| r.node == *n)
+    }
+}
+
 impl Query {
+    /// Whether `r` passes the query's time bounds and filters (its limit aside): the same answer
+    /// as [`Query::to_sql`] run by the store.
+    pub fn matches(&self, r: &FlowRecord) -> bool {
+        self.since_ms.is_none_or(|s| r.last_seen_ms >= s)
+            && self.until_ms.is_none_or(|u| r.last_seen_ms < u)
+            && (self.include.is_empty() || self.include.iter().any(|f| f.matches(r)))
+            && !self.exclude.iter().any(|f| f.matches(r))
+    }
+
     /// Checks the query's sizes.
     pub fn check(&self) -> Result<(), FilterError> {
         if self.include.len() + self.exclude.len() > MAX_FILTERS {

@@ -9,8 +9,11 @@
 pub mod aggregate;
 pub mod export;
 pub mod filter;
+pub mod otlp;
 pub mod record;
 pub mod store;
+pub mod time;
+pub mod wire;
 
 pub use filter::{FilterError, FlowFilter, Query};
 pub use record::{FlowEnd, FlowRecord, Point, RuleRef, Verdict};

@@ -73,6 +73,7 @@ fn pod(ns: usize, i: usize, app: usize) -> Pod {
         node: Some(format!("node{}", ns % 10)),
         host_network: false,
         service_account: "default".into(),
+        workload: None,
     }
 }
 

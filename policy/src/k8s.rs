@@ -224,8 +224,33 @@ impl TryFrom<&core::Pod> for Pod {
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".to_string()),
+            workload: workload_of(&p.metadata),
         })
     }
+}
+
+/// The workload a pod belongs to, `Kind/name`, from its controlling owner reference. A
+/// ReplicaSet whose name is `<deployment>-<pod-template-hash>` is a Deployment's, so the pods of
+/// one Deployment group together across rollouts, as `kubectl` shows them.
+pub fn workload_of(meta: &meta::ObjectMeta) -> Option<String> {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    match (owner.kind.as_str(), hash) {
+        ("ReplicaSet", Some(h)) if !h.is_empty() => {
+            if let Some(deployment) = owner.name.strip_suffix(&format!("-{h}")) {
+                return Some(format!("Deployment/{deployment}"));
+            }
+        }
+        _ => {}
+    }
+    Some(format!("{}/{}", owner.kind, owner.name))
 }
 
 /// Converts a Service (every ClusterIP and externalIP is a VIP), with every error.

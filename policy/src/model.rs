@@ -180,6 +180,9 @@ pub struct Pod {
     pub host_network: bool,
     /// `spec.serviceAccountName` (`default` when omitted).
     pub service_account: String,
+    /// The workload the pod belongs to, `Kind/name` (`Deployment/web`), from its controlling
+    /// owner reference; `None` for a bare pod. Policy never reads it; flow logs group by it.
+    pub workload: Option<String>,
 }
 
 impl Pod {

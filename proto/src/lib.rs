@@ -24,8 +24,20 @@ pub mod agent {
     }
 }
 
+/// Flow queries.
+pub mod flow {
+    /// Version 1 of package `septum.flow.v1`: flow records, filters and aggregates
+    /// ([`v1::flow_service_client`], [`v1::flow_service_server`]).
+    pub mod v1 {
+        include!("gen/septum.flow.v1.rs");
+    }
+}
+
 /// Paths of every `.proto` file of this crate, relative to [`PROTO_ROOT`], in generation order.
-pub const PROTO_FILES: &[&str] = &["septum/agent/v1/registry.proto"];
+pub const PROTO_FILES: &[&str] = &[
+    "septum/agent/v1/registry.proto",
+    "septum/flow/v1/flow.proto",
+];
 
 /// The include root of the `.proto` files, relative to this crate's directory.
 pub const PROTO_ROOT: &str = "proto";

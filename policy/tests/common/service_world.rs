@@ -138,6 +138,7 @@ fn pod() -> impl Strategy<Value = (bool, Pod)> {
                     node: Some(NODES[node].0.to_string()),
                     host_network: false,
                     service_account: sa.to_string(),
+                    workload: None,
                 },
             )
         })

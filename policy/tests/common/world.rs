@@ -442,6 +442,7 @@ impl PodDraw {
             node: Some(node.to_string()),
             host_network: self.host_network,
             service_account: self.service_account.to_string(),
+            workload: None,
         }
     }
 }

@@ -1,0 +1,307 @@
+//! Enrichment: what the kernel's numbers mean. A flow event carries addresses, identities and
+//! rule cookies; the [`Enricher`], rebuilt from the compiled model on every sync, turns them into
+//! namespaces, pods, workloads, labels, Services and the policy rule that decided each side.
+//!
+//! Pods are found by address first (that names the pod, not just its identity), then by
+//! identity (namespace and labels, when the address is not a known pod's). Cookies are looked up
+//! in every rule table this agent has seen, so a flow decided just before a policy change still
+//! names its rule.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use septum_datapath_common::{
+    DropReason, EVENT_F_REPLY, FAMILY_IPV4, FlowEvent, IDENTITY_HOST, IDENTITY_REMOTE_NODE,
+    IDENTITY_WORLD, POINT_FROM_POD,
+};
+use septum_flowlog::aggregate::Observation;
+use septum_flowlog::{FlowEnd, Point, RuleRef, Verdict};
+use septum_policy::allocation::Section;
+use septum_policy::model::Cluster;
+use septum_policy::rules::Tier;
+use septum_policy::state::{ClusterState, IdentityDescription};
+
+/// Most cookies remembered from earlier rule tables.
+const MAX_REMEMBERED_RULES: usize = 1 << 20;
+
+/// What is known about one pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PodInfo {
+    namespace: String,
+    name: String,
+    workload: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// The tables a flow event is enriched from.
+#[derive(Clone, Debug, Default)]
+pub struct Enricher {
+    node: String,
+    pods: HashMap<IpAddr, Arc<PodInfo>>,
+    identities: HashMap<u32, Arc<PodInfo>>,
+    services: HashMap<IpAddr, String>,
+    rules: HashMap<u32, RuleRef>,
+}
+
+/// A flow event's addresses.
+pub fn event_addrs(ev: &FlowEvent) -> (IpAddr, IpAddr) {
+    let ip = |b: [u8; 16]| -> IpAddr {
+        if ev.family == FAMILY_IPV4 {
+            IpAddr::from([b[0], b[1], b[2], b[3]])
+        } else {
+            IpAddr::from(b)
+        }
+    };
+    (ip(ev.saddr), ip(ev.daddr))
+}
+
+fn rule_ref(d: &septum_policy::rules::RuleDescription) -> RuleRef {
+    RuleRef {
+        kind: d.policy.kind.as_str().to_string(),
+        namespace: d.policy.object.namespace.clone(),
+        name: d.policy.object.name.clone(),
+        tier: match d.tier {
+            Tier::Admin => "Admin".into(),
+            Tier::Baseline => "Baseline".into(),
+            Tier::Namespaced | Tier::Builtin => String::new(),
+        },
+        rule_index: match d.section {
+            Section::EgressIsolation | Section::IngressIsolation => -1,
+            Section::Egress | Section::Ingress => i32::try_from(d.index).unwrap_or(i32::MAX),
+        },
+    }
+}
+
+impl Enricher {
+    /// The tables of a compiled model, remembering `previous`'s rules for cookies that are gone.
+    pub fn build(
+        node: &str,
+        model: &Cluster,
+        state: &ClusterState,
+        previous: Option<&Enricher>,
+    ) -> Self {
+        let mut pods = HashMap::new();
+        for p in model.pods.values() {
+            if p.host_network {
+                continue;
+            }
+            let info = Arc::new(PodInfo {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                workload: p
+                    .workload
+                    .clone()
+                    .unwrap_or_else(|| format!("Pod/{}", p.name)),
+                labels: p.labels.clone(),
+            });
+            for ip in &p.ips {
+                pods.insert(*ip, info.clone());
+            }
+        }
+        let identities = state
+            .identities
+            .iter()
+            .filter_map(|(id, d)| match d {
+                IdentityDescription::Pod(k) => Some((
+                    id.get(),
+                    Arc::new(PodInfo {
+                        namespace: k.namespace.clone(),
+                        labels: k.labels.clone(),
+                        ..PodInfo::default()
+                    }),
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut services = HashMap::new();
+        for s in model.services.values() {
+            for ip in &s.cluster_ips {
+                services.insert(*ip, format!("{}/{}", s.namespace, s.name));
+            }
+        }
+        let mut rules = match previous {
+            Some(p) if p.rules.len() < MAX_REMEMBERED_RULES => p.rules.clone(),
+            _ => HashMap::new(),
+        };
+        for (cookie, d) in &state.rules {
+            rules.insert(cookie.get(), rule_ref(d));
+        }
+        Self {
+            node: node.to_string(),
+            pods,
+            identities,
+            services,
+            rules,
+        }
+    }
+
+    /// An empty table for `node` (before the first model).
+    pub fn empty(node: &str) -> Self {
+        Self {
+            node: node.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The Service whose VIP `ip` is.
+    pub fn service(&self, ip: IpAddr) -> Option<&str> {
+        self.services.get(&ip).map(String::as_str)
+    }
+
+    /// One end of a flow.
+    pub fn end(&self, ip: IpAddr, port: u16, identity: u32) -> FlowEnd {
+        let mut end = FlowEnd {
+            ip: Some(ip),
+            port,
+            identity,
+            ..FlowEnd::default()
+        };
+        if let Some(p) = self.pods.get(&ip) {
+            end.namespace.clone_from(&p.namespace);
+            end.pod.clone_from(&p.name);
+            end.workload.clone_from(&p.workload);
+            end.labels.clone_from(&p.labels);
+        } else if let Some(p) = self.identities.get(&identity) {
+            end.namespace.clone_from(&p.namespace);
+            end.labels.clone_from(&p.labels);
+        } else if identity == IDENTITY_HOST {
+            end.workload = format!("node/{}", self.node);
+        } else if identity == IDENTITY_REMOTE_NODE {
+            end.workload = "remote-node".into();
+        } else if identity == IDENTITY_WORLD {
+            end.workload = "world".into();
+        }
+        if let Some(s) = self.services.get(&ip) {
+            end.service.clone_from(s);
+        }
+        end
+    }
+
+    /// The rule a cookie names (`None` for 0: the side was not policed).
+    pub fn rule(&self, cookie: u32) -> Option<RuleRef> {
+        if cookie == 0 {
+            return None;
+        }
+        Some(self.rules.get(&cookie).cloned().unwrap_or_else(|| RuleRef {
+            kind: "unknown".into(),
+            name: format!("cookie-{cookie}"),
+            rule_index: -1,
+            ..RuleRef::default()
+        }))
+    }
+
+    /// A flow event as an observation at wall time `time_ms`; `None` when the event's codes
+    /// are not this build's (a layout mismatch, counted by the caller).
+    pub fn observe(&self, ev: &FlowEvent, time_ms: i64) -> Option<Observation> {
+        let verdict = match septum_datapath_common::Verdict::from_u8(ev.verdict)? {
+            septum_datapath_common::Verdict::Forwarded => Verdict::Forwarded,
+            septum_datapath_common::Verdict::Dropped => Verdict::Dropped,
+            septum_datapath_common::Verdict::Audit => Verdict::Audit,
+        };
+        DropReason::from_u8(ev.drop_reason)?;
+        let point = if ev.point == POINT_FROM_POD {
+            Point::FromPod
+        } else {
+            Point::ToPod
+        };
+        let (s, d) = event_addrs(ev);
+        Some(Observation {
+            time_ms,
+            node: self.node.clone(),
+            point,
+            protocol: ev.protocol,
+            src: self.end(s, ev.sport, ev.src_identity),
+            dst: self.end(d, ev.dport, ev.dst_identity),
+            verdict,
+            drop_reason: ev.drop_reason,
+            egress_rule: self.rule(ev.egress_cookie),
+            ingress_rule: self.rule(ev.ingress_cookie),
+            tcp_flags: ev.tcp_flags,
+            bytes: u64::from(ev.packet_len),
+            is_reply: ev.flags & EVENT_F_REPLY != 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use septum_datapath_common::{POINT_TO_POD, proto};
+    use septum_policy::model::{ObjectKey, Pod, Service};
+
+    fn model() -> Cluster {
+        let mut c = Cluster::default();
+        let web = Pod {
+            namespace: "shop".into(),
+            name: "web-7d9f-abcde".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            service_account: "default".into(),
+            workload: Some("Deployment/web".into()),
+            ..Pod::default()
+        };
+        c.pods.insert(web.key(), web);
+        let svc = Service {
+            namespace: "shop".into(),
+            name: "web".into(),
+            cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+            ..Service::default()
+        };
+        c.services.insert(ObjectKey::new("shop", "web"), svc);
+        c
+    }
+
+    fn event(saddr: [u8; 4], daddr: [u8; 4]) -> FlowEvent {
+        let mut s = [0u8; 16];
+        s[..4].copy_from_slice(&saddr);
+        let mut d = [0u8; 16];
+        d[..4].copy_from_slice(&daddr);
+        FlowEvent {
+            saddr: s,
+            daddr: d,
+            sport: 40000,
+            dport: 80,
+            family: FAMILY_IPV4,
+            protocol: proto::TCP,
+            point: POINT_TO_POD,
+            verdict: 2,
+            drop_reason: 2,
+            src_identity: IDENTITY_WORLD,
+            dst_identity: 300,
+            ingress_cookie: 99,
+            packet_len: 60,
+            ..FlowEvent::default()
+        }
+    }
+
+    #[test]
+    fn ends_are_named_by_address_and_services_by_vip() {
+        let e = Enricher::build("n1", &model(), &ClusterState::default(), None);
+        let o = e.observe(&event([1, 2, 3, 4], [10, 0, 0, 2]), 5).unwrap();
+        assert_eq!(o.dst.pod, "web-7d9f-abcde");
+        assert_eq!(o.dst.workload, "Deployment/web");
+        assert_eq!(o.dst.labels["app"], "web");
+        assert_eq!(o.src.workload, "world");
+        assert_eq!(o.verdict, Verdict::Dropped);
+        assert_eq!(o.point, Point::ToPod);
+        // A cookie no table knows is still reported, not hidden.
+        assert_eq!(o.ingress_rule.unwrap().name, "cookie-99");
+        assert!(o.egress_rule.is_none());
+        let o = e
+            .observe(&event([10, 0, 0, 2], [10, 96, 0, 10]), 5)
+            .unwrap();
+        assert_eq!(o.dst.service, "shop/web");
+    }
+
+    #[test]
+    fn events_with_unknown_codes_are_refused() {
+        let e = Enricher::empty("n1");
+        let mut ev = event([1, 1, 1, 1], [2, 2, 2, 2]);
+        ev.verdict = 77;
+        assert!(e.observe(&ev, 0).is_none());
+        let mut ev = event([1, 1, 1, 1], [2, 2, 2, 2]);
+        ev.drop_reason = 200;
+        assert!(e.observe(&ev, 0).is_none());
+    }
+}
