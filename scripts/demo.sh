@@ -63,5 +63,15 @@ print("%s (%s)" % (e["verdict"].upper(), why))'
   done
 done
 echo
+echo "== what the flow log saw (septum flows)"
+sleep 1
+septum flows --verdict dropped --last 10
+echo
+septum flows denied
+echo
+septum flows graph --format dot > "$lab_dir/service-map.dot"
+septum flows graph --format svg -o "$lab_dir/service-map.svg"
+echo "service map: $lab_dir/service-map.svg (and .dot)"
+echo
 echo "The lab is still up: try 'septum lab probe --port 80', edit a policy with 'septum lab apply',"
 echo "or remove it all with '$bin/septum lab down'."

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod crd;
 mod explain;
+mod flows;
 mod lab;
 mod policy;
 
@@ -30,6 +31,9 @@ enum Command {
     Crd(crd::CrdCommand),
     /// Runs the node agent (standalone mode: a directory of Kubernetes YAML is the datastore).
     Agent(Box<septum_agent::AgentConfig>),
+    /// The flow log: who talked to whom, what was refused and why (filters, follow, top,
+    /// denied, graph, status).
+    Flows(Box<flows::FlowsArgs>),
     /// Network-namespace pods from manifests on this host, enforced and probed.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Crd(c) => crd::run(c),
         Command::Agent(cfg) => run_agent(*cfg),
         Command::Lab(c) => lab::run(c),
+        Command::Flows(a) => flows::run(*a),
     };
     match result {
         Ok(code) => code,

@@ -290,44 +290,6 @@ fn lab_down_leaves_the_host_as_it_found_it() {
     lab.ok(&["lab", "down"]);
 }
 
-/// Runs `f` on a thread inside the network namespace of lab pod `pod` (`ns/name`).
-fn in_pod<R: Send + 'static>(
-    lab: &TestLab,
-    pod: &str,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> std::thread::JoinHandle<R> {
-    let st: Value =
-        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
-    let netns = st["pods"][pod]["netns"]
-        .as_str()
-        .expect("pod netns")
-        .to_string();
-    std::thread::spawn(move || {
-        let f0 = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
-        nix::sched::setns(&f0, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-}
-
-fn pod_ip(lab: &TestLab, pod: &str) -> std::net::IpAddr {
-    let st = lab.json(&["lab", "status", "--output", "json"]);
-    st["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| {
-            format!(
-                "{}/{}",
-                p["namespace"].as_str().unwrap(),
-                p["name"].as_str().unwrap()
-            ) == pod
-        })
-        .and_then(|p| p["ips"][0].as_str())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn agent_kill_and_restart_under_traffic() {
     use std::io::{BufRead, BufReader, Write};
@@ -337,13 +299,13 @@ fn agent_kill_and_restart_under_traffic() {
     let lab = TestLab::new("kill");
     lab.ok(&["lab", "up", path(&examples().join("pods.yaml"))]);
     lab.ok(&["lab", "apply", path(&examples().join("policies.yaml"))]);
-    let backend: std::net::SocketAddr = (pod_ip(&lab, "shop/backend"), 80).into();
+    let backend: std::net::SocketAddr = (lab.pod_ip("shop/backend"), 80).into();
 
     // An established, allowed connection (frontend -> backend:80) exchanging a line every 20 ms.
     let stop = Arc::new(AtomicBool::new(false));
     let echoed = Arc::new(AtomicUsize::new(0));
     let (s, e) = (stop.clone(), echoed.clone());
-    let established = in_pod(&lab, "shop/frontend", move || {
+    let established = lab.in_pod("shop/frontend", move || {
         let sock = std::net::TcpStream::connect_timeout(&backend, Duration::from_secs(2))
             .expect("frontend -> backend is allowed");
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -368,7 +330,7 @@ fn agent_kill_and_restart_under_traffic() {
     // A denied client (outsider -> backend:80) trying new connections all along.
     let (s, leaks) = (stop.clone(), Arc::new(AtomicUsize::new(0)));
     let l = leaks.clone();
-    let denied = in_pod(&lab, "outside/outsider", move || {
+    let denied = lab.in_pod("outside/outsider", move || {
         let mut tries = 0;
         while !s.load(Ordering::SeqCst) {
             if std::net::TcpStream::connect_timeout(&backend, Duration::from_millis(100)).is_ok() {
@@ -466,7 +428,7 @@ fn hammer(
     addr: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<usize> {
-    in_pod(lab, pod, move || {
+    lab.in_pod(pod, move || {
         let mut through = 0;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(30)).is_ok() {
@@ -486,7 +448,7 @@ fn a_new_pod_is_isolated_from_its_first_packet() {
     lab.ok(&["lab", "up", path(&examples().join("pods.yaml"))]);
     lab.ok(&["lab", "apply", path(&examples().join("policies.yaml"))]);
     // host-local hands out addresses in order: the next pod gets the next one.
-    let last = PODS.iter().map(|p| pod_ip(&lab, p)).max().unwrap();
+    let last = PODS.iter().map(|p| lab.pod_ip(p)).max().unwrap();
     let next = |ip: std::net::IpAddr| match ip {
         std::net::IpAddr::V4(v4) => std::net::IpAddr::V4((u32::from(v4) + 1).into()),
         v6 => v6,
@@ -508,7 +470,7 @@ fn a_new_pod_is_isolated_from_its_first_packet() {
     std::thread::sleep(Duration::from_millis(2500));
     stop.store(true, Ordering::SeqCst);
     assert_eq!(
-        pod_ip(&lab, "shop/newcomer"),
+        lab.pod_ip("shop/newcomer"),
         isolated_ip,
         "the address was not the predicted one"
     );
@@ -526,6 +488,6 @@ fn a_new_pod_is_isolated_from_its_first_packet() {
     lab.ok(&["lab", "apply", path(&data.join("new-open-pod.yaml"))]);
     std::thread::sleep(Duration::from_millis(2500));
     stop.store(true, Ordering::SeqCst);
-    assert_eq!(pod_ip(&lab, "outside/newcomer"), open_ip);
+    assert_eq!(lab.pod_ip("outside/newcomer"), open_ip);
     assert!(h.join().unwrap() > 0, "the control never connected");
 }

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod export;
 pub mod filter;
+pub mod map;
 pub mod otlp;
 pub mod record;
 pub mod store;

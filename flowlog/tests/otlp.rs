@@ -38,7 +38,11 @@ fn record(i: u64) -> FlowRecord {
         ip: Some(std::net::IpAddr::from([10, 0, (n >> 8) as u8, n as u8])),
         port,
         namespace: if pod { "shop".into() } else { String::new() },
-        pod: if pod { format!("pod-{n}") } else { String::new() },
+        pod: if pod {
+            format!("pod-{n}")
+        } else {
+            String::new()
+        },
         workload: if pod {
             format!("Deployment/app-{}", n % 3)
         } else {
@@ -60,14 +64,18 @@ fn record(i: u64) -> FlowRecord {
         first_seen_ms: 1_800_000_000_000 + i as i64,
         last_seen_ms: 1_800_000_000_100 + i as i64,
         node: "node-a".into(),
-        point: if i % 2 == 0 {
+        point: if i.is_multiple_of(2) {
             Point::FromPod
         } else {
             Point::ToPod
         },
-        protocol: if i % 5 == 0 { 17 } else { 6 },
+        protocol: if i.is_multiple_of(5) { 17 } else { 6 },
         src: end(i % 300, 30_000 + (i % 1000) as u16, true),
-        dst: end(i % 7, if i % 3 == 0 { 80 } else { 5432 }, i % 4 != 0),
+        dst: end(
+            i % 7,
+            if i.is_multiple_of(3) { 80 } else { 5432 },
+            !i.is_multiple_of(4),
+        ),
         verdict: if i % 3 == 1 {
             Verdict::Dropped
         } else {
@@ -87,7 +95,7 @@ fn record(i: u64) -> FlowRecord {
         bytes_forward: i * 60,
         packets_reverse: i / 2,
         bytes_reverse: i * 30,
-        is_reply: i % 11 == 0,
+        is_reply: i.is_multiple_of(11),
         count: 1 + i % 4,
     }
 }

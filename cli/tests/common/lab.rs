@@ -20,6 +20,8 @@ pub struct TestLab {
     pub prefix: String,
     /// `SEPTUM_LAB_PIN_ROOT`.
     pub pins: PathBuf,
+    /// More environment for every command (the agent `lab up` starts inherits it).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestLab {
@@ -31,6 +33,7 @@ impl TestLab {
             dir: PathBuf::from(format!("/run/septum-test-lab-{unique}")),
             prefix: format!("stl{unique}-"),
             pins: PathBuf::from(format!("/sys/fs/bpf/septum-test-lab-{unique}")),
+            env: Vec::new(),
         };
         let _ = lab.run(&["lab", "down"]);
         lab
@@ -43,7 +46,8 @@ impl TestLab {
             .env("SEPTUM_LAB_DIR", &self.dir)
             .env("SEPTUM_LAB_NETNS_PREFIX", &self.prefix)
             .env("SEPTUM_LAB_PIN_ROOT", &self.pins)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -69,6 +73,44 @@ impl TestLab {
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.ok(args);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Runs `f` on a thread inside the network namespace of lab pod `pod` (`ns/name`).
+    pub fn in_pod<R: Send + 'static>(
+        &self,
+        pod: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> std::thread::JoinHandle<R> {
+        let st: Value =
+            serde_json::from_slice(&std::fs::read(self.dir.join("lab.json")).unwrap()).unwrap();
+        let netns = st["pods"][pod]["netns"]
+            .as_str()
+            .expect("pod netns")
+            .to_string();
+        std::thread::spawn(move || {
+            let f0 = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+            nix::sched::setns(&f0, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> std::net::IpAddr {
+        let st = self.json(&["lab", "status", "--output", "json"]);
+        st["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                format!(
+                    "{}/{}",
+                    p["namespace"].as_str().unwrap(),
+                    p["name"].as_str().unwrap()
+                ) == pod
+            })
+            .and_then(|p| p["ips"][0].as_str())
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// The directory the lab's agent enforces.

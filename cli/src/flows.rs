@@ -1,0 +1,825 @@
+//! `septum flows`: the flow log for incident response, from the agent's `FlowService`.
+//!
+//! ```text
+//! septum flows --to-pod shop/db --verdict dropped --since 1h
+//! septum flows --from-namespace shop --follow --output jsonl
+//! septum flows top --namespace shop
+//! septum flows denied --since 14:02
+//! septum flows graph --format svg -o map.svg
+//! septum flows status
+//! ```
+//!
+//! The agent is found on its unix socket (`--socket`, `SEPTUM_AGENT_SOCKET`, the node default
+//! `/run/septum/agent.sock`, else the lab's), or over TCP with TLS (`--server https://HOST:PORT`
+//! with `--tls-ca`, and `--tls-cert`/`--tls-key` when the server asks for a client certificate).
+//! Filters are checked here with the server's own rules, so a bad value is refused before any
+//! request, with the flag that carried it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use hyper_util::rt::TokioIo;
+use septum_flowlog::FlowRecord;
+use septum_flowlog::store::{Denied, Edge, Talker};
+use septum_flowlog::{time, wire};
+use septum_proto::flow::v1 as pb;
+use septum_proto::flow::v1::flow_service_client::FlowServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The node agent's default socket.
+const NODE_SOCKET: &str = "/run/septum/agent.sock";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `septum flows`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct FlowsArgs {
+    #[command(subcommand)]
+    command: Option<FlowsCommand>,
+    #[command(flatten)]
+    list: ListArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum FlowsCommand {
+    /// The pairs that exchanged the most flows.
+    Top(TopArgs),
+    /// Refused flows, by the policy that refused them.
+    Denied(CommonArgs),
+    /// The service map (workload -> workload, with ports and verdicts) as a picture.
+    Graph(GraphArgs),
+    /// The agent's flow pipeline: store size, retention, events, losses.
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// table or json.
+        #[arg(long, short = 'o', default_value = "table")]
+        output: Output,
+    },
+}
+
+/// How to reach the agent.
+#[derive(Debug, Args, Clone)]
+struct ServerArgs {
+    /// The agent's unix socket (default: /run/septum/agent.sock, else the lab's).
+    #[arg(long, env = "SEPTUM_AGENT_SOCKET", value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    /// A flow API over TCP with TLS instead: https://HOST:PORT.
+    #[arg(long, value_name = "URL", global = true, conflicts_with = "socket")]
+    server: Option<String>,
+    /// PEM CA certificate that signed the server's certificate.
+    #[arg(long, value_name = "PATH", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that asks for one.
+    #[arg(long, value_name = "PATH", global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, value_name = "PATH", global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name to check the server's certificate against (default: the URL's host).
+    #[arg(long, value_name = "NAME", global = true)]
+    tls_server_name: Option<String>,
+}
+
+/// Which flows: the filter flags, `--exclude` and the time window.
+#[derive(Debug, Args, Clone, Default)]
+struct FilterArgs {
+    /// Source pod, NS/NAME or NAME (repeatable: any of them).
+    #[arg(long, value_name = "POD")]
+    from_pod: Vec<String>,
+    /// Destination pod.
+    #[arg(long, value_name = "POD")]
+    to_pod: Vec<String>,
+    /// Source or destination pod.
+    #[arg(long, value_name = "POD")]
+    pod: Vec<String>,
+    /// Source namespace.
+    #[arg(long, value_name = "NS")]
+    from_namespace: Vec<String>,
+    /// Destination namespace.
+    #[arg(long, value_name = "NS")]
+    to_namespace: Vec<String>,
+    /// Source or destination namespace.
+    #[arg(long, short = 'n', value_name = "NS")]
+    namespace: Vec<String>,
+    /// Source address or CIDR.
+    #[arg(long, value_name = "CIDR")]
+    from_ip: Vec<String>,
+    /// Destination address or CIDR.
+    #[arg(long, value_name = "CIDR")]
+    to_ip: Vec<String>,
+    /// Source or destination address or CIDR.
+    #[arg(long, value_name = "CIDR")]
+    ip: Vec<String>,
+    /// Source pod labels, key=value[,key=value] or key (all must match).
+    #[arg(long, value_name = "SELECTOR")]
+    from_label: Vec<String>,
+    /// Destination pod labels.
+    #[arg(long, value_name = "SELECTOR")]
+    to_label: Vec<String>,
+    /// Destination Service, NS/NAME or NAME.
+    #[arg(long, value_name = "SERVICE")]
+    to_service: Vec<String>,
+    /// Source or destination port.
+    #[arg(long, value_name = "PORT")]
+    port: Vec<u32>,
+    /// Destination port.
+    #[arg(long, value_name = "PORT")]
+    to_port: Vec<u32>,
+    /// tcp, udp, sctp, icmp, icmpv6 or a number.
+    #[arg(long, value_name = "PROTO")]
+    protocol: Vec<String>,
+    /// forwarded, dropped or audit.
+    #[arg(long, value_name = "VERDICT")]
+    verdict: Vec<String>,
+    /// A drop reason (policy-deny, policy-default-deny, ...) or its code.
+    #[arg(long, value_name = "REASON")]
+    drop_reason: Vec<String>,
+    /// The deciding policy on either side: NS/NAME, or NAME of a cluster-scoped one.
+    #[arg(long, value_name = "POLICY")]
+    policy: Vec<String>,
+    /// The observing node.
+    #[arg(long, value_name = "NODE")]
+    node: Vec<String>,
+    /// Leave out flows matching FIELD=VALUE, FIELD a filter flag without dashes
+    /// (`--exclude to-namespace=kube-system`). Repeatable: a flow matching any is left out.
+    #[arg(long, value_name = "FIELD=VALUE")]
+    exclude: Vec<String>,
+    /// Flows last seen at or after: a duration ago (`1h`, `15m`), an RFC 3339 time, or HH:MM
+    /// (today, UTC).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Flows last seen before (as --since).
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+}
+
+/// Filters, window and server, shared by the aggregate subcommands.
+#[derive(Debug, Args, Clone)]
+struct CommonArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// table or json.
+    #[arg(long, short = 'o', default_value = "table")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The newest N records (default 1000 without --follow, 20 with it).
+    #[arg(long, value_name = "N", conflicts_with = "first")]
+    last: Option<u32>,
+    /// The oldest N records instead.
+    #[arg(long, value_name = "N")]
+    first: Option<u32>,
+    /// After the stored records, print new and updated ones until interrupted.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// table, json (an array; one object per line with --follow) or jsonl.
+    #[arg(long, short = 'o', default_value = "table")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+struct TopArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// How many pairs.
+    #[arg(long, default_value_t = 10)]
+    number: u32,
+}
+
+#[derive(Debug, Args)]
+struct GraphArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// dot (Graphviz), mermaid or svg.
+    #[arg(long, default_value = "svg")]
+    format: septum_flowlog::map::Format,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Jsonl,
+}
+
+/// Sets the filter field a flag (without dashes) names; `false` when there is no such flag.
+fn set_field(f: &mut pb::FlowFilter, field: &str, value: &str) -> Result<bool> {
+    let v = value.to_string();
+    let port = || -> Result<u32> {
+        value
+            .parse()
+            .with_context(|| format!("{field}: {value:?} is not a port"))
+    };
+    match field {
+        "from-pod" => f.source_pod.push(v),
+        "to-pod" => f.destination_pod.push(v),
+        "pod" => f.pod.push(v),
+        "from-namespace" => f.source_namespace.push(v),
+        "to-namespace" => f.destination_namespace.push(v),
+        "namespace" => f.namespace.push(v),
+        "from-ip" => f.source_ip.push(v),
+        "to-ip" => f.destination_ip.push(v),
+        "ip" => f.ip.push(v),
+        "from-label" => f.source_label.push(v),
+        "to-label" => f.destination_label.push(v),
+        "to-service" => f.destination_service.push(v),
+        "port" => f.port.push(port()?),
+        "to-port" => f.destination_port.push(port()?),
+        "protocol" => f.protocol.push(v),
+        "verdict" => f.verdict.push(verdict(field, value)? as i32),
+        "drop-reason" => f.drop_reason.push(v),
+        "policy" => f.policy.push(v),
+        "node" => f.node.push(v),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn verdict(field: &str, s: &str) -> Result<pb::Verdict> {
+    Ok(match s.parse::<septum_flowlog::Verdict>() {
+        Ok(septum_flowlog::Verdict::Forwarded) => pb::Verdict::Forwarded,
+        Ok(septum_flowlog::Verdict::Dropped) => pb::Verdict::Dropped,
+        Ok(septum_flowlog::Verdict::Audit) => pb::Verdict::Audit,
+        Err(e) => bail!("{field}: {e}"),
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl FilterArgs {
+    /// The wire query, checked with the server's rules.
+    fn query(&self) -> Result<pb::Query> {
+        let mut include = pb::FlowFilter::default();
+        let flags: [(&str, &[String]); 17] = [
+            ("from-pod", &self.from_pod),
+            ("to-pod", &self.to_pod),
+            ("pod", &self.pod),
+            ("from-namespace", &self.from_namespace),
+            ("to-namespace", &self.to_namespace),
+            ("namespace", &self.namespace),
+            ("from-ip", &self.from_ip),
+            ("to-ip", &self.to_ip),
+            ("ip", &self.ip),
+            ("from-label", &self.from_label),
+            ("to-label", &self.to_label),
+            ("to-service", &self.to_service),
+            ("protocol", &self.protocol),
+            ("verdict", &self.verdict),
+            ("drop-reason", &self.drop_reason),
+            ("policy", &self.policy),
+            ("node", &self.node),
+        ];
+        for (field, values) in flags {
+            for v in values {
+                set_field(&mut include, field, v)?;
+            }
+        }
+        include.port = self.port.clone();
+        include.destination_port = self.to_port.clone();
+        let mut exclude = Vec::new();
+        for e in &self.exclude {
+            let Some((field, value)) = e.split_once('=') else {
+                bail!("exclude: {e:?} is not FIELD=VALUE (for example to-namespace=kube-system)");
+            };
+            let mut f = pb::FlowFilter::default();
+            if !set_field(&mut f, field, value)? {
+                bail!(
+                    "exclude: {field:?} is not a filter (from-pod, to-pod, pod, from-namespace, \
+                     to-namespace, namespace, from-ip, to-ip, ip, from-label, to-label, \
+                     to-service, port, to-port, protocol, verdict, drop-reason, policy, node)"
+                );
+            }
+            exclude.push(f);
+        }
+        let now = now_ms();
+        let at = |field: &'static str, s: &Option<String>| -> Result<i64> {
+            match s {
+                None => Ok(0),
+                Some(s) => Ok(time::parse_time(field, s, now)?.max(1)),
+            }
+        };
+        let q = pb::Query {
+            include: if include == pb::FlowFilter::default() {
+                Vec::new()
+            } else {
+                vec![include]
+            },
+            exclude,
+            since_unix_ms: at("since", &self.since)?,
+            until_unix_ms: at("until", &self.until)?,
+        };
+        wire::query(Some(&q), None, false)?;
+        Ok(q)
+    }
+}
+
+impl ServerArgs {
+    /// The socket to use: the flag, the node's, else the lab's.
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        let lab = septum_lab::state::LabDir::from_env().agent_socket();
+        for candidate in [PathBuf::from(NODE_SOCKET), lab.clone()] {
+            if candidate.exists() {
+                return Ok(candidate);
+            }
+        }
+        bail!(
+            "no septum agent found: neither {NODE_SOCKET} nor the lab's {} exists (is the agent \
+             or `septum lab up` running? --socket or --server name another)",
+            lab.display()
+        )
+    }
+
+    async fn connect(&self) -> Result<FlowServiceClient<Channel>> {
+        let channel = match &self.server {
+            Some(url) => self.connect_tls(url).await?,
+            None => connect_unix(&self.socket()?).await?,
+        };
+        Ok(FlowServiceClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+
+    async fn connect_tls(&self, url: &str) -> Result<Channel> {
+        if !url.starts_with("https://") {
+            bail!("--server {url:?}: the flow API over TCP is TLS only; give https://HOST:PORT");
+        }
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("{what} {}", p.display()))
+        };
+        let mut tls = ClientTlsConfig::new();
+        match &self.tls_ca {
+            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?)),
+            None => bail!("--server needs --tls-ca (the CA that signed the server's certificate)"),
+        }
+        if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(Identity::from_pem(
+                read(c, "--tls-cert")?,
+                read(k, "--tls-key")?,
+            ));
+        }
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("--server {url:?}"))?
+            .tls_config(tls)
+            .with_context(|| format!("--server {url:?}: TLS"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {}", error_chain(&e)))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// One HTTP/2 connection over the agent's unix socket (connected first, so "not running" is a
+/// plain error).
+async fn connect_unix(socket: &Path) -> Result<Channel> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {}: timed out", socket.display()))?
+        .with_context(|| {
+            format!(
+                "cannot connect to the septum agent at {} (is it running?)",
+                socket.display()
+            )
+        })?;
+    let stream = Arc::new(Mutex::new(Some(stream)));
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let taken = stream.lock().ok().and_then(|mut s| s.take());
+        async move {
+            taken.map(TokioIo::new).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the agent connection was closed",
+                )
+            })
+        }
+    });
+    Endpoint::from_static("http://septum-agent")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_with_connector(connector)
+        .await
+        .with_context(|| format!("talking to the septum agent at {}", socket.display()))
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::InvalidArgument => anyhow::anyhow!("{}", s.message()),
+        code => anyhow::anyhow!("the agent answered {code:?}: {}", s.message()),
+    }
+}
+
+/// Runs `septum flows`.
+pub fn run(args: FlowsArgs) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            match args.command {
+                None => list(args.list).await,
+                Some(FlowsCommand::Top(a)) => top(a).await,
+                Some(FlowsCommand::Denied(a)) => denied(a).await,
+                Some(FlowsCommand::Graph(a)) => graph(a).await,
+                Some(FlowsCommand::Status { server, output }) => status(server, output).await,
+            }
+        })
+}
+
+async fn list(a: ListArgs) -> Result<ExitCode> {
+    let query = a.filter.query()?;
+    let (number, first) = match (a.first, a.last) {
+        (Some(n), _) => (n, true),
+        (None, Some(n)) => (n, false),
+        (None, None) if a.follow => (20, false),
+        (None, None) => (0, false),
+    };
+    wire::flows_number(number)?;
+    let mut client = a.server.connect().await?;
+    let mut stream = client
+        .get_flows(pb::GetFlowsRequest {
+            query: Some(query),
+            number,
+            first,
+            follow: a.follow,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut json_array = Vec::new();
+    let mut header = a.output == Output::Table;
+    loop {
+        let next = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(s) => {
+                out.flush()?;
+                return Err(status_error(s));
+            }
+        };
+        match next.response {
+            Some(pb::get_flows_response::Response::Flow(f)) => {
+                let r = FlowRecord::try_from(&f)
+                    .map_err(|e| anyhow::anyhow!("the agent sent a malformed flow: {e}"))?;
+                match a.output {
+                    Output::Table => {
+                        if std::mem::take(&mut header) {
+                            writeln!(out, "{}", table_header())?;
+                        }
+                        writeln!(out, "{}", table_row(&r))?;
+                    }
+                    Output::Jsonl => writeln!(out, "{}", serde_json::to_string(&r)?)?,
+                    Output::Json if a.follow => writeln!(out, "{}", serde_json::to_string(&r)?)?,
+                    Output::Json => json_array.push(r),
+                }
+            }
+            Some(pb::get_flows_response::Response::Lost(l)) => {
+                out.flush()?;
+                eprintln!(
+                    "septum: {} flows were not delivered (this client fell behind)",
+                    l.count
+                );
+            }
+            None => {}
+        }
+        if a.follow {
+            out.flush()?;
+        }
+    }
+    if a.output == Output::Json && !a.follow {
+        writeln!(out, "{}", serde_json::to_string_pretty(&json_array)?)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn end_text(e: &septum_flowlog::FlowEnd) -> String {
+    let addr = match e.ip {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", e.port),
+        Some(ip) => format!("{ip}:{}", e.port),
+        None => format!("?:{}", e.port),
+    };
+    if e.pod.is_empty() {
+        addr
+    } else {
+        format!("{}/{}:{}", e.namespace, e.pod, e.port)
+    }
+}
+
+fn rule_text(r: &FlowRecord) -> String {
+    let one = |side: &str, rule: &Option<septum_flowlog::RuleRef>| {
+        rule.as_ref().map(|r| {
+            let name = if r.namespace.is_empty() {
+                r.name.clone()
+            } else {
+                format!("{}/{}", r.namespace, r.name)
+            };
+            let index = if r.rule_index < 0 {
+                "default-deny".to_string()
+            } else {
+                format!("rule {}", r.rule_index)
+            };
+            format!("{side} {} {name} {index}", r.kind)
+        })
+    };
+    let parts: Vec<String> = [
+        one("egress", &r.egress_rule),
+        one("ingress", &r.ingress_rule),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn table_header() -> String {
+    format!(
+        "{:<24} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  POLICY",
+        "LAST SEEN", "SOURCE", "DESTINATION", "PROTO", "VERDICT", "REASON", "PACKETS", "BYTES"
+    )
+}
+
+fn table_row(r: &FlowRecord) -> String {
+    let mut dst = end_text(&r.dst);
+    if !r.dst.service.is_empty() {
+        dst.push_str(&format!(" ({})", r.dst.service));
+    }
+    let reason = if r.drop_reason == 0 {
+        "-".to_string()
+    } else {
+        wire::drop_reason_name(r.drop_reason)
+    };
+    let mut verdict = r.verdict.to_string();
+    if r.count > 1 {
+        verdict.push_str(&format!(" x{}", r.count));
+    }
+    format!(
+        "{:<24} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  {}",
+        time::format_ms(r.last_seen_ms),
+        end_text(&r.src),
+        dst,
+        wire::protocol_name(r.protocol),
+        verdict,
+        reason,
+        r.packets_forward + r.packets_reverse,
+        r.bytes_forward + r.bytes_reverse,
+        rule_text(r)
+    )
+}
+
+async fn top(a: TopArgs) -> Result<ExitCode> {
+    let query = a.common.filter.query()?;
+    wire::top_number(a.number)?;
+    let mut client = a.common.server.connect().await?;
+    let talkers: Vec<Talker> = client
+        .top_talkers(pb::TopTalkersRequest {
+            query: Some(query),
+            number: a.number,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .talkers
+        .iter()
+        .map(Talker::from)
+        .collect();
+    if a.common.output == Output::Table {
+        println!(
+            "{:<40} {:<40} {:>8} {:>12}",
+            "SOURCE", "DESTINATION", "FLOWS", "BYTES"
+        );
+        for t in &talkers {
+            println!("{:<40} {:<40} {:>8} {:>12}", t.from, t.to, t.flows, t.bytes);
+        }
+    } else {
+        print_json(&talkers, a.common.output)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn denied(a: CommonArgs) -> Result<ExitCode> {
+    let query = a.filter.query()?;
+    let mut client = a.server.connect().await?;
+    let rows: Vec<Denied> = client
+        .denied_by_policy(pb::DeniedByPolicyRequest { query: Some(query) })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .policies
+        .iter()
+        .map(Denied::from)
+        .collect();
+    if a.output == Output::Table {
+        println!("{:<60} {:>8} {:>10}", "POLICY", "FLOWS", "EVENTS");
+        for d in &rows {
+            println!("{:<60} {:>8} {:>10}", d.policy, d.flows, d.events);
+        }
+    } else {
+        print_json(&rows, a.output)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json<T: serde::Serialize>(rows: &[T], output: Output) -> Result<()> {
+    if output == Output::Jsonl {
+        for r in rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+    }
+    Ok(())
+}
+
+async fn graph(a: GraphArgs) -> Result<ExitCode> {
+    let query = a.filter.query()?;
+    let mut client = a.server.connect().await?;
+    let edges = client
+        .service_map(pb::ServiceMapRequest { query: Some(query) })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .edges
+        .iter()
+        .map(Edge::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("the agent sent a malformed edge: {e}"))?;
+    let text = septum_flowlog::map::render(&edges, a.format);
+    match &a.out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
+    let mut client = server.connect().await?;
+    let s = client
+        .server_status(pb::ServerStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if output != Output::Table {
+        let losses: serde_json::Map<String, serde_json::Value> = s
+            .losses
+            .iter()
+            .map(|l| (l.source.clone(), l.count.into()))
+            .collect();
+        let v = serde_json::json!({
+            "node": s.node,
+            "stored_flows": s.stored_flows,
+            "store_bytes": s.store_bytes,
+            "retention_max_age_ms": s.retention_max_age_ms,
+            "retention_max_bytes": s.retention_max_bytes,
+            "events": s.events,
+            "records_written": s.records_written,
+            "open_records": s.open_records,
+            "losses": losses,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("node:            {}", s.node);
+    println!(
+        "store:           {} flows, {}",
+        s.stored_flows,
+        bytes(s.store_bytes)
+    );
+    let age = if s.retention_max_age_ms == 0 {
+        "no age bound".to_string()
+    } else {
+        format!("{} s", s.retention_max_age_ms / 1000)
+    };
+    let size = if s.retention_max_bytes == 0 {
+        "no size bound".to_string()
+    } else {
+        bytes(s.retention_max_bytes)
+    };
+    println!("retention:       {age}, {size}");
+    println!("events read:     {}", s.events);
+    println!("records written: {}", s.records_written);
+    println!("open records:    {}", s.open_records);
+    let lost: u64 = s.losses.iter().map(|l| l.count).sum();
+    println!("lost:            {lost}");
+    for l in &s.losses {
+        println!("  {:<22} {}", l.source, l.count);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> FilterArgs {
+        #[derive(Debug, clap::Parser)]
+        struct P {
+            #[command(flatten)]
+            f: FilterArgs,
+        }
+        let mut v = vec!["septum-flows"];
+        v.extend_from_slice(args);
+        <P as clap::Parser>::try_parse_from(v).unwrap().f
+    }
+
+    #[test]
+    fn flags_become_one_include_filter_and_excludes_each_their_own() {
+        let q = parse(&[
+            "--from-pod",
+            "shop/web",
+            "--to-port",
+            "5432",
+            "--verdict",
+            "dropped",
+            "--exclude",
+            "to-namespace=kube-system",
+            "--exclude",
+            "port=53",
+        ])
+        .query()
+        .unwrap();
+        assert_eq!(q.include.len(), 1);
+        assert_eq!(q.include[0].source_pod, vec!["shop/web".to_string()]);
+        assert_eq!(q.include[0].destination_port, vec![5432]);
+        assert_eq!(q.include[0].verdict, vec![pb::Verdict::Dropped as i32]);
+        assert_eq!(q.exclude.len(), 2);
+        assert_eq!(q.exclude[1].port, vec![53]);
+        assert!(parse(&[]).query().unwrap().include.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let err = |args: &[&str]| parse(args).query().unwrap_err().to_string();
+        assert!(err(&["--from-pod", "Shop/web"]).starts_with("from-pod:"));
+        assert!(err(&["--to-ip", "10.0.0.0/40"]).starts_with("to-ip:"));
+        assert!(err(&["--verdict", "maybe"]).starts_with("verdict:"));
+        assert!(err(&["--exclude", "colour=red"]).contains("not a filter"));
+        assert!(err(&["--exclude", "nonsense"]).contains("FIELD=VALUE"));
+        assert!(err(&["--since", "yesterday-ish"]).starts_with("since:"));
+        assert!(err(&["--to-port", "70000"]).starts_with("to-port:"));
+        assert!(err(&["--policy", "x' OR 1=1 --"]).starts_with("policy:"));
+    }
+
+    #[test]
+    fn since_takes_a_duration_ago() {
+        let q = parse(&["--since", "1h"]).query().unwrap();
+        let hour_ago = now_ms() - 3_600_000;
+        assert!((q.since_unix_ms - hour_ago).abs() < 5_000);
+        assert_eq!(q.until_unix_ms, 0);
+    }
+}
