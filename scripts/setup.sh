@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf iproute2 nftables
+APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf iproute2 nftables openssl
   containernetworking-plugins sqlite3 protobuf-compiler ca-certificates python3
   containerd runc busybox-static)
 

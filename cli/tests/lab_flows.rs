@@ -385,3 +385,189 @@ fn agent_kill_9_during_ingest_loses_no_committed_flow() {
     assert!(missing.is_empty(), "exported but not stored: {missing:?}");
     let _ = std::fs::remove_file(&jsonl);
 }
+
+/// `openssl ARGS` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A CA (`NAME-ca.pem`) and a certificate it signs (`NAME.pem`, `NAME.key`) for 127.0.0.1.
+fn pki(dir: &Path, name: &str) {
+    let ca_key = format!("{name}-ca.key");
+    let ca = format!("{name}-ca.pem");
+    let (key, csr, cert) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}-ca"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+#[test]
+fn the_tls_flow_api_refuses_a_client_without_a_valid_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    pki(d, "server");
+    pki(d, "client");
+    pki(d, "rogue");
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut lab = TestLab::new("ftls");
+    for (k, v) in [
+        ("SEPTUM_FLOWS_ADDR", "127.0.0.1:19443".to_string()),
+        ("SEPTUM_FLOWS_TLS_CERT", p("server.pem")),
+        ("SEPTUM_FLOWS_TLS_KEY", p("server.key")),
+        ("SEPTUM_FLOWS_TLS_CLIENT_CA", p("client-ca.pem")),
+    ] {
+        lab.env.push((k.into(), v));
+    }
+    lab.ok(&["lab", "up", path(&examples().join("pods.yaml"))]);
+    assert_eq!(
+        probe(&lab, "shop/frontend", "shop/backend", 80, "pod"),
+        "connected"
+    );
+    // The listener is in the lab's node namespace, where the agent runs.
+    let st: Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let node = st["node_netns"].as_str().unwrap().to_string();
+    let remote = |extra: &[String]| {
+        let mut c = std::process::Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &node,
+            test_lab::SEPTUM,
+            "flows",
+            "--server",
+        ])
+        .arg("https://127.0.0.1:19443")
+        .args(["--tls-ca", &p("server-ca.pem"), "--output", "json"])
+        .args(extra)
+        .env_remove("SEPTUM_AGENT_SOCKET");
+        c.output().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let good = loop {
+        let o = remote(&[
+            "--tls-cert".into(),
+            p("client.pem"),
+            "--tls-key".into(),
+            p("client.key"),
+            "--from-pod".into(),
+            "shop/frontend".into(),
+        ]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        if (o.status.success() && v.as_array().is_some_and(|a| !a.is_empty()))
+            || Instant::now() > deadline
+        {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        good.status.success(),
+        "a client with a valid certificate: {}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let flows: Value = serde_json::from_slice(&good.stdout).unwrap();
+    assert!(
+        flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| s(r, &["src", "pod"]) == "frontend"),
+        "{flows}"
+    );
+    for (what, extra) in [
+        ("no client certificate", vec![]),
+        (
+            "a certificate from another CA",
+            vec![
+                "--tls-cert".to_string(),
+                p("rogue.pem"),
+                "--tls-key".into(),
+                p("rogue.key"),
+            ],
+        ),
+    ] {
+        let o = remote(&extra);
+        assert!(!o.status.success(), "{what}: accepted");
+        assert!(o.stdout.is_empty(), "{what}: answered");
+    }
+    // Plain text to a TLS-only API is refused by the client before any connection.
+    let o = std::process::Command::new(test_lab::SEPTUM)
+        .args(["flows", "--server", "http://127.0.0.1:19443"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("TLS only"));
+}
