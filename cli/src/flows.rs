@@ -18,13 +18,12 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use hyper_util::rt::TokioIo;
 use septum_flowlog::FlowRecord;
+use septum_flowlog::map::human_bytes;
 use septum_flowlog::store::{Denied, Edge, Talker};
 use septum_flowlog::{time, wire};
 use septum_proto::flow::v1 as pb;
@@ -263,12 +262,6 @@ fn verdict(field: &str, s: &str) -> Result<pb::Verdict> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl FilterArgs {
     /// The wire query, checked with the server's rules.
     fn query(&self) -> Result<pb::Query> {
@@ -314,7 +307,7 @@ impl FilterArgs {
             }
             exclude.push(f);
         }
-        let now = now_ms();
+        let now = time::now_ms();
         let at = |field: &'static str, s: &Option<String>| -> Result<i64> {
             match s {
                 None => Ok(0),
@@ -406,35 +399,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// One HTTP/2 connection over the agent's unix socket (connected first, so "not running" is a
-/// plain error).
+/// One HTTP/2 connection over the agent's unix socket.
 async fn connect_unix(socket: &Path) -> Result<Channel> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
+    use septum_proto::unix::ConnectError;
+    septum_proto::unix::connect(socket, CONNECT_TIMEOUT)
         .await
-        .map_err(|_| anyhow::anyhow!("connecting to {}: timed out", socket.display()))?
-        .with_context(|| {
-            format!(
-                "cannot connect to the septum agent at {} (is it running?)",
+        .map_err(|e| match e {
+            ConnectError::Unreachable(e) => anyhow::anyhow!(
+                "cannot connect to the septum agent at {} (is it running?): {e}",
                 socket.display()
-            )
-        })?;
-    let stream = Arc::new(Mutex::new(Some(stream)));
-    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-        let taken = stream.lock().ok().and_then(|mut s| s.take());
-        async move {
-            taken.map(TokioIo::new).ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    "the agent connection was closed",
-                )
-            })
-        }
-    });
-    Endpoint::from_static("http://septum-agent")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(connector)
-        .await
-        .with_context(|| format!("talking to the septum agent at {}", socket.display()))
+            ),
+            ConnectError::Handshake(e) => anyhow::anyhow!(
+                "talking to the septum agent at {}: {}",
+                socket.display(),
+                error_chain(&e)
+            ),
+        })
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -529,19 +509,6 @@ async fn list(a: ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn end_text(e: &septum_flowlog::FlowEnd) -> String {
-    let addr = match e.ip {
-        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{}", e.port),
-        Some(ip) => format!("{ip}:{}", e.port),
-        None => format!("?:{}", e.port),
-    };
-    if e.pod.is_empty() {
-        addr
-    } else {
-        format!("{}/{}:{}", e.namespace, e.pod, e.port)
-    }
-}
-
 fn rule_text(r: &FlowRecord) -> String {
     let one = |side: &str, rule: &Option<septum_flowlog::RuleRef>| {
         rule.as_ref().map(|r| {
@@ -580,7 +547,7 @@ fn table_header() -> String {
 }
 
 fn table_row(r: &FlowRecord) -> String {
-    let mut dst = end_text(&r.dst);
+    let mut dst = r.dst.to_string();
     if !r.dst.service.is_empty() {
         dst.push_str(&format!(" ({})", r.dst.service));
     }
@@ -596,7 +563,7 @@ fn table_row(r: &FlowRecord) -> String {
     format!(
         "{:<24} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  {}",
         time::format_ms(r.last_seen_ms),
-        end_text(&r.src),
+        r.src.to_string(),
         dst,
         wire::protocol_name(r.protocol),
         verdict,
@@ -692,21 +659,6 @@ async fn graph(a: GraphArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
     let mut client = server.connect().await?;
     let s = client
@@ -738,7 +690,7 @@ async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
     println!(
         "store:           {} flows, {}",
         s.stored_flows,
-        bytes(s.store_bytes)
+        human_bytes(s.store_bytes)
     );
     let age = if s.retention_max_age_ms == 0 {
         "no age bound".to_string()
@@ -748,7 +700,7 @@ async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
     let size = if s.retention_max_bytes == 0 {
         "no size bound".to_string()
     } else {
-        bytes(s.retention_max_bytes)
+        human_bytes(s.retention_max_bytes)
     };
     println!("retention:       {age}, {size}");
     println!("events read:     {}", s.events);
@@ -818,7 +770,7 @@ mod tests {
     #[test]
     fn since_takes_a_duration_ago() {
         let q = parse(&["--since", "1h"]).query().unwrap();
-        let hour_ago = now_ms() - 3_600_000;
+        let hour_ago = time::now_ms() - 3_600_000;
         assert!((q.since_unix_ms - hour_ago).abs() < 5_000);
         assert_eq!(q.until_unix_ms, 0);
     }

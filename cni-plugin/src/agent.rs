@@ -9,20 +9,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use hyper_util::rt::TokioIo;
 use septum_proto::agent::v1::{
     AddRequest, AddResponse, CheckRequest, CheckResponse, DelRequest, DelResponse, GcRequest,
     GcResponse, StatusRequest, StatusResponse, endpoint_registry_client::EndpointRegistryClient,
 };
-use tokio::net::UnixStream;
-use tonic::{
-    Code,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, transport::Channel};
 
 /// Why a call to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,37 +89,17 @@ pub struct AgentClient {
 impl AgentClient {
     /// Connects to the agent's socket; fails fast when nothing listens there.
     pub async fn connect(socket: &Path, timeout: Duration) -> Result<Self, AgentError> {
-        let unreachable = |source| AgentError::Unreachable {
-            socket: socket.to_path_buf(),
-            source,
-        };
-        let stream = tokio::time::timeout(timeout, UnixStream::connect(socket))
+        let channel = septum_proto::unix::connect(socket, timeout)
             .await
-            .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(unreachable)?;
-        // The channel asks its connector for a transport; it gets the stream connected above,
-        // once. A reconnect attempt (after the agent closed the connection) fails, which the call
-        // in progress reports as transient.
-        let stream = Arc::new(Mutex::new(Some(stream)));
-        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
-            let taken = stream.lock().ok().and_then(|mut s| s.take());
-            async move {
-                taken.map(TokioIo::new).ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotConnected,
-                        "the agent connection was closed",
-                    )
-                })
-            }
-        });
-        // The authority is never resolved: the connector ignores the URI.
-        let channel = Endpoint::from_static("http://septum-agent")
-            .connect_timeout(timeout)
-            .connect_with_connector(connector)
-            .await
-            .map_err(|source| AgentError::Handshake {
-                socket: socket.to_path_buf(),
-                source,
+            .map_err(|e| match e {
+                septum_proto::unix::ConnectError::Unreachable(source) => AgentError::Unreachable {
+                    socket: socket.to_path_buf(),
+                    source,
+                },
+                septum_proto::unix::ConnectError::Handshake(source) => AgentError::Handshake {
+                    socket: socket.to_path_buf(),
+                    source,
+                },
             })?;
         Ok(Self {
             client: EndpointRegistryClient::new(channel),

@@ -100,7 +100,8 @@ fn namespace(end: &str) -> Option<&str> {
     (!ns.is_empty() && !rest.is_empty() && end.parse::<std::net::IpAddr>().is_err()).then_some(ns)
 }
 
-fn human_bytes(n: u64) -> String {
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

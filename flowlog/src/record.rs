@@ -83,6 +83,14 @@ pub enum Point {
 }
 
 impl Point {
+    /// `from-pod` or `to-pod` (as serialised).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::FromPod => "from-pod",
+            Self::ToPod => "to-pod",
+        }
+    }
+
     /// The stored code (the datapath's `POINT_*`).
     pub const fn code(self) -> u8 {
         match self {
@@ -126,6 +134,21 @@ pub struct FlowEnd {
     /// The Service, `namespace/name`, when the flow was addressed to one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service: String,
+}
+
+/// `namespace/pod:port`, or `address:port` outside the cluster (`[v6]:port`, `?:port` when the
+/// address is unknown).
+impl fmt::Display for FlowEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.pod.is_empty() {
+            return write!(f, "{}/{}:{}", self.namespace, self.pod, self.port);
+        }
+        match self.ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Some(ip) => write!(f, "{ip}:{}", self.port),
+            None => write!(f, "?:{}", self.port),
+        }
+    }
 }
 
 /// The rule that decided one side of a flow.

@@ -12,7 +12,8 @@
 //! directory and fails when the committed copy drifted from the `.proto` files; regenerate with
 //! `SEPTUM_UPDATE_PROTO=1 cargo test -p septum-proto --test generated`.
 //!
-//! This crate depends on nothing else in septum: it holds wire types only. Each consumer converts
+//! This crate depends on nothing else in septum: it holds wire types only (and [`unix`], the one
+//! way a client reaches the agent's socket). Each consumer converts
 //! them into its own types with `TryFrom` at its edge, so a malformed message fails there, closed.
 
 /// The node agent's local APIs.
@@ -32,6 +33,8 @@ pub mod flow {
         include!("gen/septum.flow.v1.rs");
     }
 }
+
+pub mod unix;
 
 /// Paths of every `.proto` file of this crate, relative to [`PROTO_ROOT`], in generation order.
 pub const PROTO_FILES: &[&str] = &[

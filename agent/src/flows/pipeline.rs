@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use septum_datapath::{EventReader, Observer};
 use septum_datapath_common::{
@@ -252,12 +252,6 @@ impl FlowHub {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
 fn mono_ns() -> u64 {
     let mut t = libc::timespec {
@@ -281,7 +275,7 @@ struct Clock {
 impl Clock {
     fn now() -> Self {
         Self {
-            wall_ms: now_ms(),
+            wall_ms: septum_flowlog::time::now_ms(),
             mono_ns: mono_ns(),
         }
     }
@@ -369,7 +363,7 @@ fn store_writer(hub: Arc<FlowHub>, rx: Receiver<Arc<Batch>>) {
         }
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
-            match store.prune(now_ms()) {
+            match store.prune(septum_flowlog::time::now_ms()) {
                 Ok(p) => {
                     hub.stats.pruned.fetch_add(p.by_age + p.by_size, Relaxed);
                 }
@@ -507,7 +501,7 @@ impl Pipeline {
                 }
             }
         }
-        let records = self.agg.flush(now_ms());
+        let records = self.agg.flush(septum_flowlog::time::now_ms());
         let stats = &self.hub.stats;
         stats.open.store(self.agg.open() as u64, Relaxed);
         stats.evicted.store(self.agg.evicted(), Relaxed);

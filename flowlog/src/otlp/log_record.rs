@@ -1,7 +1,7 @@
 //! One flow record <-> one OTLP `LogRecord`, and the resource and scope they travel in.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{AddrParseError, IpAddr};
+use std::net::AddrParseError;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::keys::{self, EndKeys, RuleKeys};
 use crate::record::{FlowEnd, FlowRecord, Point, RuleRef, Verdict};
+use crate::wire::{parse_protocol, protocol_name};
 
 /// The instrumentation scope flow log records are sent under.
 pub const SCOPE_NAME: &str = "septum.flows";
@@ -21,15 +22,6 @@ pub const SCOPE_NAME: &str = "septum.flows";
 pub const SERVICE_NAME: &str = "septum";
 
 const NANOS_PER_MILLI: u64 = 1_000_000;
-
-/// IP protocols with a `network.transport` name; others travel as their number.
-const TRANSPORTS: [(u8, &str); 5] = [
-    (1, "icmp"),
-    (6, "tcp"),
-    (17, "udp"),
-    (58, "icmpv6"),
-    (132, "sctp"),
-];
 
 /// A log record that is not a flow record this module wrote.
 #[derive(Debug, thiserror::Error)]
@@ -160,33 +152,6 @@ impl Attributes {
     }
 }
 
-fn transport_name(protocol: u8) -> String {
-    TRANSPORTS
-        .iter()
-        .find(|(number, _)| *number == protocol)
-        .map_or_else(|| protocol.to_string(), |(_, name)| (*name).to_owned())
-}
-
-fn point_name(point: Point) -> &'static str {
-    match point {
-        Point::FromPod => "from-pod",
-        Point::ToPod => "to-pod",
-    }
-}
-
-/// `namespace/pod:port`, or `address:port` outside the cluster.
-fn end_text(end: &FlowEnd) -> String {
-    if !end.pod.is_empty() {
-        format!("{}/{}:{}", end.namespace, end.pod, end.port)
-    } else {
-        match end.ip {
-            Some(IpAddr::V6(ip)) => format!("[{ip}]:{}", end.port),
-            Some(ip) => format!("{ip}:{}", end.port),
-            None => format!("?:{}", end.port),
-        }
-    }
-}
-
 fn now_unix_nano() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -199,7 +164,7 @@ fn now_unix_nano() -> u64 {
 /// the record under the names in [`keys`].
 pub fn to_log_record(record: &FlowRecord) -> LogRecord {
     let mut a = Attributes::default();
-    let transport = transport_name(record.protocol);
+    let transport = protocol_name(record.protocol);
     a.put(keys::TRANSPORT, string(&transport));
     match record.family() {
         4 => a.put(keys::NETWORK_TYPE, string("ipv4")),
@@ -232,7 +197,7 @@ pub fn to_log_record(record: &FlowRecord) -> LogRecord {
         a.put(keys::LAST_SEEN_MS, int(record.last_seen_ms));
     }
     a.put_nonempty(keys::NODE, &record.node);
-    a.put(keys::POINT, string(point_name(record.point)));
+    a.put(keys::POINT, string(record.point.as_str()));
 
     let severity = match record.verdict {
         Verdict::Forwarded => SeverityNumber::Info,
@@ -240,9 +205,7 @@ pub fn to_log_record(record: &FlowRecord) -> LogRecord {
     };
     let body = format!(
         "{} {transport} {} -> {}",
-        record.verdict,
-        end_text(&record.src),
-        end_text(&record.dst)
+        record.verdict, record.src, record.dst
     );
     LogRecord {
         time_unix_nano: time_unix_nano.unwrap_or(0),
@@ -403,16 +366,11 @@ impl<'a> Fields<'a> {
 
     fn protocol(&self) -> Result<u8, InvalidLogRecord> {
         let name = self.string(keys::TRANSPORT)?;
-        TRANSPORTS
-            .iter()
-            .find(|(_, known)| *known == name)
-            .map(|(number, _)| *number)
-            .or_else(|| name.parse().ok())
-            .ok_or_else(|| InvalidLogRecord::UnknownValue {
-                key: keys::TRANSPORT.to_owned(),
-                value: name.to_owned(),
-                expected: "icmp, tcp, udp, icmpv6, sctp or a protocol number",
-            })
+        parse_protocol(keys::TRANSPORT, name).map_err(|_| InvalidLogRecord::UnknownValue {
+            key: keys::TRANSPORT.to_owned(),
+            value: name.to_owned(),
+            expected: "icmp, tcp, udp, icmpv6, sctp or a protocol number",
+        })
     }
 
     fn verdict(&self) -> Result<Verdict, InvalidLogRecord> {
@@ -431,7 +389,7 @@ impl<'a> Fields<'a> {
         let name = self.string(keys::POINT)?;
         [Point::FromPod, Point::ToPod]
             .into_iter()
-            .find(|p| point_name(*p) == name)
+            .find(|p| p.as_str() == name)
             .ok_or_else(|| InvalidLogRecord::UnknownValue {
                 key: keys::POINT.to_owned(),
                 value: name.to_owned(),
