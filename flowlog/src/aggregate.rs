@@ -10,8 +10,8 @@
 //!   ended) and forgets the ended ones; records are written again under the same identity
 //!   (connection and first-seen time), so the store updates them in place.
 //!
-//! The aggregator holds at most `max_open` records; past that, the oldest-updated one is ended
-//! early (and counted in [`Aggregator::evicted`]), so memory stays bounded whatever the traffic.
+//! The aggregator holds at most `max_open` records; past that, the least recently seen sixteenth is
+//! ended early (and counted in [`Aggregator::evicted`]), so memory stays bounded whatever the traffic.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -269,35 +269,40 @@ impl Aggregator {
         }
     }
 
-    /// Ends the least recently seen records until one more fits. (A scan of the open records:
-    /// cheap while eviction is the exception, as it is when `max_open` is sized for the node;
-    /// an LRU index would make it O(1) under sustained overload.)
+    /// When full, ends the least recently seen sixteenth of the open records (at least one),
+    /// so that under sustained overload eviction costs O(1) per record amortised rather than
+    /// a scan per new record.
     fn make_room(&mut self) {
-        while self.open() >= self.settings.max_open.max(1) {
-            let conn = self
-                .conns
-                .iter()
-                .min_by_key(|(_, o)| o.record.last_seen_ms)
-                .map(|(k, o)| (k.clone(), o.record.last_seen_ms));
-            let drop = self
-                .drops
-                .iter()
-                .min_by_key(|(_, o)| o.record.last_seen_ms)
-                .map(|(k, o)| (k.clone(), o.record.last_seen_ms));
-            let ended = match (conn, drop) {
-                (Some((c, ct)), Some((_, dt))) if ct <= dt => self.conns.remove(&c),
-                (_, Some((d, _))) => self.drops.remove(&d),
-                (Some((c, _)), None) => self.conns.remove(&c),
-                (None, None) => None,
-            };
-            match ended {
-                Some(o) => {
-                    self.evicted += 1;
-                    self.ended.push(o.record);
-                }
-                None => return,
-            }
+        let max = self.settings.max_open.max(1);
+        if self.open() < max {
+            return;
         }
+        let k = (max / 16).max(1).min(self.open());
+        let mut seen: Vec<i64> = self
+            .conns
+            .values()
+            .chain(self.drops.values())
+            .map(|o| o.record.last_seen_ms)
+            .collect();
+        let (_, cutoff, _) = seen.select_nth_unstable(k - 1);
+        let cutoff = *cutoff;
+        // Everything older than the cutoff goes, then ties at it until k have gone; the
+        // records move out (no copies).
+        let mut ties = k - seen.iter().filter(|t| **t < cutoff).count();
+        let mut go = |o: &mut Open| {
+            let t = o.record.last_seen_ms;
+            t < cutoff
+                || (t == cutoff && ties > 0 && {
+                    ties -= 1;
+                    true
+                })
+        };
+        let before = self.ended.len();
+        let conns = self.conns.extract_if(|_, o| go(o)).map(|(_, o)| o.record);
+        self.ended.extend(conns);
+        let drops = self.drops.extract_if(|_, o| go(o)).map(|(_, o)| o.record);
+        self.ended.extend(drops);
+        self.evicted += (self.ended.len() - before) as u64;
     }
 
     /// Conntrack's counters for a connection (both directions of its entry).
@@ -362,9 +367,27 @@ impl Aggregator {
             }
             !end
         });
-        out.sort_by_key(|r| (r.first_seen_ms, r.last_seen_ms));
-        out
+        sort_records(out)
     }
+}
+
+/// Records ordered by (first seen, last seen): the keys are sorted, then each record moves once
+/// (a record is several hundred bytes; sorting them in place moves each many times).
+fn sort_records(records: Vec<FlowRecord>) -> Vec<FlowRecord> {
+    let mut order: Vec<(i64, i64, usize)> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.first_seen_ms, r.last_seen_ms, i))
+        .collect();
+    if order.is_sorted() {
+        return records;
+    }
+    order.sort_unstable();
+    let mut slots: Vec<Option<FlowRecord>> = records.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .filter_map(|(_, _, i)| slots[i].take())
+        .collect()
 }
 
 #[cfg(test)]

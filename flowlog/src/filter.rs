@@ -299,23 +299,48 @@ fn any_of<T>(
     out.push(format!("({})", parts.join(" OR ")));
 }
 
+/// A condition on one end's interned fields (namespace, pod, labels, Service): the end's row
+/// number is among those matching. Never NULL, so a `NOT` of it is the complement.
+fn end_where(side: &'static str, cond: &str) -> String {
+    format!("{side}_ep IN (SELECT id FROM endpoints WHERE {cond})")
+}
+
 fn named(side: &'static str, n: &Named, params: &mut Vec<Value>) -> String {
     params.push(Value::Text(n.name.clone()));
     match &n.namespace {
         Some(ns) => {
             params.push(Value::Text(ns.clone()));
-            format!("({side}_pod = ? AND {side}_ns = ?)")
+            end_where(side, "pod = ? AND ns = ?")
         }
-        None => format!("{side}_pod = ?"),
+        None => end_where(side, "pod = ?"),
     }
 }
 
 fn prefix(side: &'static str, p: &Prefix, params: &mut Vec<Value>) -> String {
+    // Addresses are stored as 4 bytes (IPv4) or 16 (IPv6), empty when unknown: one range
+    // per family the prefix covers. An unknown address matches no prefix, also under NOT.
+    let mut parts = Vec::new();
     let (lo, hi) = p.range();
-    params.push(Value::Blob(lo.to_vec()));
-    params.push(Value::Blob(hi.to_vec()));
-    // An unknown address matches no prefix, also under NOT (a NULL would leave the row out).
-    format!("({side}_ip IS NOT NULL AND {side}_ip BETWEEN ? AND ?)")
+    let (lo, hi) = (u128::from_be_bytes(lo), u128::from_be_bytes(hi));
+    let (v4lo, v4hi) = (0xffff_0000_0000u128, 0xffff_ffff_ffffu128);
+    if lo <= v4hi && hi >= v4lo {
+        params.push(Value::Blob((lo.max(v4lo) as u32).to_be_bytes().to_vec()));
+        params.push(Value::Blob((hi.min(v4hi) as u32).to_be_bytes().to_vec()));
+        parts.push(format!(
+            "(length({side}_ip) = 4 AND {side}_ip BETWEEN ? AND ?)"
+        ));
+    }
+    if p.addr.is_ipv6() {
+        params.push(Value::Blob(lo.to_be_bytes().to_vec()));
+        params.push(Value::Blob(hi.to_be_bytes().to_vec()));
+        parts.push(format!(
+            "(length({side}_ip) = 16 AND {side}_ip BETWEEN ? AND ?)"
+        ));
+    }
+    if parts.is_empty() {
+        return "0".into();
+    }
+    format!("({})", parts.join(" OR "))
 }
 
 fn label(side: &'static str, l: &LabelMatch, params: &mut Vec<Value>) -> String {
@@ -324,23 +349,23 @@ fn label(side: &'static str, l: &LabelMatch, params: &mut Vec<Value>) -> String 
     match &l.value {
         Some(v) => {
             params.push(Value::Text(v.clone()));
-            // A missing key is false, not NULL, so that an exclude keeps the flow.
-            format!("coalesce(json_extract({side}_labels, ?) = ?, 0)")
+            end_where(side, "json_extract(labels, ?) = ?")
         }
-        None => format!("json_type({side}_labels, ?) IS NOT NULL"),
+        None => end_where(side, "json_type(labels, ?) IS NOT NULL"),
     }
 }
 
 fn policy(n: &Named, params: &mut Vec<Value>) -> String {
     let mut side = |s: &str| {
         params.push(Value::Text(n.name.clone()));
-        match &n.namespace {
+        let cond = match &n.namespace {
             Some(ns) => {
                 params.push(Value::Text(ns.clone()));
-                format!("({s}_name = ? AND {s}_ns = ?)")
+                "name = ? AND ns = ?"
             }
-            None => format!("({s}_name = ? AND {s}_ns = '')"),
-        }
+            None => "name = ? AND ns = ''",
+        };
+        format!("{s}_rule IN (SELECT id FROM rules WHERE id != 0 AND {cond})")
     };
     let eg = side("eg");
     let ing = side("in");
@@ -395,16 +420,20 @@ impl FlowFilter {
         });
         any_of(&mut c, params, &self.from_namespace, |ns, p| {
             p.push(Value::Text(ns.clone()));
-            "src_ns = ?".into()
+            end_where("src", "ns = ?")
         });
         any_of(&mut c, params, &self.to_namespace, |ns, p| {
             p.push(Value::Text(ns.clone()));
-            "dst_ns = ?".into()
+            end_where("dst", "ns = ?")
         });
         any_of(&mut c, params, &self.namespace, |ns, p| {
             p.push(Value::Text(ns.clone()));
             p.push(Value::Text(ns.clone()));
-            "src_ns = ? OR dst_ns = ?".into()
+            format!(
+                "{} OR {}",
+                end_where("src", "ns = ?"),
+                end_where("dst", "ns = ?")
+            )
         });
         any_of(&mut c, params, &self.from_ip, |x, p| prefix("src", x, p));
         any_of(&mut c, params, &self.to_ip, |x, p| prefix("dst", x, p));
@@ -424,11 +453,11 @@ impl FlowFilter {
             match &n.namespace {
                 Some(ns) => {
                     p.push(Value::Text(format!("{ns}/{}", n.name)));
-                    "dst_service = ?".into()
+                    end_where("dst", "service = ?")
                 }
                 None => {
                     p.push(Value::Text(format!("%/{}", n.name.replace(['%', '_'], ""))));
-                    "dst_service LIKE ?".into()
+                    end_where("dst", "service LIKE ?")
                 }
             }
         });

@@ -152,7 +152,7 @@ impl fmt::Display for FlowEnd {
 }
 
 /// The rule that decided one side of a flow.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuleRef {
     /// `NetworkPolicy`, `FlowPolicy`, `ClusterNetworkPolicy`, or `builtin`.
     pub kind: String,

@@ -9,17 +9,18 @@
 //! kill -9 of the process (WAL, `synchronous = NORMAL`: a committed transaction is in the WAL
 //! before `write` returns; only an operating-system crash may lose the last ones).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use crate::filter::{FilterError, Query, ip_key};
+use crate::filter::{FilterError, Query};
 use crate::record::{FlowEnd, FlowRecord, Point, RuleRef, Verdict};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +75,8 @@ pub struct Pruned {
     pub by_size: u64,
 }
 
-/// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r"
+/// Schema 1: one wide row per flow, both ends and both rules spelled out in every row.
+const V1: &str = r"
 CREATE TABLE flows (
     id INTEGER PRIMARY KEY,
     node TEXT NOT NULL,
@@ -108,14 +109,118 @@ CREATE INDEX flows_dst_pod ON flows (dst_ns, dst_pod, last_ms);
 CREATE INDEX flows_verdict ON flows (verdict, last_ms);
 CREATE INDEX flows_eg_policy ON flows (eg_ns, eg_name) WHERE eg_name != '';
 CREATE INDEX flows_in_policy ON flows (in_ns, in_name) WHERE in_name != '';
-"];
+";
 
-const COLUMNS: &str = "node, point, protocol, first_ms, last_ms, \
-    src_ip, src_port, src_ns, src_pod, src_workload, src_labels, src_identity, src_service, \
-    dst_ip, dst_port, dst_ns, dst_pod, dst_workload, dst_labels, dst_identity, dst_service, \
-    verdict, drop_reason, eg_kind, eg_ns, eg_name, eg_tier, eg_rule, \
-    in_kind, in_ns, in_name, in_tier, in_rule, \
-    tcp_flags, packets_fwd, bytes_fwd, packets_rev, bytes_rev, is_reply, count";
+/// Schema 2: ends (namespace, pod, workload, labels, identity, Service) and deciding rules are
+/// interned in their own small tables and a flow row refers to them by number; addresses are
+/// 4 bytes for IPv4 (16 for IPv6, empty when unknown); the connection key leads with the
+/// first-seen time, so new rows append to its index instead of landing all over it.
+const V1_TO_V2: &str = r"
+CREATE TABLE endpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ns TEXT NOT NULL, pod TEXT NOT NULL, workload TEXT NOT NULL, labels TEXT NOT NULL,
+    identity INTEGER NOT NULL, service TEXT NOT NULL,
+    UNIQUE (ns, pod, workload, labels, identity, service)
+);
+CREATE INDEX endpoints_pod ON endpoints (pod);
+CREATE INDEX endpoints_service ON endpoints (service) WHERE service != '';
+CREATE TABLE rules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL, ns TEXT NOT NULL, name TEXT NOT NULL, tier TEXT NOT NULL,
+    rule_index INTEGER NOT NULL,
+    UNIQUE (kind, ns, name, tier, rule_index)
+);
+INSERT INTO rules (id, kind, ns, name, tier, rule_index) VALUES (0, '', '', '', '', 0);
+INSERT OR IGNORE INTO endpoints (ns, pod, workload, labels, identity, service)
+    SELECT src_ns, src_pod, src_workload, src_labels, src_identity, src_service FROM flows
+    UNION SELECT dst_ns, dst_pod, dst_workload, dst_labels, dst_identity, dst_service FROM flows;
+INSERT OR IGNORE INTO rules (kind, ns, name, tier, rule_index)
+    SELECT eg_kind, eg_ns, eg_name, eg_tier, eg_rule FROM flows WHERE eg_kind != ''
+    UNION SELECT in_kind, in_ns, in_name, in_tier, in_rule FROM flows WHERE in_kind != '';
+CREATE TABLE flows_v2 (
+    id INTEGER PRIMARY KEY,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    point INTEGER NOT NULL,
+    protocol INTEGER NOT NULL,
+    src_ip BLOB NOT NULL, src_port INTEGER NOT NULL, src_ep INTEGER NOT NULL,
+    dst_ip BLOB NOT NULL, dst_port INTEGER NOT NULL, dst_ep INTEGER NOT NULL,
+    verdict INTEGER NOT NULL,
+    drop_reason INTEGER NOT NULL,
+    eg_rule INTEGER NOT NULL,
+    in_rule INTEGER NOT NULL,
+    tcp_flags INTEGER NOT NULL,
+    packets_fwd INTEGER NOT NULL, bytes_fwd INTEGER NOT NULL,
+    packets_rev INTEGER NOT NULL, bytes_rev INTEGER NOT NULL,
+    is_reply INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    UNIQUE (first_ms, src_port, dst_port, protocol, point, src_ip, dst_ip, node)
+);
+INSERT INTO flows_v2 SELECT f.id, f.first_ms, f.last_ms, f.node, f.point, f.protocol,
+    CASE WHEN f.src_ip IS NULL THEN x''
+         WHEN substr(f.src_ip, 1, 12) = x'00000000000000000000ffff' THEN substr(f.src_ip, 13)
+         ELSE f.src_ip END,
+    f.src_port,
+    (SELECT e.id FROM endpoints e WHERE e.ns = f.src_ns AND e.pod = f.src_pod
+        AND e.workload = f.src_workload AND e.labels = f.src_labels
+        AND e.identity = f.src_identity AND e.service = f.src_service),
+    CASE WHEN f.dst_ip IS NULL THEN x''
+         WHEN substr(f.dst_ip, 1, 12) = x'00000000000000000000ffff' THEN substr(f.dst_ip, 13)
+         ELSE f.dst_ip END,
+    f.dst_port,
+    (SELECT e.id FROM endpoints e WHERE e.ns = f.dst_ns AND e.pod = f.dst_pod
+        AND e.workload = f.dst_workload AND e.labels = f.dst_labels
+        AND e.identity = f.dst_identity AND e.service = f.dst_service),
+    f.verdict, f.drop_reason,
+    coalesce((SELECT r.id FROM rules r WHERE f.eg_kind != '' AND r.kind = f.eg_kind
+        AND r.ns = f.eg_ns AND r.name = f.eg_name AND r.tier = f.eg_tier
+        AND r.rule_index = f.eg_rule), 0),
+    coalesce((SELECT r.id FROM rules r WHERE f.in_kind != '' AND r.kind = f.in_kind
+        AND r.ns = f.in_ns AND r.name = f.in_name AND r.tier = f.in_tier
+        AND r.rule_index = f.in_rule), 0),
+    f.tcp_flags, f.packets_fwd, f.bytes_fwd, f.packets_rev, f.bytes_rev, f.is_reply, f.count
+    FROM flows f;
+DROP TABLE flows;
+ALTER TABLE flows_v2 RENAME TO flows;
+CREATE INDEX flows_last ON flows (last_ms);
+CREATE INDEX flows_src_ep ON flows (src_ep, last_ms);
+CREATE INDEX flows_dst_ep ON flows (dst_ep, last_ms);
+CREATE INDEX flows_verdict ON flows (verdict, last_ms);
+CREATE INDEX flows_eg_rule ON flows (eg_rule) WHERE eg_rule != 0;
+CREATE INDEX flows_in_rule ON flows (in_rule) WHERE in_rule != 0;
+";
+
+/// The migrations, in order: migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[V1, V1_TO_V2];
+
+/// A flow row joined with its ends and rules (`f`, `s`, `d`, `e`, `i`), in [`read_record`]'s
+/// column order.
+const COLUMNS: &str = "f.node, f.point, f.protocol, f.first_ms, f.last_ms, \
+    f.src_ip, f.src_port, s.ns, s.pod, s.workload, s.labels, s.identity, s.service, \
+    f.dst_ip, f.dst_port, d.ns, d.pod, d.workload, d.labels, d.identity, d.service, \
+    f.verdict, f.drop_reason, e.kind, e.ns, e.name, e.tier, e.rule_index, \
+    i.kind, i.ns, i.name, i.tier, i.rule_index, \
+    f.tcp_flags, f.packets_fwd, f.bytes_fwd, f.packets_rev, f.bytes_rev, f.is_reply, f.count";
+
+/// The joins [`COLUMNS`] reads through, after `flows f` (or a subquery named `f`).
+const JOINS: &str = "JOIN endpoints s ON s.id = f.src_ep JOIN endpoints d ON d.id = f.dst_ep \
+    JOIN rules e ON e.id = f.eg_rule JOIN rules i ON i.id = f.in_rule";
+
+const UPSERT: &str = "INSERT INTO flows (first_ms, last_ms, node, point, protocol, \
+    src_ip, src_port, src_ep, dst_ip, dst_port, dst_ep, verdict, drop_reason, eg_rule, in_rule, \
+    tcp_flags, packets_fwd, bytes_fwd, packets_rev, bytes_rev, is_reply, count) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT (first_ms, src_port, dst_port, protocol, point, src_ip, dst_ip, node) DO UPDATE SET \
+    last_ms = max(last_ms, excluded.last_ms), verdict = excluded.verdict, \
+    drop_reason = excluded.drop_reason, tcp_flags = tcp_flags | excluded.tcp_flags, \
+    packets_fwd = excluded.packets_fwd, bytes_fwd = excluded.bytes_fwd, \
+    packets_rev = excluded.packets_rev, bytes_rev = excluded.bytes_rev, count = excluded.count";
+
+/// The SQLite page cache of a store connection (KiB).
+const CACHE_KIB: i64 = 32 * 1024;
+/// WAL pages before an automatic checkpoint (a larger WAL rewrites hot index pages less often).
+const WAL_CHECKPOINT_PAGES: i64 = 8192;
 
 /// The flow store.
 #[derive(Debug)]
@@ -123,73 +228,171 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     retention: Retention,
+    endpoints: Intern<EndMeta>,
+    rules: Intern<RuleRef>,
 }
 
-fn ip_of(v: Option<Vec<u8>>) -> Option<IpAddr> {
-    let b: [u8; 16] = v?.try_into().ok()?;
-    let v6 = Ipv6Addr::from(b);
-    Some(match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    })
+/// How an address is stored: 4 bytes for IPv4 (and IPv4-mapped IPv6), 16 for IPv6, none when
+/// unknown. [`crate::filter`] builds its prefix ranges to match.
+#[derive(Clone, Copy)]
+struct StoredIp {
+    bytes: [u8; 16],
+    len: usize,
 }
 
-fn end_params(e: &FlowEnd, out: &mut Vec<Value>) {
-    out.push(e.ip.map_or(Value::Null, |ip| Value::Blob(ip_key(ip).to_vec())));
-    out.push(Value::Integer(i64::from(e.port)));
-    out.push(Value::Text(e.namespace.clone()));
-    out.push(Value::Text(e.pod.clone()));
-    out.push(Value::Text(e.workload.clone()));
-    out.push(Value::Text(
-        serde_json::to_string(&e.labels).unwrap_or_else(|_| "{}".into()),
-    ));
-    out.push(Value::Integer(i64::from(e.identity)));
-    out.push(Value::Text(e.service.clone()));
+impl StoredIp {
+    fn of(ip: Option<IpAddr>) -> Self {
+        let mut bytes = [0u8; 16];
+        let len = match ip.map(canonical) {
+            Some(IpAddr::V4(v4)) => {
+                bytes[..4].copy_from_slice(&v4.octets());
+                4
+            }
+            Some(IpAddr::V6(v6)) => {
+                bytes = v6.octets();
+                16
+            }
+            None => 0,
+        };
+        Self { bytes, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
-fn rule_params(r: &Option<RuleRef>, out: &mut Vec<Value>) {
-    let d = RuleRef::default();
-    let r = r.as_ref().unwrap_or(&d);
-    out.push(Value::Text(r.kind.clone()));
-    out.push(Value::Text(r.namespace.clone()));
-    out.push(Value::Text(r.name.clone()));
-    out.push(Value::Text(r.tier.clone()));
-    out.push(Value::Integer(i64::from(r.rule_index)));
+/// IPv4-mapped IPv6 addresses are stored, and read back, as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn ip_of(v: &[u8]) -> Option<IpAddr> {
+    match v.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(v).ok()?)),
+        16 => Some(canonical(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(v).ok()?,
+        )))),
+        _ => None,
+    }
+}
+
+/// What `endpoints` holds of a flow end (everything but its address and port).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EndMeta {
+    namespace: String,
+    pod: String,
+    workload: String,
+    labels: std::collections::BTreeMap<String, String>,
+    identity: u32,
+    service: String,
+}
+
+impl EndMeta {
+    fn of(e: &FlowEnd) -> Self {
+        Self {
+            namespace: e.namespace.clone(),
+            pod: e.pod.clone(),
+            workload: e.workload.clone(),
+            labels: e.labels.clone(),
+            identity: e.identity,
+            service: e.service.clone(),
+        }
+    }
+
+    fn is(&self, e: &FlowEnd) -> bool {
+        self.identity == e.identity
+            && self.pod == e.pod
+            && self.namespace == e.namespace
+            && self.workload == e.workload
+            && self.service == e.service
+            && self.labels == e.labels
+    }
+}
+
+/// The interning caches' hash: FNV-1a over the fields that tell ends apart most cheaply
+/// (the bucket compares every field). In memory only, never stored.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn end_hash(e: &FlowEnd) -> u64 {
+    fnv(&[
+        &e.identity.to_le_bytes(),
+        e.namespace.as_bytes(),
+        e.pod.as_bytes(),
+        e.service.as_bytes(),
+    ])
+}
+
+fn rule_hash(r: &RuleRef) -> u64 {
+    fnv(&[
+        r.kind.as_bytes(),
+        r.namespace.as_bytes(),
+        r.name.as_bytes(),
+        r.tier.as_bytes(),
+        &r.rule_index.to_le_bytes(),
+    ])
+}
+
+/// Row numbers of interned ends or rules this connection has written or read, by hash.
+#[derive(Debug)]
+struct Intern<T> {
+    ids: HashMap<u64, Vec<(T, i64)>>,
+}
+
+impl<T> Default for Intern<T> {
+    fn default() -> Self {
+        Self {
+            ids: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Intern<T> {
+    fn get(&self, hash: u64, is: impl Fn(&T) -> bool) -> Option<i64> {
+        self.ids
+            .get(&hash)?
+            .iter()
+            .find(|(t, _)| is(t))
+            .map(|(_, id)| *id)
+    }
+
+    fn insert(&mut self, hash: u64, t: T, id: i64) {
+        self.ids.entry(hash).or_default().push((t, id));
+    }
+
+    fn merge(&mut self, other: Self) {
+        for (h, v) in other.ids {
+            self.ids.entry(h).or_default().extend(v);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+    }
 }
 
 /// Counters are u64 in the record and i64 in SQLite; saturate rather than wrap.
-fn int(n: u64) -> Value {
-    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-fn record_params(r: &FlowRecord) -> Vec<Value> {
-    let mut v = vec![
-        Value::Text(r.node.clone()),
-        Value::Integer(i64::from(r.point.code())),
-        Value::Integer(i64::from(r.protocol)),
-        Value::Integer(r.first_seen_ms),
-        Value::Integer(r.last_seen_ms),
-    ];
-    end_params(&r.src, &mut v);
-    end_params(&r.dst, &mut v);
-    v.push(Value::Integer(i64::from(r.verdict.code())));
-    v.push(Value::Integer(i64::from(r.drop_reason)));
-    rule_params(&r.egress_rule, &mut v);
-    rule_params(&r.ingress_rule, &mut v);
-    v.push(Value::Integer(i64::from(r.tcp_flags)));
-    v.push(int(r.packets_forward));
-    v.push(int(r.bytes_forward));
-    v.push(int(r.packets_reverse));
-    v.push(int(r.bytes_reverse));
-    v.push(Value::Integer(i64::from(r.is_reply)));
-    v.push(int(r.count));
-    v
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn read_end(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<FlowEnd> {
     let labels: String = row.get(base + 5)?;
+    let ip: Vec<u8> = row.get(base)?;
     Ok(FlowEnd {
-        ip: ip_of(row.get(base)?),
+        ip: ip_of(&ip),
         port: row.get::<_, i64>(base + 1)? as u16,
         namespace: row.get(base + 2)?,
         pod: row.get(base + 3)?,
@@ -199,7 +402,6 @@ fn read_end(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<FlowEnd> {
         service: row.get(base + 7)?,
     })
 }
-
 fn read_rule(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Option<RuleRef>> {
     let r = RuleRef {
         kind: row.get(base)?,
@@ -292,17 +494,18 @@ impl Store {
             .map_err(e)?;
         // auto_vacuum must be chosen before the first table exists; it lets retention return
         // space to the file system.
-        conn.execute_batch(
-            "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
-        )
+        conn.execute_batch(&format!(
+            "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA cache_size = -{CACHE_KIB}; \
+             PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES};"
+        ))
         .map_err(e)?;
-        if let Ok(x) = std::env::var("XP") {
-            conn.execute_batch(&x).map_err(e)?;
-        }
         let mut store = Self {
             conn,
             path: path.to_path_buf(),
             retention,
+            endpoints: Intern::default(),
+            rules: Intern::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -348,31 +551,123 @@ impl Store {
     /// Writes a batch of records (new ones inserted, known connections updated) in one
     /// transaction; returns how many were written. Once it returns, they are committed.
     pub fn write(&mut self, records: &[FlowRecord]) -> Result<usize, StoreError> {
+        self.write_all(records)
+    }
+
+    /// As [`Store::write`], for records from several batches: one transaction for all.
+    pub fn write_all<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a FlowRecord>,
+    ) -> Result<usize, StoreError> {
         let path = self.path.clone();
         let e = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let placeholders = vec!["?"; 40].join(", ");
-        let sql = format!(
-            "INSERT INTO flows ({COLUMNS}) VALUES ({placeholders}) \
-             ON CONFLICT (node, point, protocol, src_ip, src_port, dst_ip, dst_port, first_ms) DO UPDATE SET \
-             last_ms = max(last_ms, excluded.last_ms), verdict = excluded.verdict, \
-             drop_reason = excluded.drop_reason, tcp_flags = tcp_flags | excluded.tcp_flags, \
-             packets_fwd = excluded.packets_fwd, bytes_fwd = excluded.bytes_fwd, \
-             packets_rev = excluded.packets_rev, bytes_rev = excluded.bytes_rev, \
-             count = excluded.count"
-        );
+        // Ends and rules interned by this transaction become known only once it commits.
+        let mut new_ends: Intern<EndMeta> = Intern::default();
+        let mut new_rules: Intern<RuleRef> = Intern::default();
+        let mut n = 0;
         let tx = self.conn.transaction().map_err(e)?;
         {
-            let mut stmt = tx.prepare_cached(&sql).map_err(e)?;
+            let mut upsert = tx.prepare_cached(UPSERT).map_err(e)?;
+            let mut end_id = |end: &FlowEnd| -> rusqlite::Result<i64> {
+                let h = end_hash(end);
+                if let Some(id) = self
+                    .endpoints
+                    .get(h, |m| m.is(end))
+                    .or_else(|| new_ends.get(h, |m| m.is(end)))
+                {
+                    return Ok(id);
+                }
+                let labels = serde_json::to_string(&end.labels).unwrap_or_else(|_| "{}".into());
+                let id = tx
+                    .prepare_cached(
+                        "INSERT INTO endpoints (ns, pod, workload, labels, identity, service) \
+                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET ns = excluded.ns \
+                         RETURNING id",
+                    )?
+                    .query_row(
+                        rusqlite::params![
+                            end.namespace,
+                            end.pod,
+                            end.workload,
+                            labels,
+                            end.identity,
+                            end.service
+                        ],
+                        |r| r.get(0),
+                    )?;
+                new_ends.insert(h, EndMeta::of(end), id);
+                Ok(id)
+            };
+            let mut rule_id = |rule: &Option<RuleRef>| -> rusqlite::Result<i64> {
+                let Some(rule) = rule else { return Ok(0) };
+                let h = rule_hash(rule);
+                if let Some(id) = self
+                    .rules
+                    .get(h, |r| r == rule)
+                    .or_else(|| new_rules.get(h, |r| r == rule))
+                {
+                    return Ok(id);
+                }
+                let id = tx
+                    .prepare_cached(
+                        "INSERT INTO rules (kind, ns, name, tier, rule_index) VALUES (?, ?, ?, ?, ?) \
+                         ON CONFLICT DO UPDATE SET kind = excluded.kind RETURNING id",
+                    )?
+                    .query_row(
+                        rusqlite::params![
+                            rule.kind,
+                            rule.namespace,
+                            rule.name,
+                            rule.tier,
+                            rule.rule_index
+                        ],
+                        |r| r.get(0),
+                    )?;
+                new_rules.insert(h, rule.clone(), id);
+                Ok(id)
+            };
             for r in records {
-                stmt.execute(params_from_iter(record_params(r)))
+                let src_ep = end_id(&r.src).map_err(e)?;
+                let dst_ep = end_id(&r.dst).map_err(e)?;
+                let eg = rule_id(&r.egress_rule).map_err(e)?;
+                let ing = rule_id(&r.ingress_rule).map_err(e)?;
+                let (sip, dip) = (StoredIp::of(r.src.ip), StoredIp::of(r.dst.ip));
+                upsert
+                    .execute(rusqlite::params![
+                        r.first_seen_ms,
+                        r.last_seen_ms,
+                        r.node,
+                        r.point.code(),
+                        r.protocol,
+                        sip.as_slice(),
+                        r.src.port,
+                        src_ep,
+                        dip.as_slice(),
+                        r.dst.port,
+                        dst_ep,
+                        r.verdict.code(),
+                        r.drop_reason,
+                        eg,
+                        ing,
+                        r.tcp_flags,
+                        int(r.packets_forward),
+                        int(r.bytes_forward),
+                        int(r.packets_reverse),
+                        int(r.bytes_reverse),
+                        r.is_reply,
+                        int(r.count),
+                    ])
                     .map_err(e)?;
+                n += 1;
             }
         }
         tx.commit().map_err(e)?;
-        Ok(records.len())
+        self.endpoints.merge(new_ends);
+        self.rules.merge(new_rules);
+        Ok(n)
     }
 
     /// The records matching `q`, newest first (oldest first with `q.first`).
@@ -387,8 +682,11 @@ impl Store {
             }
             None => "",
         };
+        // The filter and the order are planned on `flows` alone; the joins only name what
+        // was selected.
         let text = format!(
-            "SELECT {COLUMNS} FROM flows {} ORDER BY last_ms {order}, id {order} {limit}",
+            "SELECT {COLUMNS} FROM (SELECT * FROM flows {} ORDER BY last_ms {order}, id {order} {limit}) f \
+             {JOINS} ORDER BY f.last_ms {order}, f.id {order}",
             sql.clause
         );
         let mut stmt = self.conn.prepare(&text).map_err(self.err())?;
@@ -429,8 +727,8 @@ impl Store {
     }
 
     /// Applies retention at time `now_ms`: removes records older than the age bound, then the
-    /// oldest records until the database is under its size bound, and returns freed pages to
-    /// the file system.
+    /// oldest records until the database is under its size bound, then ends and rules no
+    /// record refers to any more, and returns freed pages to the file system.
     pub fn prune(&mut self, now_ms: i64) -> Result<Pruned, StoreError> {
         let mut out = Pruned::default();
         if let Some(age) = self.retention.max_age_ms {
@@ -460,8 +758,28 @@ impl Store {
                 self.vacuum()?;
             }
         }
+        if out.by_age + out.by_size > 0 {
+            self.forget_orphans()?;
+        }
         self.vacuum()?;
         Ok(out)
+    }
+
+    /// Removes interned ends and rules no record refers to (their numbers are never reused:
+    /// the tables are AUTOINCREMENT).
+    fn forget_orphans(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch(
+                "DELETE FROM endpoints WHERE NOT EXISTS (SELECT 1 FROM flows WHERE src_ep = endpoints.id) \
+                   AND NOT EXISTS (SELECT 1 FROM flows WHERE dst_ep = endpoints.id); \
+                 DELETE FROM rules WHERE id != 0 \
+                   AND NOT EXISTS (SELECT 1 FROM flows WHERE eg_rule = rules.id AND eg_rule != 0) \
+                   AND NOT EXISTS (SELECT 1 FROM flows WHERE in_rule = rules.id AND in_rule != 0);",
+            )
+            .map_err(self.err())?;
+        self.endpoints.clear();
+        self.rules.clear();
+        Ok(())
     }
 
     /// Returns every free page to the file system (the pragma frees one page per step).
@@ -480,16 +798,19 @@ impl Store {
         let sql = q.to_sql()?;
         let mut params = sql.params;
         params.push(Value::Integer(i64::from(n)));
-        let end = |s: &str| {
-            format!(
-                "CASE WHEN {s}_pod != '' THEN {s}_ns || '/' || {s}_pod ELSE coalesce(hex({s}_ip), '') END"
-            )
+        // Grouped by numbers first (ends and addresses), then by name: an end is its pod
+        // when it has one, its address otherwise.
+        let end = |e: &str, ip: &str| {
+            format!("CASE WHEN {e}.pod != '' THEN {e}.ns || '/' || {e}.pod ELSE hex(g.{ip}) END")
         };
         let text = format!(
-            "SELECT {} AS f, {} AS t, count(*), sum(bytes_fwd + bytes_rev) AS b FROM flows {} \
-             GROUP BY f, t ORDER BY b DESC, f, t LIMIT ?",
-            end("src"),
-            end("dst"),
+            "SELECT {} AS fr, {} AS t, sum(g.n), sum(g.b) AS bytes FROM \
+               (SELECT src_ep, src_ip, dst_ep, dst_ip, count(*) AS n, sum(bytes_fwd + bytes_rev) AS b \
+                FROM flows {} GROUP BY src_ep, src_ip, dst_ep, dst_ip) g \
+             JOIN endpoints s ON s.id = g.src_ep JOIN endpoints d ON d.id = g.dst_ep \
+             GROUP BY fr, t ORDER BY bytes DESC, fr, t LIMIT ?",
+            end("s", "src_ip"),
+            end("d", "dst_ip"),
             sql.clause
         );
         let mut stmt = self.conn.prepare(&text).map_err(self.err())?;
@@ -516,12 +837,15 @@ impl Store {
         };
         let text = format!(
             "SELECT CASE \
-               WHEN in_rule = -1 OR eg_rule = -1 THEN 'default deny ' || \
-                 CASE WHEN in_rule = -1 THEN in_kind || ' ' || in_ns || '/' || in_name ELSE eg_kind || ' ' || eg_ns || '/' || eg_name END \
-               WHEN in_name != '' THEN in_kind || ' ' || in_ns || '/' || in_name \
-               WHEN eg_name != '' THEN eg_kind || ' ' || eg_ns || '/' || eg_name \
-               ELSE '(no policy)' END AS p, count(*), sum(count) \
-             FROM flows {clause} GROUP BY p ORDER BY count(*) DESC, p"
+               WHEN i.rule_index = -1 AND i.kind != '' THEN 'default deny ' || i.kind || ' ' || i.ns || '/' || i.name \
+               WHEN e.rule_index = -1 AND e.kind != '' THEN 'default deny ' || e.kind || ' ' || e.ns || '/' || e.name \
+               WHEN i.name != '' THEN i.kind || ' ' || i.ns || '/' || i.name \
+               WHEN e.name != '' THEN e.kind || ' ' || e.ns || '/' || e.name \
+               ELSE '(no policy)' END AS p, sum(g.n), sum(g.c) \
+             FROM (SELECT eg_rule, in_rule, count(*) AS n, sum(count) AS c FROM flows {clause} \
+                   GROUP BY eg_rule, in_rule) g \
+             JOIN rules e ON e.id = g.eg_rule JOIN rules i ON i.id = g.in_rule \
+             GROUP BY p ORDER BY sum(g.n) DESC, p"
         );
         let mut stmt = self.conn.prepare(&text).map_err(self.err())?;
         let rows = stmt
@@ -545,19 +869,24 @@ impl Store {
     /// an address outside the cluster, the source's observation is the edge.
     pub fn edges(&self, q: &Query) -> Result<Vec<Edge>, StoreError> {
         let sql = q.to_sql()?;
-        let from = "CASE WHEN src_workload != '' AND src_ns != '' THEN src_ns || '/' || src_workload \
-                    WHEN src_workload != '' THEN src_workload \
-                    WHEN src_pod != '' THEN src_ns || '/' || src_pod ELSE coalesce(hex(src_ip), '') END";
-        let to = "CASE WHEN dst_service != '' THEN dst_service \
-                  WHEN dst_workload != '' AND dst_ns != '' THEN dst_ns || '/' || dst_workload \
-                  WHEN dst_workload != '' THEN dst_workload \
-                  WHEN dst_pod != '' THEN dst_ns || '/' || dst_pod ELSE coalesce(hex(dst_ip), '') END";
+        let from = "CASE WHEN s.workload != '' AND s.ns != '' THEN s.ns || '/' || s.workload \
+                    WHEN s.workload != '' THEN s.workload \
+                    WHEN s.pod != '' THEN s.ns || '/' || s.pod ELSE hex(g.src_ip) END";
+        let to = "CASE WHEN d.service != '' THEN d.service \
+                  WHEN d.workload != '' AND d.ns != '' THEN d.ns || '/' || d.workload \
+                  WHEN d.workload != '' THEN d.workload \
+                  WHEN d.pod != '' THEN d.ns || '/' || d.pod ELSE hex(g.dst_ip) END";
         let text = format!(
-            "SELECT {from} AS f, {to} AS t, dst_port, protocol, \
-               sum(verdict = 1), sum(verdict = 2), sum(verdict = 3), sum(bytes_fwd + bytes_rev) \
-             FROM flows {} AND is_reply = 0 \
-               AND NOT (point = 1 AND verdict != 2 AND dst_pod != '') \
-             GROUP BY f, t, dst_port, protocol ORDER BY f, t, dst_port, protocol",
+            "SELECT {from} AS fr, {to} AS t, g.dst_port, g.protocol, \
+               sum(g.fwd), sum(g.dropped), sum(g.audit), sum(g.b) \
+             FROM (SELECT f.src_ep, f.src_ip, f.dst_ep, f.dst_ip, f.dst_port, f.protocol, \
+                     sum(f.verdict = 1) AS fwd, sum(f.verdict = 2) AS dropped, \
+                     sum(f.verdict = 3) AS audit, sum(f.bytes_fwd + f.bytes_rev) AS b \
+                   FROM flows f JOIN endpoints dd ON dd.id = f.dst_ep {} AND f.is_reply = 0 \
+                     AND NOT (f.point = 1 AND f.verdict != 2 AND dd.pod != '') \
+                   GROUP BY f.src_ep, f.src_ip, f.dst_ep, f.dst_ip, f.dst_port, f.protocol) g \
+             JOIN endpoints s ON s.id = g.src_ep JOIN endpoints d ON d.id = g.dst_ep \
+             GROUP BY fr, t, g.dst_port, g.protocol ORDER BY fr, t, g.dst_port, g.protocol",
             if sql.clause.is_empty() {
                 "WHERE 1".to_string()
             } else {
@@ -592,16 +921,20 @@ impl Store {
     }
 }
 
-/// Aggregates render ends outside the cluster as the hex of their stored key; turn it back
-/// into an address (anything else is returned as it is).
+/// Aggregates render ends outside the cluster as the hex of their stored address; turn it
+/// back into an address (anything else is returned as it is).
 fn hex_to_ip(s: String) -> String {
-    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !(s.len() == 8 || s.len() == 32) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return s;
     }
-    let mut b = [0u8; 16];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let hex = std::str::from_utf8(chunk).unwrap_or("00");
-        b[i] = u8::from_str_radix(hex, 16).unwrap_or(0);
-    }
-    ip_of(Some(b.to_vec())).map_or(s, |ip| ip.to_string())
+    let bytes: Option<Vec<u8>> = s
+        .as_bytes()
+        .chunks(2)
+        .map(|c| {
+            std::str::from_utf8(c)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    bytes.and_then(|b| ip_of(&b)).map_or(s, |ip| ip.to_string())
 }

@@ -417,6 +417,189 @@ fn the_schema_is_versioned_and_a_newer_one_is_refused() {
     assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
 }
 
+/// Schema version 1 as septum 0.1 wrote it (frozen here: the migration must keep reading it).
+const SCHEMA_V1: &str = r"
+CREATE TABLE flows (
+    id INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    point INTEGER NOT NULL,
+    protocol INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    src_ip BLOB, src_port INTEGER NOT NULL,
+    src_ns TEXT NOT NULL, src_pod TEXT NOT NULL, src_workload TEXT NOT NULL,
+    src_labels TEXT NOT NULL, src_identity INTEGER NOT NULL, src_service TEXT NOT NULL,
+    dst_ip BLOB, dst_port INTEGER NOT NULL,
+    dst_ns TEXT NOT NULL, dst_pod TEXT NOT NULL, dst_workload TEXT NOT NULL,
+    dst_labels TEXT NOT NULL, dst_identity INTEGER NOT NULL, dst_service TEXT NOT NULL,
+    verdict INTEGER NOT NULL,
+    drop_reason INTEGER NOT NULL,
+    eg_kind TEXT NOT NULL, eg_ns TEXT NOT NULL, eg_name TEXT NOT NULL, eg_tier TEXT NOT NULL,
+    eg_rule INTEGER NOT NULL,
+    in_kind TEXT NOT NULL, in_ns TEXT NOT NULL, in_name TEXT NOT NULL, in_tier TEXT NOT NULL,
+    in_rule INTEGER NOT NULL,
+    tcp_flags INTEGER NOT NULL,
+    packets_fwd INTEGER NOT NULL, bytes_fwd INTEGER NOT NULL,
+    packets_rev INTEGER NOT NULL, bytes_rev INTEGER NOT NULL,
+    is_reply INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    UNIQUE (node, point, protocol, src_ip, src_port, dst_ip, dst_port, first_ms)
+);
+CREATE INDEX flows_last ON flows (last_ms);
+CREATE INDEX flows_src_pod ON flows (src_ns, src_pod, last_ms);
+CREATE INDEX flows_dst_pod ON flows (dst_ns, dst_pod, last_ms);
+CREATE INDEX flows_verdict ON flows (verdict, last_ms);
+CREATE INDEX flows_eg_policy ON flows (eg_ns, eg_name) WHERE eg_name != '';
+CREATE INDEX flows_in_policy ON flows (in_ns, in_name) WHERE in_name != '';
+";
+
+#[test]
+fn a_version_1_store_is_migrated_and_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flows.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1").unwrap();
+        let mapped = |v4: [u8; 4]| {
+            let mut b = vec![0u8; 10];
+            b.extend([0xff, 0xff]);
+            b.extend(v4);
+            b
+        };
+        let v6: Vec<u8> = "fd00::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets()
+            .to_vec();
+        let insert = "INSERT INTO flows (node, point, protocol, first_ms, last_ms, \
+            src_ip, src_port, src_ns, src_pod, src_workload, src_labels, src_identity, src_service, \
+            dst_ip, dst_port, dst_ns, dst_pod, dst_workload, dst_labels, dst_identity, dst_service, \
+            verdict, drop_reason, eg_kind, eg_ns, eg_name, eg_tier, eg_rule, \
+            in_kind, in_ns, in_name, in_tier, in_rule, tcp_flags, packets_fwd, bytes_fwd, \
+            packets_rev, bytes_rev, is_reply, count) VALUES (?1, ?2, 6, ?3, ?4, ?5, ?6, ?7, ?8, \
+            ?9, ?10, ?11, '', ?12, ?13, 'shop', 'api-1', 'Deployment/api', '{\"app\":\"api\"}', \
+            1001, ?14, ?15, ?16, ?17, ?18, ?19, '', ?20, ?21, ?22, ?23, 'Admin', ?24, 2, 3, 180, \
+            2, 120, 0, ?25)";
+        conn.execute(
+            insert,
+            rusqlite::params![
+                "node-1",
+                2,
+                1_000,
+                1_500,
+                mapped([10, 0, 0, 1]),
+                40000,
+                "shop",
+                "web-1",
+                "Deployment/web",
+                r#"{"app":"web","tier":"front"}"#,
+                1000,
+                mapped([10, 0, 0, 2]),
+                8080,
+                "shop/api",
+                1,
+                0,
+                "",
+                "",
+                "",
+                0,
+                "NetworkPolicy",
+                "shop",
+                "api-allow",
+                0,
+                1
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            insert,
+            rusqlite::params![
+                "node-1",
+                2,
+                2_000,
+                9_000,
+                v6,
+                0,
+                "",
+                "",
+                "world",
+                "{}",
+                2,
+                mapped([10, 0, 0, 2]),
+                5432,
+                "",
+                2,
+                1,
+                "FlowPolicy",
+                "shop",
+                "deny-db",
+                3,
+                "ClusterNetworkPolicy",
+                "",
+                "baseline",
+                -1,
+                17
+            ],
+        )
+        .unwrap();
+    }
+    let s = Store::open(&path, Retention::default()).unwrap();
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    let mut got = s.query(&Query::default()).unwrap();
+    got.sort_by_key(|r| r.first_seen_ms);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let (a, b) = (&got[0], &got[1]);
+    assert_eq!(
+        a.src.ip,
+        Some("10.0.0.1".parse().unwrap()),
+        "v4-mapped becomes IPv4"
+    );
+    assert_eq!(
+        (a.src.namespace.as_str(), a.src.pod.as_str()),
+        ("shop", "web-1")
+    );
+    assert_eq!(a.src.labels.get("tier").map(String::as_str), Some("front"));
+    assert_eq!(a.dst.pod, "api-1");
+    assert_eq!(a.dst.service, "shop/api");
+    assert_eq!(a.verdict, Verdict::Forwarded);
+    assert_eq!(a.egress_rule, None);
+    let ing = a.ingress_rule.as_ref().unwrap();
+    assert_eq!(
+        (ing.kind.as_str(), ing.name.as_str(), ing.tier.as_str()),
+        ("NetworkPolicy", "api-allow", "Admin")
+    );
+    assert_eq!(
+        (a.packets_forward, a.bytes_forward, a.packets_reverse),
+        (3, 180, 2)
+    );
+    assert_eq!(b.src.ip, Some("fd00::7".parse().unwrap()));
+    assert_eq!(b.src.workload, "world");
+    assert_eq!(
+        (b.verdict, b.drop_reason, b.count),
+        (Verdict::Dropped, 1, 17)
+    );
+    assert_eq!(b.egress_rule.as_ref().unwrap().rule_index, 3);
+    assert_eq!(b.ingress_rule.as_ref().unwrap().rule_index, -1);
+    // The migrated store takes new records and answers filtered queries on the new schema.
+    drop(s);
+    let mut s = Store::open(&path, Retention::default()).unwrap();
+    s.write(&shop()).unwrap();
+    assert_eq!(s.len().unwrap(), 6);
+    let q = only(FlowFilter {
+        to_pod: vec![Named::parse("to-pod", "shop/api-1").unwrap()],
+        ..FlowFilter::default()
+    });
+    assert_eq!(
+        {
+            let mut p = pods(&s.query(&q).unwrap());
+            p.sort();
+            p
+        },
+        ["fd00::7>api-1", "web-1>api-1"]
+    );
+}
+
 #[test]
 fn aggregates_answer_who_talks_and_what_was_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use septum_datapath::{EventReader, Observer};
@@ -45,6 +46,8 @@ const CT_GRACE_MS: i64 = 2000;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Batches queued for the store writer (about FLUSH x this of backlog).
 const STORE_QUEUE: usize = 256;
+/// Most records the writer commits in one transaction when batches queue up.
+const COALESCE_RECORDS: usize = 50_000;
 /// Batches a live subscriber may fall behind.
 const LIVE_QUEUE: usize = 1024;
 /// Batches queued for an exporter.
@@ -347,17 +350,30 @@ fn store_writer(hub: Arc<FlowHub>, rx: Receiver<Arc<Batch>>) {
     let mut last_prune: Option<Instant> = None;
     loop {
         match rx.recv_timeout(PRUNE_EVERY) {
-            Ok(batch) => match store.write(&batch.records) {
-                Ok(n) => {
-                    hub.stats.written.fetch_add(n as u64, Relaxed);
+            Ok(first) => {
+                // Whatever queued behind it joins the same transaction: under load, fewer and
+                // larger commits (each index page a commit touches is written once per commit).
+                let mut batches = vec![first];
+                let mut n = batches[0].records.len();
+                while n < COALESCE_RECORDS {
+                    match rx.try_recv() {
+                        Ok(b) => {
+                            n += b.records.len();
+                            batches.push(b);
+                        }
+                        Err(_) => break,
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, records = batch.records.len(), "flow store write failed");
-                    hub.stats
-                        .store_errors
-                        .fetch_add(batch.records.len() as u64, Relaxed);
+                match store.write_all(batches.iter().flat_map(|b| b.records.iter())) {
+                    Ok(n) => {
+                        hub.stats.written.fetch_add(n as u64, Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, records = n, "flow store write failed");
+                        hub.stats.store_errors.fetch_add(n as u64, Relaxed);
+                    }
                 }
-            },
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
@@ -394,18 +410,19 @@ fn spawn_sink(
     name: &str,
     run: impl FnOnce(Receiver<Arc<Batch>>) + Send + 'static,
     capacity: usize,
-) -> std::io::Result<Sink> {
+) -> std::io::Result<(Sink, JoinHandle<()>)> {
     let (tx, rx) = sync_channel(capacity);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(format!("flows-{name}"))
         .spawn(move || run(rx))?;
-    Ok(Sink { tx })
+    Ok((Sink { tx }, thread))
 }
 
 /// The pipeline's own state, on its task.
 struct Pipeline {
     hub: Arc<FlowHub>,
-    observer: Observer,
+    /// The kernel's maps, for conntrack counters (none when fed without a datapath).
+    observer: Option<Observer>,
     agg: Aggregator,
     store: Sink,
     jsonl: Option<Sink>,
@@ -442,6 +459,9 @@ impl Pipeline {
 
     /// Reads conntrack's counters for up to [`COUNTER_BATCH`] open connections.
     fn refresh_counters(&mut self) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
         let clock = Clock::now();
         let keys: Vec<ConnKey> = self.agg.connections().cloned().collect();
         if keys.is_empty() {
@@ -453,8 +473,8 @@ impl Pipeline {
         let end = (self.cursor + COUNTER_BATCH).min(keys.len());
         for key in &keys[self.cursor..end] {
             let Some(ct) = ct_key(key) else { continue };
-            let fwd = self.observer.conntrack.get(&ct);
-            let rev = self.observer.conntrack.get(&ct.reversed());
+            let fwd = observer.conntrack.get(&ct);
+            let rev = observer.conntrack.get(&ct.reversed());
             match (fwd, rev) {
                 (None, None) => {
                     let young = self
@@ -491,7 +511,7 @@ impl Pipeline {
         if self.last_refresh.elapsed() >= COUNTER_REFRESH {
             self.last_refresh = Instant::now();
             self.refresh_counters();
-            if let Ok(c) = self.observer.counters() {
+            if let Some(Ok(c)) = self.observer.as_ref().map(Observer::counters) {
                 for (counter, v) in c {
                     match counter {
                         Counter::EventsLost => self.hub.stats.ring_lost.store(v, Relaxed),
@@ -520,6 +540,85 @@ impl Pipeline {
     }
 }
 
+/// The pipeline fed by its caller rather than a ring buffer: the same enrichment,
+/// aggregation, queues, store writer and exporters as [`run`], for benchmarks and tests.
+pub struct Ingest {
+    pipeline: Pipeline,
+    store_thread: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest")
+            .field("open", &self.pipeline.agg.open())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// Starts the store writer and the exporters `settings` name; `observer` reads conntrack's
+    /// counters (none: connections stay open until idle or evicted).
+    pub fn start(
+        hub: Arc<FlowHub>,
+        settings: &FlowSettings,
+        observer: Option<Observer>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let h = hub.clone();
+        let (store, store_thread) =
+            spawn_sink("store", move |rx| store_writer(h, rx), STORE_QUEUE)?;
+        let jsonl = match &settings.jsonl {
+            Some((path, max, keep)) => {
+                let out = JsonLines::open(path, *max, *keep)
+                    .with_context(|| format!("opening the JSON-lines export {}", path.display()))?;
+                let h = hub.clone();
+                Some(spawn_sink("jsonl", move |rx| jsonl_writer(h, out, rx), EXPORT_QUEUE)?.0)
+            }
+            None => None,
+        };
+        let otlp = match &settings.otlp {
+            Some(endpoint) => Some(super::OtlpSink::start(endpoint, &hub)?),
+            None => None,
+        };
+        Ok(Self {
+            pipeline: Pipeline {
+                hub,
+                observer,
+                agg: Aggregator::new(settings.aggregation),
+                store,
+                jsonl,
+                otlp,
+                cursor: 0,
+                last_refresh: Instant::now(),
+            },
+            store_thread,
+        })
+    }
+
+    /// Enriches and aggregates a batch of events, as read from the ring buffer.
+    pub fn take(&mut self, events: &[FlowEvent]) {
+        let enricher = self.pipeline.hub.enricher();
+        self.pipeline.take(events, &enricher);
+    }
+
+    /// Flushes what changed to the store, subscribers and exporters (the pipeline does this
+    /// every [`FLUSH`]).
+    pub fn flush(&mut self) {
+        self.pipeline.flush();
+    }
+
+    /// Flushes, then waits until the store writer has committed everything queued.
+    pub fn finish(self) {
+        let Self {
+            mut pipeline,
+            store_thread,
+        } = self;
+        pipeline.flush();
+        drop(pipeline);
+        let _ = store_thread.join();
+    }
+}
+
 /// Starts the pipeline's threads and runs its task until the ring buffer fails. Records
 /// still open when it ends are flushed first.
 pub async fn run(
@@ -530,35 +629,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut reader = events.into_async().context("registering the ring buffer")?;
-    let h = hub.clone();
-    let store = spawn_sink("store", move |rx| store_writer(h, rx), STORE_QUEUE)?;
-    let jsonl = match &settings.jsonl {
-        Some((path, max, keep)) => {
-            let out = JsonLines::open(path, *max, *keep)
-                .with_context(|| format!("opening the JSON-lines export {}", path.display()))?;
-            let h = hub.clone();
-            Some(spawn_sink(
-                "jsonl",
-                move |rx| jsonl_writer(h, out, rx),
-                EXPORT_QUEUE,
-            )?)
-        }
-        None => None,
-    };
-    let otlp = match &settings.otlp {
-        Some(endpoint) => Some(super::OtlpSink::start(endpoint, &hub)?),
-        None => None,
-    };
-    let mut p = Pipeline {
-        hub: hub.clone(),
-        observer,
-        agg: Aggregator::new(settings.aggregation),
-        store,
-        jsonl,
-        otlp,
-        cursor: 0,
-        last_refresh: Instant::now(),
-    };
+    let Ingest {
+        pipeline: mut p, ..
+    } = Ingest::start(hub.clone(), &settings, Some(observer))?;
     tracing::info!(store = %hub.store_path.display(), "flow pipeline running");
     let mut tick = tokio::time::interval(FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
