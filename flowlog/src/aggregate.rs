@@ -367,27 +367,9 @@ impl Aggregator {
             }
             !end
         });
-        sort_records(out)
+        out.sort_by_key(|r| (r.first_seen_ms, r.last_seen_ms));
+        out
     }
-}
-
-/// Records ordered by (first seen, last seen): the keys are sorted, then each record moves once
-/// (a record is several hundred bytes; sorting them in place moves each many times).
-fn sort_records(records: Vec<FlowRecord>) -> Vec<FlowRecord> {
-    let mut order: Vec<(i64, i64, usize)> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.first_seen_ms, r.last_seen_ms, i))
-        .collect();
-    if order.is_sorted() {
-        return records;
-    }
-    order.sort_unstable();
-    let mut slots: Vec<Option<FlowRecord>> = records.into_iter().map(Some).collect();
-    order
-        .into_iter()
-        .filter_map(|(_, _, i)| slots[i].take())
-        .collect()
 }
 
 #[cfg(test)]
@@ -502,6 +484,34 @@ mod tests {
         );
         assert_eq!(a.flush(5000).len(), 10, "the idle ones end");
         assert_eq!(a.open(), 0);
+    }
+
+    #[test]
+    fn a_full_aggregator_ends_the_least_recently_seen_in_bulk() {
+        let mut a = Aggregator::new(Settings {
+            max_open: 160,
+            ..Settings::default()
+        });
+        for i in 0..1000u16 {
+            a.observe(obs(i64::from(i), 1000 + i, Verdict::Forwarded));
+            assert!(a.open() <= 160);
+        }
+        // Each time it fills, the least recently seen sixteenth (10 records) goes at once.
+        assert!(a.open() > 150, "{}", a.open());
+        assert_eq!(a.evicted(), 1000 - a.open() as u64);
+        let all = a.flush(1000);
+        assert_eq!(
+            all.len(),
+            1000,
+            "every connection is written, evicted ones too"
+        );
+        let kept: Vec<i64> = a.conns.values().map(|o| o.record.first_seen_ms).collect();
+        let oldest_kept = kept.iter().min().copied().unwrap();
+        assert_eq!(
+            oldest_kept,
+            1000 - a.open() as i64,
+            "the newest are the ones kept"
+        );
     }
 
     #[test]

@@ -229,7 +229,7 @@ pub struct Store {
     path: PathBuf,
     retention: Retention,
     endpoints: Intern<EndMeta>,
-    rules: Intern<RuleRef>,
+    rules: HashMap<RuleRef, i64>,
 }
 
 /// How an address is stored: 4 bytes for IPv4 (and IPv4-mapped IPv6), 16 for IPv6, none when
@@ -313,7 +313,7 @@ impl EndMeta {
     }
 }
 
-/// The interning caches' hash: FNV-1a over the fields that tell ends apart most cheaply
+/// The endpoint cache's hash: FNV-1a over the fields that tell ends apart most cheaply
 /// (the bucket compares every field). In memory only, never stored.
 fn fnv(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -335,17 +335,8 @@ fn end_hash(e: &FlowEnd) -> u64 {
     ])
 }
 
-fn rule_hash(r: &RuleRef) -> u64 {
-    fnv(&[
-        r.kind.as_bytes(),
-        r.namespace.as_bytes(),
-        r.name.as_bytes(),
-        r.tier.as_bytes(),
-        &r.rule_index.to_le_bytes(),
-    ])
-}
-
-/// Row numbers of interned ends or rules this connection has written or read, by hash.
+/// Row numbers of interned ends this connection has written or read, by hash: looked up with a
+/// flow end's own fields, so a lookup builds no key (rules, which are their own key, use a map).
 #[derive(Debug)]
 struct Intern<T> {
     ids: HashMap<u64, Vec<(T, i64)>>,
@@ -505,7 +496,7 @@ impl Store {
             path: path.to_path_buf(),
             retention,
             endpoints: Intern::default(),
-            rules: Intern::default(),
+            rules: HashMap::new(),
         };
         store.migrate()?;
         Ok(store)
@@ -566,7 +557,7 @@ impl Store {
         };
         // Ends and rules interned by this transaction become known only once it commits.
         let mut new_ends: Intern<EndMeta> = Intern::default();
-        let mut new_rules: Intern<RuleRef> = Intern::default();
+        let mut new_rules: HashMap<RuleRef, i64> = HashMap::new();
         let mut n = 0;
         let tx = self.conn.transaction().map_err(e)?;
         {
@@ -603,13 +594,8 @@ impl Store {
             };
             let mut rule_id = |rule: &Option<RuleRef>| -> rusqlite::Result<i64> {
                 let Some(rule) = rule else { return Ok(0) };
-                let h = rule_hash(rule);
-                if let Some(id) = self
-                    .rules
-                    .get(h, |r| r == rule)
-                    .or_else(|| new_rules.get(h, |r| r == rule))
-                {
-                    return Ok(id);
+                if let Some(id) = self.rules.get(rule).or_else(|| new_rules.get(rule)) {
+                    return Ok(*id);
                 }
                 let id = tx
                     .prepare_cached(
@@ -626,7 +612,7 @@ impl Store {
                         ],
                         |r| r.get(0),
                     )?;
-                new_rules.insert(h, rule.clone(), id);
+                new_rules.insert(rule.clone(), id);
                 Ok(id)
             };
             for r in records {
@@ -666,7 +652,7 @@ impl Store {
         }
         tx.commit().map_err(e)?;
         self.endpoints.merge(new_ends);
-        self.rules.merge(new_rules);
+        self.rules.extend(new_rules);
         Ok(n)
     }
 
