@@ -510,7 +510,7 @@ async fn list(a: ListArgs) -> Result<ExitCode> {
 }
 
 fn rule_text(r: &FlowRecord) -> String {
-    let one = |side: &str, rule: &Option<septum_flowlog::RuleRef>| {
+    let one = |side: &str, rule: &Option<std::sync::Arc<septum_flowlog::RuleRef>>| {
         rule.as_ref().map(|r| {
             let name = if r.namespace.is_empty() {
                 r.name.clone()

@@ -9,6 +9,7 @@
 //! Run: `cargo bench -p septum-flowlog --bench store`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use septum_flowlog::filter::Named;
@@ -37,18 +38,19 @@ fn pod_end(n: u64, port: u16) -> FlowEnd {
     FlowEnd {
         ip: Some(std::net::IpAddr::from([10, 1 + (n >> 8) as u8, 0, n as u8])),
         port,
-        namespace: format!("ns-{}", n % 10),
-        pod: format!("app-{app}-{n}"),
-        workload: format!("Deployment/app-{app}"),
+        namespace: format!("ns-{}", n % 10).into(),
+        pod: format!("app-{app}-{n}").into(),
+        workload: format!("Deployment/app-{app}").into(),
         labels: BTreeMap::from([
             ("app".to_string(), format!("app-{app}")),
             (
                 "tier".to_string(),
                 ["web", "api", "db"][(n % 3) as usize].to_string(),
             ),
-        ]),
+        ])
+        .into(),
         identity: 1000 + n as u32,
-        service: String::new(),
+        service: String::new().into(),
     }
 }
 
@@ -92,12 +94,14 @@ fn record(i: u64) -> FlowRecord {
         },
         drop_reason: u8::from(dropped),
         egress_rule: None,
-        ingress_rule: dropped.then(|| RuleRef {
-            kind: "NetworkPolicy".into(),
-            namespace: "ns-0".into(),
-            name: "default-deny".into(),
-            tier: String::new(),
-            rule_index: -1,
+        ingress_rule: dropped.then(|| {
+            Arc::new(RuleRef {
+                kind: "NetworkPolicy".into(),
+                namespace: "ns-0".into(),
+                name: "default-deny".into(),
+                tier: String::new(),
+                rule_index: -1,
+            })
         }),
         tcp_flags: 0x1b,
         packets_forward: 10,

@@ -15,8 +15,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::record::{FlowEnd, FlowRecord, Point, RuleRef, Verdict};
+use crate::record::{FlowEnd, FlowRecord, Name, Point, RuleRef, Verdict};
 
 /// What the pipeline saw, enriched.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub struct Observation {
     /// When, ms since the epoch.
     pub time_ms: i64,
     /// Observing node.
-    pub node: String,
+    pub node: Name,
     /// Observation point.
     pub point: Point,
     /// IP protocol number.
@@ -38,9 +39,9 @@ pub struct Observation {
     /// Drop reason code (0 for a passed flow).
     pub drop_reason: u8,
     /// Deciding egress rule.
-    pub egress_rule: Option<RuleRef>,
+    pub egress_rule: Option<Arc<RuleRef>>,
     /// Deciding ingress rule.
-    pub ingress_rule: Option<RuleRef>,
+    pub ingress_rule: Option<Arc<RuleRef>>,
     /// TCP flags of the packet.
     pub tcp_flags: u8,
     /// Packet length.
@@ -53,7 +54,7 @@ pub struct Observation {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
     /// Observing node.
-    pub node: String,
+    pub node: Name,
     /// Point.
     pub point: Point,
     /// Protocol.
@@ -87,19 +88,8 @@ impl ConnKey {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct DropKey {
     conn: ConnKey,
-    egress: Option<(String, String, String, i32)>,
-    ingress: Option<(String, String, String, i32)>,
-}
-
-fn rule_key(r: &Option<RuleRef>) -> Option<(String, String, String, i32)> {
-    r.as_ref().map(|r| {
-        (
-            r.kind.clone(),
-            r.namespace.clone(),
-            r.name.clone(),
-            r.rule_index,
-        )
-    })
+    egress: Option<Arc<RuleRef>>,
+    ingress: Option<Arc<RuleRef>>,
 }
 
 impl DropKey {
@@ -108,8 +98,8 @@ impl DropKey {
         conn.sport = 0;
         Self {
             conn,
-            egress: rule_key(&o.egress_rule),
-            ingress: rule_key(&o.ingress_rule),
+            egress: o.egress_rule.clone(),
+            ingress: o.ingress_rule.clone(),
         }
     }
 }

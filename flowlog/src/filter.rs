@@ -579,7 +579,8 @@ impl FlowFilter {
             && any(&self.verdict, |v| r.verdict == *v)
             && any(&self.drop_reason, |d| r.drop_reason == *d)
             && any(&self.policy, |n| {
-                n.matches_rule(r.egress_rule.as_ref()) || n.matches_rule(r.ingress_rule.as_ref())
+                n.matches_rule(r.egress_rule.as_deref())
+                    || n.matches_rule(r.ingress_rule.as_deref())
             })
             && any(&self.node, |n| r.node == *n)
     }

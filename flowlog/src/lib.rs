@@ -17,5 +17,5 @@ pub mod time;
 pub mod wire;
 
 pub use filter::{FilterError, FlowFilter, Query};
-pub use record::{FlowEnd, FlowRecord, Point, RuleRef, Verdict};
+pub use record::{FlowEnd, FlowRecord, Labels, Name, Point, RuleRef, Verdict};
 pub use store::{Retention, Store, StoreError};

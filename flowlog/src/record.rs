@@ -2,12 +2,226 @@
 //! both ends enriched (namespace, pod, workload, labels, identity, Service) and the deciding rule
 //! on each side.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Deref;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A shared, immutable string: cloning one costs a reference count, not an allocation, so a
+/// flow record naming a pod shares that name with every other record and the enrichment table.
+/// The empty name allocates nothing.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Name(Option<Arc<str>>);
+
+/// Hashes as the text does, so a `HashMap<Name, _>` can be looked up by `&str`.
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl Name {
+    /// The empty name.
+    pub const EMPTY: Self = Self(None);
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+
+    /// Whether the name is empty.
+    pub fn is_empty(&self) -> bool {
+        self.as_str().is_empty()
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        if s.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Arc::from(s)))
+        }
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        if s.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Arc::from(s)))
+        }
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> Self {
+        n.as_str().to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
+
+/// A pod's labels, shared like [`Name`]: every record of the pod points at one map.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Labels(Option<Arc<BTreeMap<String, String>>>);
+
+/// The map an empty [`Labels`] reads as.
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl Labels {
+    /// The map.
+    pub fn map(&self) -> &BTreeMap<String, String> {
+        self.0.as_deref().unwrap_or(&NO_LABELS)
+    }
+
+    /// Sets one label (copying the map first if another record shares it).
+    pub fn insert(&mut self, key: String, value: String) -> Option<String> {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default)).insert(key, value)
+    }
+}
+
+impl Deref for Labels {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &BTreeMap<String, String> {
+        self.map()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(m: BTreeMap<String, String>) -> Self {
+        if m.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Arc::new(m)))
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Labels {
+    fn from(pairs: [(K, V); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self::from(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+}
+
+impl fmt::Debug for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.map(), f)
+    }
+}
+
+impl Serialize for Labels {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.map().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Labels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BTreeMap::deserialize(d).map(Self::from)
+    }
+}
 
 /// What happened to the flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -118,22 +332,22 @@ pub struct FlowEnd {
     /// Port (the ICMP echo id for ICMP).
     pub port: u16,
     /// Pod namespace.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Name::is_empty")]
+    pub namespace: Name,
     /// Pod name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub pod: String,
+    #[serde(default, skip_serializing_if = "Name::is_empty")]
+    pub pod: Name,
     /// The pod's owner (`Deployment/web`, `StatefulSet/db`, or the pod itself).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub workload: String,
+    #[serde(default, skip_serializing_if = "Name::is_empty")]
+    pub workload: Name,
     /// Pod labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Security identity.
     pub identity: u32,
     /// The Service, `namespace/name`, when the flow was addressed to one.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub service: String,
+    #[serde(default, skip_serializing_if = "Name::is_empty")]
+    pub service: Name,
 }
 
 /// `namespace/pod:port`, or `address:port` outside the cluster (`[v6]:port`, `?:port` when the
@@ -176,7 +390,7 @@ pub struct FlowRecord {
     /// Last seen, milliseconds since the Unix epoch.
     pub last_seen_ms: i64,
     /// The node that observed it.
-    pub node: String,
+    pub node: Name,
     /// Observation point.
     pub point: Point,
     /// IP protocol number.
@@ -190,9 +404,9 @@ pub struct FlowRecord {
     /// The datapath's stable drop-reason code (0: none).
     pub drop_reason: u8,
     /// Deciding rule on the egress side (the source pod's policy), if any.
-    pub egress_rule: Option<RuleRef>,
+    pub egress_rule: Option<Arc<RuleRef>>,
     /// Deciding rule on the ingress side (the destination pod's policy), if any.
-    pub ingress_rule: Option<RuleRef>,
+    pub ingress_rule: Option<Arc<RuleRef>>,
     /// TCP flags seen (OR of every packet's).
     pub tcp_flags: u8,
     /// Packets source -> destination.
@@ -217,5 +431,67 @@ impl FlowRecord {
             Some(IpAddr::V6(_)) => 6,
             None => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn a_cloned_name_shares_its_text_and_the_empty_name_allocates_nothing() {
+        let a = Name::from("shop/web");
+        let b = a.clone();
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
+        assert_eq!(Name::from(""), Name::EMPTY);
+        assert_eq!(Name::from(String::new()).0, None);
+        assert_eq!(Name::default().as_str(), "");
+    }
+
+    #[test]
+    fn a_name_is_looked_up_by_its_text() {
+        let mut m = HashMap::new();
+        m.insert(Name::from("web"), 1);
+        m.insert(Name::EMPTY, 2);
+        assert_eq!(m.get("web"), Some(&1));
+        assert_eq!(m.get(""), Some(&2));
+        assert_eq!(m.get("api"), None);
+        assert!(Name::from("a") < Name::from("b") && Name::EMPTY < Name::from("a"));
+    }
+
+    #[test]
+    fn shared_labels_are_copied_before_a_change() {
+        let a: Labels = [("app", "web")].into();
+        let mut b = a.clone();
+        b.insert("tier".into(), "front".into());
+        assert_eq!(a.len(), 1);
+        assert_eq!(b.len(), 2);
+        let mut empty = Labels::default();
+        assert!(empty.is_empty());
+        empty.insert("k".into(), "v".into());
+        assert_eq!(empty["k"], "v");
+    }
+
+    #[test]
+    fn shared_fields_serialise_as_plain_strings_and_maps() {
+        let end = FlowEnd {
+            ip: Some(IpAddr::from([10, 0, 0, 2])),
+            port: 80,
+            namespace: "shop".into(),
+            pod: "web-0".into(),
+            labels: [("app", "web")].into(),
+            identity: 300,
+            ..FlowEnd::default()
+        };
+        let json = serde_json::to_string(&end).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ip":"10.0.0.2","port":80,"namespace":"shop","pod":"web-0","labels":{"app":"web"},"identity":300}"#
+        );
+        let back: FlowEnd = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, end);
+        assert!(back.workload.is_empty() && back.service.is_empty());
     }
 }

@@ -12,12 +12,13 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use crate::filter::{FilterError, Query};
-use crate::record::{FlowEnd, FlowRecord, Point, RuleRef, Verdict};
+use crate::record::{FlowEnd, FlowRecord, Labels, Name, Point, RuleRef, Verdict};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -283,12 +284,12 @@ fn ip_of(v: &[u8]) -> Option<IpAddr> {
 /// What `endpoints` holds of a flow end (everything but its address and port).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct EndMeta {
-    namespace: String,
-    pod: String,
-    workload: String,
-    labels: std::collections::BTreeMap<String, String>,
+    namespace: Name,
+    pod: Name,
+    workload: Name,
+    labels: Labels,
     identity: u32,
-    service: String,
+    service: Name,
 }
 
 impl EndMeta {
@@ -374,6 +375,14 @@ impl<T> Intern<T> {
     }
 }
 
+impl rusqlite::ToSql for Name {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            rusqlite::types::ValueRef::Text(self.as_bytes()),
+        ))
+    }
+}
+
 /// Counters are u64 in the record and i64 in SQLite; saturate rather than wrap.
 fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -385,15 +394,17 @@ fn read_end(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<FlowEnd> {
     Ok(FlowEnd {
         ip: ip_of(&ip),
         port: row.get::<_, i64>(base + 1)? as u16,
-        namespace: row.get(base + 2)?,
-        pod: row.get(base + 3)?,
-        workload: row.get(base + 4)?,
-        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        namespace: row.get::<_, String>(base + 2)?.into(),
+        pod: row.get::<_, String>(base + 3)?.into(),
+        workload: row.get::<_, String>(base + 4)?.into(),
+        labels: serde_json::from_str::<std::collections::BTreeMap<String, String>>(&labels)
+            .unwrap_or_default()
+            .into(),
         identity: row.get::<_, i64>(base + 6)? as u32,
-        service: row.get(base + 7)?,
+        service: row.get::<_, String>(base + 7)?.into(),
     })
 }
-fn read_rule(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Option<RuleRef>> {
+fn read_rule(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Option<Arc<RuleRef>>> {
     let r = RuleRef {
         kind: row.get(base)?,
         namespace: row.get(base + 1)?,
@@ -401,13 +412,13 @@ fn read_rule(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<Option<Ru
         tier: row.get(base + 3)?,
         rule_index: row.get::<_, i64>(base + 4)? as i32,
     };
-    Ok((!r.kind.is_empty()).then_some(r))
+    Ok((!r.kind.is_empty()).then(|| Arc::new(r)))
 }
 
 fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<FlowRecord> {
     let u = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
     Ok(FlowRecord {
-        node: row.get(0)?,
+        node: row.get::<_, String>(0)?.into(),
         point: Point::from_code(row.get::<_, i64>(1)? as u8).unwrap_or(Point::FromPod),
         protocol: row.get::<_, i64>(2)? as u8,
         first_seen_ms: row.get(3)?,
@@ -592,8 +603,9 @@ impl Store {
                 new_ends.insert(h, EndMeta::of(end), id);
                 Ok(id)
             };
-            let mut rule_id = |rule: &Option<RuleRef>| -> rusqlite::Result<i64> {
+            let mut rule_id = |rule: &Option<Arc<RuleRef>>| -> rusqlite::Result<i64> {
                 let Some(rule) = rule else { return Ok(0) };
+                let rule: &RuleRef = rule;
                 if let Some(id) = self.rules.get(rule).or_else(|| new_rules.get(rule)) {
                     return Ok(*id);
                 }

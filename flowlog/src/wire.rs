@@ -4,6 +4,7 @@
 //! anything reaches the store.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use septum_proto::flow::v1 as pb;
 
@@ -309,16 +310,16 @@ fn end_to_wire(e: &FlowEnd) -> pb::Endpoint {
     pb::Endpoint {
         ip: e.ip.map(|ip| ip.to_string()).unwrap_or_default(),
         port: u32::from(e.port),
-        namespace: e.namespace.clone(),
-        pod: e.pod.clone(),
-        workload: e.workload.clone(),
+        namespace: e.namespace.to_string(),
+        pod: e.pod.to_string(),
+        workload: e.workload.to_string(),
         labels: e
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         identity: e.identity,
-        service: e.service.clone(),
+        service: e.service.to_string(),
     }
 }
 
@@ -337,7 +338,7 @@ impl From<&FlowRecord> for pb::Flow {
         Self {
             first_seen_unix_ms: r.first_seen_ms,
             last_seen_unix_ms: r.last_seen_ms,
-            node: r.node.clone(),
+            node: r.node.to_string(),
             point: match r.point {
                 Point::FromPod => pb::ObservationPoint::FromPod,
                 Point::ToPod => pb::ObservationPoint::ToPod,
@@ -357,8 +358,8 @@ impl From<&FlowRecord> for pb::Flow {
             } else {
                 drop_reason_name(r.drop_reason)
             },
-            egress_rule: r.egress_rule.as_ref().map(rule_to_wire),
-            ingress_rule: r.ingress_rule.as_ref().map(rule_to_wire),
+            egress_rule: r.egress_rule.as_deref().map(rule_to_wire),
+            ingress_rule: r.ingress_rule.as_deref().map(rule_to_wire),
             tcp_flags: u32::from(r.tcp_flags),
             packets_forward: r.packets_forward,
             bytes_forward: r.bytes_forward,
@@ -389,16 +390,16 @@ fn end_from_wire(e: Option<&pb::Endpoint>) -> Result<FlowEnd, MalformedFlow> {
             )
         },
         port: u16::try_from(e.port).map_err(|_| MalformedFlow(format!("port {}", e.port)))?,
-        namespace: e.namespace.clone(),
-        pod: e.pod.clone(),
-        workload: e.workload.clone(),
+        namespace: e.namespace.as_str().into(),
+        pod: e.pod.as_str().into(),
+        workload: e.workload.as_str().into(),
         labels: e
             .labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         identity: e.identity,
-        service: e.service.clone(),
+        service: e.service.as_str().into(),
     })
 }
 
@@ -421,7 +422,7 @@ impl TryFrom<&pb::Flow> for FlowRecord {
         Ok(Self {
             first_seen_ms: f.first_seen_unix_ms,
             last_seen_ms: f.last_seen_unix_ms,
-            node: f.node.clone(),
+            node: f.node.as_str().into(),
             point: match pb::ObservationPoint::try_from(f.point) {
                 Ok(pb::ObservationPoint::FromPod) => Point::FromPod,
                 Ok(pb::ObservationPoint::ToPod) => Point::ToPod,
@@ -437,8 +438,8 @@ impl TryFrom<&pb::Flow> for FlowRecord {
                 _ => return Err(MalformedFlow(format!("verdict {}", f.verdict))),
             },
             drop_reason: small("drop reason", f.drop_reason)?,
-            egress_rule: f.egress_rule.as_ref().map(rule_from_wire),
-            ingress_rule: f.ingress_rule.as_ref().map(rule_from_wire),
+            egress_rule: f.egress_rule.as_ref().map(rule_from_wire).map(Arc::new),
+            ingress_rule: f.ingress_rule.as_ref().map(rule_from_wire).map(Arc::new),
             tcp_flags: small("tcp flags", f.tcp_flags)?,
             packets_forward: f.packets_forward,
             bytes_forward: f.bytes_forward,
@@ -544,7 +545,7 @@ mod tests {
                 workload: "Deployment/client".into(),
                 labels: [("app".to_string(), "client".to_string())].into(),
                 identity: 300,
-                service: String::new(),
+                service: crate::Name::EMPTY,
             },
             dst: FlowEnd {
                 ip: Some("fd00::2".parse().unwrap()),
@@ -555,13 +556,16 @@ mod tests {
             verdict: Verdict::Dropped,
             drop_reason: 2,
             egress_rule: None,
-            ingress_rule: Some(RuleRef {
-                kind: "NetworkPolicy".into(),
-                namespace: "default".into(),
-                name: "web".into(),
-                tier: String::new(),
-                rule_index: -1,
-            }),
+            ingress_rule: Some(
+                Arc::new(RuleRef {
+                    kind: "NetworkPolicy".into(),
+                    namespace: "default".into(),
+                    name: "web".into(),
+                    tier: String::new(),
+                    rule_index: -1,
+                })
+                .into(),
+            ),
             tcp_flags: 2,
             packets_forward: 3,
             bytes_forward: 180,

@@ -3,13 +3,15 @@
 //! query over the same window would disagree. Property-tested against a real SQLite store, so a
 //! disagreement shrinks to one record and one filter.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use septum_flowlog::filter::{LabelMatch, Named, Prefix};
 use septum_flowlog::store::{Retention, Store};
-use septum_flowlog::{FlowEnd, FlowFilter, FlowRecord, Point, Query, RuleRef, Verdict};
+use septum_flowlog::{
+    FlowEnd, FlowFilter, FlowRecord, Labels, Name, Point, Query, RuleRef, Verdict,
+};
 
 const NAMESPACES: [&str; 3] = ["shop", "ops", "kube-system"];
 const PODS: [&str; 3] = ["web-0", "api-0", "db-0"];
@@ -44,13 +46,13 @@ fn end() -> impl Strategy<Value = FlowEnd> {
         .prop_map(|(ip, port, pod, labels, service)| FlowEnd {
             ip: ip.map(|i| IPS[i].parse::<IpAddr>().unwrap()),
             port: PORTS[port],
-            namespace: pod.map_or(String::new(), |(n, _)| NAMESPACES[n].into()),
-            pod: pod.map_or(String::new(), |(_, p)| PODS[p].into()),
-            workload: String::new(),
+            namespace: pod.map_or(Name::EMPTY, |(n, _)| NAMESPACES[n].into()),
+            pod: pod.map_or(Name::EMPTY, |(_, p)| PODS[p].into()),
+            workload: Name::EMPTY,
             labels: if pod.is_some() {
-                labels
+                labels.into()
             } else {
-                BTreeMap::new()
+                Labels::default()
             },
             identity: 1000,
             service: SERVICES[service].into(),
@@ -96,8 +98,8 @@ fn record() -> impl Strategy<Value = FlowRecord> {
                 dst,
                 verdict,
                 drop_reason,
-                egress_rule: eg,
-                ingress_rule: ing,
+                egress_rule: eg.map(Arc::new),
+                ingress_rule: ing.map(Arc::new),
                 tcp_flags: 0,
                 packets_forward: 1,
                 bytes_forward: 60,

@@ -37,27 +37,31 @@ fn record(i: u64) -> FlowRecord {
     let end = |n: u64, port: u16, pod: bool| FlowEnd {
         ip: Some(std::net::IpAddr::from([10, 0, (n >> 8) as u8, n as u8])),
         port,
-        namespace: if pod { "shop".into() } else { String::new() },
-        pod: if pod {
-            format!("pod-{n}")
+        namespace: if pod {
+            "shop".into()
         } else {
-            String::new()
+            Default::default()
+        },
+        pod: if pod {
+            format!("pod-{n}").into()
+        } else {
+            Default::default()
         },
         workload: if pod {
-            format!("Deployment/app-{}", n % 3)
+            format!("Deployment/app-{}", n % 3).into()
         } else {
-            String::new()
+            Default::default()
         },
         labels: if pod {
-            BTreeMap::from([("app".to_string(), format!("app-{}", n % 3))])
+            BTreeMap::from([("app".to_string(), format!("app-{}", n % 3))]).into()
         } else {
-            BTreeMap::new()
+            Default::default()
         },
         identity: 256 + n as u32,
         service: if port == 80 {
             "shop/web".into()
         } else {
-            String::new()
+            Default::default()
         },
     };
     FlowRecord {
@@ -83,12 +87,14 @@ fn record(i: u64) -> FlowRecord {
         },
         drop_reason: if i % 3 == 1 { 2 } else { 0 },
         egress_rule: None,
-        ingress_rule: (i % 3 == 1).then(|| RuleRef {
-            kind: "NetworkPolicy".into(),
-            namespace: "shop".into(),
-            name: "default-deny".into(),
-            tier: String::new(),
-            rule_index: -1,
+        ingress_rule: (i % 3 == 1).then(|| {
+            Arc::new(RuleRef {
+                kind: "NetworkPolicy".into(),
+                namespace: "shop".into(),
+                name: "default-deny".into(),
+                tier: String::new(),
+                rule_index: -1,
+            })
         }),
         tcp_flags: 0x12,
         packets_forward: i,

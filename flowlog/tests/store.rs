@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use septum_flowlog::filter::{LabelMatch, Named, Prefix};
 use septum_flowlog::store::{Retention, SCHEMA_VERSION, Store, StoreError};
@@ -17,10 +18,10 @@ fn pod(ns: &str, name: &str, ip: &str, port: u16, app: &str) -> FlowEnd {
         port,
         namespace: ns.into(),
         pod: name.into(),
-        workload: format!("Deployment/{app}"),
-        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        workload: format!("Deployment/{app}").into(),
+        labels: BTreeMap::from([("app".to_string(), app.to_string())]).into(),
         identity: 1000,
-        service: String::new(),
+        service: String::new().into(),
     }
 }
 
@@ -33,14 +34,14 @@ fn outside(ip: &str, port: u16) -> FlowEnd {
     }
 }
 
-fn rule(kind: &str, ns: &str, name: &str, index: i32) -> Option<RuleRef> {
-    Some(RuleRef {
+fn rule(kind: &str, ns: &str, name: &str, index: i32) -> Option<Arc<RuleRef>> {
+    Some(Arc::new(RuleRef {
         kind: kind.into(),
         namespace: ns.into(),
         name: name.into(),
         tier: String::new(),
         rule_index: index,
-    })
+    }))
 }
 
 fn flow(t: i64, src: FlowEnd, dst: FlowEnd, verdict: Verdict) -> FlowRecord {
@@ -117,7 +118,7 @@ fn pods(records: &[FlowRecord]) -> Vec<String> {
                 if e.pod.is_empty() {
                     e.ip.map(|i| i.to_string()).unwrap_or_default()
                 } else {
-                    e.pod.clone()
+                    e.pod.to_string()
                 }
             };
             format!("{}>{}", end(&r.src), end(&r.dst))

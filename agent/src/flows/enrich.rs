@@ -7,7 +7,7 @@
 //! in every rule table this agent has seen, so a flow decided just before a policy change still
 //! names its rule.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use septum_datapath_common::{
     IDENTITY_WORLD, POINT_FROM_POD,
 };
 use septum_flowlog::aggregate::Observation;
-use septum_flowlog::{FlowEnd, Point, RuleRef, Verdict};
+use septum_flowlog::{FlowEnd, Labels, Name, Point, RuleRef, Verdict};
 use septum_policy::allocation::Section;
 use septum_policy::model::Cluster;
 use septum_policy::rules::Tier;
@@ -25,23 +25,28 @@ use septum_policy::state::{ClusterState, IdentityDescription};
 /// Most cookies remembered from earlier rule tables.
 const MAX_REMEMBERED_RULES: usize = 1 << 20;
 
-/// What is known about one pod.
+/// What is known about one pod. Every name is shared: enriching an event copies reference
+/// counts, never strings, so a record costs the same whatever the pod's labels are.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct PodInfo {
-    namespace: String,
-    name: String,
-    workload: String,
-    labels: BTreeMap<String, String>,
+    namespace: Name,
+    name: Name,
+    workload: Name,
+    labels: Labels,
 }
 
 /// The tables a flow event is enriched from.
 #[derive(Clone, Debug, Default)]
 pub struct Enricher {
-    node: String,
-    pods: HashMap<IpAddr, Arc<PodInfo>>,
-    identities: HashMap<u32, Arc<PodInfo>>,
-    services: HashMap<IpAddr, String>,
-    rules: HashMap<u32, RuleRef>,
+    node: Name,
+    /// `node/<this node>`, the workload of the host's own traffic.
+    host_workload: Name,
+    remote_node: Name,
+    world: Name,
+    pods: HashMap<IpAddr, PodInfo>,
+    identities: HashMap<u32, PodInfo>,
+    services: HashMap<IpAddr, Name>,
+    rules: HashMap<u32, Arc<RuleRef>>,
 }
 
 /// A flow event's addresses.
@@ -86,15 +91,16 @@ impl Enricher {
             if p.host_network {
                 continue;
             }
-            let info = Arc::new(PodInfo {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
+            let info = PodInfo {
+                namespace: p.namespace.as_str().into(),
+                name: p.name.as_str().into(),
                 workload: p
                     .workload
                     .clone()
-                    .unwrap_or_else(|| format!("Pod/{}", p.name)),
-                labels: p.labels.clone(),
-            });
+                    .unwrap_or_else(|| format!("Pod/{}", p.name))
+                    .into(),
+                labels: p.labels.clone().into(),
+            };
             for ip in &p.ips {
                 pods.insert(*ip, info.clone());
             }
@@ -105,11 +111,11 @@ impl Enricher {
             .filter_map(|(id, d)| match d {
                 IdentityDescription::Pod(k) => Some((
                     id.get(),
-                    Arc::new(PodInfo {
-                        namespace: k.namespace.clone(),
-                        labels: k.labels.clone(),
+                    PodInfo {
+                        namespace: k.namespace.as_str().into(),
+                        labels: k.labels.clone().into(),
                         ..PodInfo::default()
-                    }),
+                    },
                 )),
                 _ => None,
             })
@@ -117,7 +123,7 @@ impl Enricher {
         let mut services = HashMap::new();
         for s in model.services.values() {
             for ip in &s.cluster_ips {
-                services.insert(*ip, format!("{}/{}", s.namespace, s.name));
+                services.insert(*ip, format!("{}/{}", s.namespace, s.name).into());
             }
         }
         let mut rules = match previous {
@@ -125,28 +131,31 @@ impl Enricher {
             _ => HashMap::new(),
         };
         for (cookie, d) in &state.rules {
-            rules.insert(cookie.get(), rule_ref(d));
+            rules.insert(cookie.get(), Arc::new(rule_ref(d)));
         }
         Self {
-            node: node.to_string(),
             pods,
             identities,
             services,
             rules,
+            ..Self::empty(node)
         }
     }
 
     /// An empty table for `node` (before the first model).
     pub fn empty(node: &str) -> Self {
         Self {
-            node: node.to_string(),
+            node: node.into(),
+            host_workload: format!("node/{node}").into(),
+            remote_node: "remote-node".into(),
+            world: "world".into(),
             ..Self::default()
         }
     }
 
     /// The Service whose VIP `ip` is.
     pub fn service(&self, ip: IpAddr) -> Option<&str> {
-        self.services.get(&ip).map(String::as_str)
+        self.services.get(&ip).map(Name::as_str)
     }
 
     /// One end of a flow.
@@ -166,11 +175,11 @@ impl Enricher {
             end.namespace.clone_from(&p.namespace);
             end.labels.clone_from(&p.labels);
         } else if identity == IDENTITY_HOST {
-            end.workload = format!("node/{}", self.node);
+            end.workload.clone_from(&self.host_workload);
         } else if identity == IDENTITY_REMOTE_NODE {
-            end.workload = "remote-node".into();
+            end.workload.clone_from(&self.remote_node);
         } else if identity == IDENTITY_WORLD {
-            end.workload = "world".into();
+            end.workload.clone_from(&self.world);
         }
         if let Some(s) = self.services.get(&ip) {
             end.service.clone_from(s);
@@ -179,15 +188,17 @@ impl Enricher {
     }
 
     /// The rule a cookie names (`None` for 0: the side was not policed).
-    pub fn rule(&self, cookie: u32) -> Option<RuleRef> {
+    pub fn rule(&self, cookie: u32) -> Option<Arc<RuleRef>> {
         if cookie == 0 {
             return None;
         }
-        Some(self.rules.get(&cookie).cloned().unwrap_or_else(|| RuleRef {
-            kind: "unknown".into(),
-            name: format!("cookie-{cookie}"),
-            rule_index: -1,
-            ..RuleRef::default()
+        Some(self.rules.get(&cookie).cloned().unwrap_or_else(|| {
+            Arc::new(RuleRef {
+                kind: "unknown".into(),
+                name: format!("cookie-{cookie}"),
+                rule_index: -1,
+                ..RuleRef::default()
+            })
         }))
     }
 

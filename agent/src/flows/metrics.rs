@@ -145,7 +145,7 @@ pub fn render(hub: Option<&FlowHub>, agent: &AgentMetrics) -> String {
         Default::default();
     for (cookie, n) in by_cookie {
         let key = match enricher.rule(cookie) {
-            Some(r) => (r.kind, r.namespace, r.name),
+            Some(r) => (r.kind.clone(), r.namespace.clone(), r.name.clone()),
             None => ("none".into(), String::new(), String::new()),
         };
         *by_policy.entry(key).or_default() += n;

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::AddrParseError;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -175,8 +176,8 @@ pub fn to_log_record(record: &FlowRecord) -> LogRecord {
     a.put_end(&keys::DESTINATION, &record.dst);
     a.put(keys::VERDICT, string(record.verdict.as_str()));
     a.put(keys::DROP_REASON, int(record.drop_reason.into()));
-    a.put_rule(&keys::EGRESS_RULE, record.egress_rule.as_ref());
-    a.put_rule(&keys::INGRESS_RULE, record.ingress_rule.as_ref());
+    a.put_rule(&keys::EGRESS_RULE, record.egress_rule.as_deref());
+    a.put_rule(&keys::INGRESS_RULE, record.ingress_rule.as_deref());
     a.put(keys::TCP_FLAGS, int(record.tcp_flags.into()));
     a.put(keys::PACKETS_FORWARD, uint(record.packets_forward));
     a.put(keys::BYTES_FORWARD, uint(record.bytes_forward));
@@ -342,26 +343,26 @@ impl<'a> Fields<'a> {
         Ok(FlowEnd {
             ip,
             port: self.int_as(k.port)?,
-            namespace: self.string_or_empty(k.namespace)?,
-            pod: self.string_or_empty(k.pod)?,
-            workload: self.string_or_empty(k.workload)?,
-            labels: self.labels(k.labels)?,
+            namespace: self.string_or_empty(k.namespace)?.into(),
+            pod: self.string_or_empty(k.pod)?.into(),
+            workload: self.string_or_empty(k.workload)?.into(),
+            labels: self.labels(k.labels)?.into(),
             identity: self.int_as(k.identity)?,
-            service: self.string_or_empty(k.service)?,
+            service: self.string_or_empty(k.service)?.into(),
         })
     }
 
-    fn rule(&self, k: &RuleKeys) -> Result<Option<RuleRef>, InvalidLogRecord> {
+    fn rule(&self, k: &RuleKeys) -> Result<Option<Arc<RuleRef>>, InvalidLogRecord> {
         if !self.has(k.kind) {
             return Ok(None);
         }
-        Ok(Some(RuleRef {
+        Ok(Some(Arc::new(RuleRef {
             kind: self.string(k.kind)?.to_owned(),
             namespace: self.string_or_empty(k.namespace)?,
             name: self.string(k.name)?.to_owned(),
             tier: self.string_or_empty(k.tier)?,
             rule_index: self.int_as(k.rule_index)?,
-        }))
+        })))
     }
 
     fn protocol(&self) -> Result<u8, InvalidLogRecord> {
@@ -412,7 +413,7 @@ pub fn from_log_record(log: &LogRecord) -> Result<FlowRecord, InvalidLogRecord> 
     Ok(FlowRecord {
         first_seen_ms: f.int(keys::FIRST_SEEN_MS)?,
         last_seen_ms,
-        node: f.string_or_empty(keys::NODE)?,
+        node: f.string_or_empty(keys::NODE)?.into(),
         point: f.point()?,
         protocol: f.protocol()?,
         src: f.end(&keys::SOURCE)?,
