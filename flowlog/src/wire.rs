@@ -556,16 +556,13 @@ mod tests {
             verdict: Verdict::Dropped,
             drop_reason: 2,
             egress_rule: None,
-            ingress_rule: Some(
-                Arc::new(RuleRef {
-                    kind: "NetworkPolicy".into(),
-                    namespace: "default".into(),
-                    name: "web".into(),
-                    tier: String::new(),
-                    rule_index: -1,
-                })
-                .into(),
-            ),
+            ingress_rule: Some(Arc::new(RuleRef {
+                kind: "NetworkPolicy".into(),
+                namespace: "default".into(),
+                name: "web".into(),
+                tier: String::new(),
+                rule_index: -1,
+            })),
             tcp_flags: 2,
             packets_forward: 3,
             bytes_forward: 180,
