@@ -451,6 +451,21 @@ impl Datapath {
             .map_err(|source| DatapathError::Program { name, source })
     }
 
+    /// The kernel's run statistics of program `name`: runs and total run time, counted only
+    /// while `kernel.bpf_stats_enabled` is 1 (see [`RunStats::enable`]). Read from the program
+    /// fd's `fdinfo`, as `bpftool prog show` does.
+    pub fn run_stats(&self, name: &'static str) -> Result<RunStats, DatapathError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let prog = self.program(name)?;
+        let fd = prog
+            .fd()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+        let path = PathBuf::from(path);
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        Ok(RunStats::parse(&text))
+    }
+
     /// Runs `program` once per `repeat` on `packet` (an Ethernet frame) as if it arrived on
     /// `ifindex` (which must exist in the caller's network namespace). Returns the TC verdict
     /// and the kernel's average run time.
@@ -739,6 +754,59 @@ fn check_pinned_layout(dir: &Path, migrate: bool) -> Result<bool, DatapathError>
         fs::remove_file(&path).map_err(io_err(&path))?;
     }
     Ok(adopted)
+}
+
+/// A program's kernel run statistics (`run_cnt`, `run_time_ns` of its fdinfo).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Runs counted.
+    pub runs: u64,
+    /// Total time in the program, ns.
+    pub time_ns: u64,
+}
+
+impl RunStats {
+    /// Parses `run_cnt:` and `run_time_ns:` out of a BPF program fd's fdinfo (zero when absent).
+    pub fn parse(fdinfo: &str) -> Self {
+        let field = |name: &str| {
+            fdinfo
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            runs: field("run_cnt:"),
+            time_ns: field("run_time_ns:"),
+        }
+    }
+
+    /// What ran between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            runs: self.runs.saturating_sub(earlier.runs),
+            time_ns: self.time_ns.saturating_sub(earlier.time_ns),
+        }
+    }
+
+    /// Mean ns per run (NaN without runs).
+    pub fn ns_per_run(self) -> f64 {
+        self.time_ns as f64 / self.runs as f64
+    }
+
+    /// Turns the kernel's BPF run statistics on (`kernel.bpf_stats_enabled`), returning the
+    /// previous setting for [`RunStats::restore`]. Statistics cost two clock reads per run.
+    pub fn enable() -> io::Result<String> {
+        const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let before = fs::read_to_string(PATH)?;
+        fs::write(PATH, "1")?;
+        Ok(before.trim().to_string())
+    }
+
+    /// Puts `kernel.bpf_stats_enabled` back as [`RunStats::enable`] found it.
+    pub fn restore(previous: &str) -> io::Result<()> {
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", previous)
+    }
 }
 
 /// Removes every pin under `pin_root/v{LAYOUT_VERSION}` (maps, programs, links). Links pinned

@@ -150,8 +150,84 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             r.lost
         );
     }
+    kernel_time(&topo, mode, &client.ns, dst, window)?;
     servers.stop();
     Ok(())
+}
+
+/// The kernel's own account of septum's programs on the same traffic (`bpf_stats`): ns per
+/// program run for each workload, and from the connection-rate workload the cost of a new
+/// flow: its time less what its established packets cost at the request/response workload's
+/// per-run figure, divided by the new flows the datapath counted.
+fn kernel_time(
+    topo: &Topology,
+    mode: AttachMode,
+    client: &NetNs,
+    dst: IpAddr,
+    window: Duration,
+) -> anyhow::Result<()> {
+    use septum_datapath::RunStats;
+    use septum_datapath_common::program_names::{FROM_POD, TO_POD};
+    let previous = RunStats::enable().context("enabling kernel.bpf_stats_enabled")?;
+    println!(
+        "
+kernel time per program run on this traffic (bpf_stats; statistics add two clock reads \
+         per run, so these are upper bounds):"
+    );
+    println!(
+        "  {:<24} {:<8} {:>12} {:>12} {:>10} {:>12}",
+        "variant", "workload", "runs", "ns/run", "new flows", "ns/new flow"
+    );
+    let result = (|| -> anyhow::Result<()> {
+        for entries in [10usize, 100_000] {
+            let armed = arm_septum(entries, topo, mode)?;
+            let Armed::Septum { dp, .. } = &armed else {
+                unreachable!("arm_septum arms septum")
+            };
+            let mut established_ns = f64::NAN;
+            for (w, name) in WORKLOADS.iter().enumerate() {
+                let snap = |dp: &Datapath| -> anyhow::Result<(RunStats, u64)> {
+                    let (a, b) = (dp.run_stats(FROM_POD)?, dp.run_stats(TO_POD)?);
+                    Ok((
+                        RunStats {
+                            runs: a.runs + b.runs,
+                            time_ns: a.time_ns + b.time_ns,
+                        },
+                        dp.counter(Counter::NewFlows)?,
+                    ))
+                };
+                let (s0, n0) = snap(dp)?;
+                match w {
+                    0 => drop(tcp_rr(client, dst, window)?),
+                    1 => drop(tcp_crr(client, dst, window)?),
+                    2 => drop(stream(client, dst, window)?),
+                    _ => drop(udp(client, dst, window, &AtomicU64::new(0))?),
+                }
+                let (s1, n1) = snap(dp)?;
+                let d = s1.since(s0);
+                let new = n1 - n0;
+                if w == 0 {
+                    established_ns = d.ns_per_run();
+                }
+                let per_new = if w == 1 && new > 0 {
+                    let est = (d.runs - new) as f64 * established_ns;
+                    format!("{:.0}", (d.time_ns as f64 - est) / new as f64)
+                } else {
+                    "-".into()
+                };
+                println!(
+                    "  {:<24} {name:<8} {:>12} {:>12.1} {new:>10} {per_new:>12}",
+                    Variant::Septum(entries).name(),
+                    d.runs,
+                    d.ns_per_run()
+                );
+            }
+            armed.disarm(topo)?;
+        }
+        Ok(())
+    })();
+    RunStats::restore(&previous)?;
+    result
 }
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
