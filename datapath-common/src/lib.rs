@@ -104,6 +104,14 @@ pub mod map_sizes {
     pub const DROP_EVENTS: u32 = 16_384;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
+    /// The programs wake the event reader only when this much is waiting in the ring (a
+    /// sixteenth of it, about 3,000 events); below it the reader polls on its own timer
+    /// ([`EVENTS_POLL_INTERVAL_MS`]). A wakeup per event would cost every new flow an interrupt
+    /// and a context switch.
+    pub const EVENTS_WAKEUP_BYTES: u64 = (EVENTS_BYTES as u64) / 16;
+    /// How often the reader drains the ring without being woken, in milliseconds: the most an
+    /// event waits when traffic is light.
+    pub const EVENTS_POLL_INTERVAL_MS: u64 = 10;
 }
 
 // ---------------------------------------------------------------------------------------------

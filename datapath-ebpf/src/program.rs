@@ -30,7 +30,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{
@@ -1014,6 +1014,9 @@ fn finish_drop(pkt: &Packet, d: &FlowDecision) -> i32 {
     TC_ACT_SHOT
 }
 
+/// One event's footprint in the ring: the record and its 8-byte header.
+const EVENT_RECORD_BYTES: u64 = (size_of::<FlowEvent>() + 8) as u64;
+
 #[inline(always)]
 fn emit(pkt: &Packet, d: &FlowDecision) {
     let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
@@ -1049,6 +1052,17 @@ fn emit(pkt: &Packet, d: &FlowDecision) {
         (*ev).flags = flags;
         (*ev)._pad = 0;
     }
-    slot.submit(0);
+    // Wake the reader only when the ring crosses the wakeup mark; below it the reader's own
+    // poll timer collects the events (a wakeup per event is an interrupt and a context switch per
+    // new flow). The reservation above already counts in the available data.
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if waiting >= map_sizes::EVENTS_WAKEUP_BYTES
+        && waiting < map_sizes::EVENTS_WAKEUP_BYTES + EVENT_RECORD_BYTES
+    {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    slot.submit(flags as u64);
     count(Counter::EventsSent);
 }

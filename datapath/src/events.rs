@@ -1,10 +1,10 @@
 //! The flow-event reader: drains the ring buffer the programs write one [`FlowEvent`] per new
 //! flow and per (rate-limited) drop into, synchronously or as an async stream.
 
-use std::io;
+use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use septum_datapath_common::FlowEvent;
+use septum_datapath_common::{FlowEvent, map_sizes};
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// Decodes one ring-buffer record; `None` if it is not a whole event (a layout mismatch).
@@ -30,11 +30,7 @@ impl EventReader {
     /// Every event currently in the ring, without waiting.
     pub fn drain(&mut self) -> Vec<FlowEvent> {
         let mut out = Vec::new();
-        while let Some(item) = self.ring.next() {
-            if let Some(ev) = decode_event(&item) {
-                out.push(ev);
-            }
-        }
+        drain_into(&mut self.ring, &mut out);
         out
     }
 
@@ -55,20 +51,34 @@ pub struct AsyncEventReader {
 
 impl AsyncEventReader {
     /// Waits until at least one event is available and returns all available events.
+    ///
+    /// The programs wake the reader only when the ring fills past its wakeup mark
+    /// (`map_sizes::EVENTS_WAKEUP_BYTES`), so this also drains on a timer
+    /// (`map_sizes::EVENTS_POLL_INTERVAL_MS`): under light traffic an event waits at most that
+    /// long.
     pub async fn next_batch(&mut self) -> io::Result<Vec<FlowEvent>> {
+        let interval = Duration::from_millis(map_sizes::EVENTS_POLL_INTERVAL_MS);
         loop {
-            let mut guard = self.fd.readable_mut().await?;
-            let ring = guard.get_inner_mut();
             let mut out = Vec::new();
-            while let Some(item) = ring.next() {
-                if let Some(ev) = decode_event(&item) {
-                    out.push(ev);
+            match tokio::time::timeout(interval, self.fd.readable_mut()).await {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    drain_into(guard.get_inner_mut(), &mut out);
+                    guard.clear_ready();
                 }
+                Err(_elapsed) => drain_into(self.fd.get_mut(), &mut out),
             }
-            guard.clear_ready();
             if !out.is_empty() {
                 return Ok(out);
             }
+        }
+    }
+}
+
+fn drain_into(ring: &mut RingBuf<MapData>, out: &mut Vec<FlowEvent>) {
+    while let Some(item) = ring.next() {
+        if let Some(ev) = decode_event(&item) {
+            out.push(ev);
         }
     }
 }
