@@ -24,6 +24,8 @@ use crate::node_state::{NodeDelta, NodeStates};
 
 /// One watch event of any watched kind, or the news that an optional kind is not served.
 #[derive(Clone, Debug)]
+// One event at a time passes through the loop; boxing each would only add allocations.
+#[allow(clippy::large_enum_variant)]
 pub enum Observed {
     /// Namespaces.
     Namespace(Event<core::Namespace>),

@@ -160,14 +160,14 @@ pub async fn run_status(
         let span =
             info_span!("reconcile", policy.namespace = %key.namespace, policy.name = %key.name);
         let result = reconcile(fp.clone(), ctx.clone()).instrument(span).await;
-        if let Err(e) = result {
-            if let Action::Requeue(after) = error_policy(fp, &e, ctx.clone()) {
-                let retry = retry.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = retry.send(key);
-                });
-            }
+        if let Err(e) = result
+            && let Action::Requeue(after) = error_policy(fp, &e, ctx.clone())
+        {
+            let retry = retry.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = retry.send(key);
+            });
         }
     }
 }

@@ -15,12 +15,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use septum_datapath_common::Identity;
 use septum_policy::allocation::{AllocationKey, PolicyKind, RuleId, Section};
 use septum_policy::cidr::Cidr;
 use septum_policy::diagnostic::Diagnostic;
 use septum_policy::identity::IdentityKey;
 use septum_policy::model::{ObjectKey, Protocol};
-use septum_datapath_common::Identity;
 
 /// The name of the one object holding the allocation.
 pub const OBJECT_NAME: &str = "septum";
@@ -196,8 +196,7 @@ impl AllocationRecord {
                 AllocationKey::Identity(IdentityKey {
                     namespace: need(&self.namespace, field, "namespace")?.clone(),
                     labels: self.labels.clone().unwrap_or_default(),
-                    service_account: need(&self.service_account, field, "serviceAccount")?
-                        .clone(),
+                    service_account: need(&self.service_account, field, "serviceAccount")?.clone(),
                     named_ports,
                 })
             }
