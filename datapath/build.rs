@@ -14,11 +14,12 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join("septum-tc"), [])?;
         return Ok(());
     }
-    // aya-ebpf needs one unstable feature (asm_experimental_arch). Naming the crate enables
-    // unstable features for it alone, and keeps aya-build from asking for -Z build-std (Debian's
-    // libstd-rust-web-dev-bpf ships a prebuilt core for the BPF targets).
+    // aya-ebpf and septum-tc need one unstable feature (asm_experimental_arch: inline BPF
+    // assembly). Naming the crates enables unstable features for them alone, and keeps aya-build
+    // from asking for -Z build-std (Debian's libstd-rust-web-dev-bpf ships a prebuilt core for
+    // the BPF targets).
     // SAFETY: build scripts are single-threaded.
-    unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
+    unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf,septum_tc") };
     let manifest_dir = env::var("CARGO_MANIFEST_DIR")?;
     let root_dir = format!("{manifest_dir}/../datapath-ebpf");
     aya_build::build_ebpf(

@@ -222,10 +222,23 @@ fn explain_rejects_bad_arguments_cleanly() {
 fn crd_print_matches_the_committed_manifest() {
     let (code, out, _) = septum(&["crd", "print"]);
     assert_eq!(code, 0);
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../manifests/crds/flowpolicies.septum.dev.yaml"
-    ))
-    .expect("committed CRD");
+    // Every committed CRD file, in name order, as one multi-document stream: a CRD printed but
+    // not committed, or committed but no longer printed, fails here.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crds");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("manifests/crds")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 2,
+        "expected the FlowPolicy and IdentityAllocation CRDs"
+    );
+    let committed = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("committed CRD"))
+        .collect::<Vec<_>>()
+        .join("---\n");
     assert_eq!(out, committed);
 }

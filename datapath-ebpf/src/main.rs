@@ -4,6 +4,8 @@
 //! On the host this builds to an empty binary so that `cargo build/clippy --workspace` work; the
 //! real object is built for `bpfel-unknown-none` by `septum-datapath`'s build script.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// Inline assembly for the one instruction core does not offer (an atomic add); see program.rs.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod program;

@@ -582,15 +582,38 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
     }
 }
 
+/// `*p += v` as one BPF_ATOMIC_ADD instruction. Rust's core offers the BPF target atomic loads and
+/// stores but no read-modify-write, so the instruction is written out.
+///
+/// # Safety
+/// `p` points at a live, 8-byte aligned u64 (a map value field).
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller guarantees `p`; the instruction touches those 8 bytes only.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack),
+        );
+    }
+}
+
 #[inline(always)]
 fn touch(entry: &mut CtEntry, pkt: &Packet) {
     // Coarse clock: last-seen needs jiffy precision, not a precise clock read per packet.
     // SAFETY: helper without preconditions.
     entry.last_seen_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
-    // Not atomic (core has no atomics for BPF): two CPUs counting one flow at the same instant
-    // may lose an increment. These are statistics, never policy.
-    entry.packets += 1;
-    entry.bytes += pkt.len as u64;
+    // Atomic adds (BPF_ATOMIC_ADD, `lock *(u64 *)(r + off) += r`): two CPUs sending one flow at
+    // once count into the same entry, and a plain add would lose increments (verdicts.rs shows
+    // ~1% lost at 2 x 50k packets without it).
+    // SAFETY: the fields are 8-byte aligned u64s in a live map value, accessed only through
+    // atomics or plain reads of statistics.
+    unsafe {
+        atomic_add(&mut entry.packets, 1);
+        atomic_add(&mut entry.bytes, pkt.len as u64);
+    }
     if pkt.tcp_flags & !entry.tcp_flags != 0 {
         entry.tcp_flags |= pkt.tcp_flags;
         if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -867,8 +890,6 @@ fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> 
         d.drop_hard(DropReason::EndpointNotReady);
         return finish_drop(pkt, d);
     }
-    let me = ipcache(pkt.key.family, &pkt.key.daddr);
-
     // The source's egress: done by a local source's from_pod unless it was deferred (Service VIP)
     // or the source lives elsewhere; then it is decided here, after DNAT.
     s.key = pkt.key;
@@ -883,6 +904,8 @@ fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> 
     } else if src.kind == IPCACHE_KIND_POD {
         d.ct_flags |= CT_F_EGRESS_EVALUATED;
         d.event_flags |= EVENT_F_EGRESS_DEFERRED;
+        // Only here is this pod's own address (its CIDR identity) needed: as the source's peer.
+        let me = ipcache(pkt.key.family, &pkt.key.daddr);
         let e = evaluate(src.identity, DIRECTION_EGRESS, &me, &pkt.key, pkt.key.dport);
         d.apply(&e, DIRECTION_EGRESS);
     }
