@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rusqlite::types::Value;
@@ -794,35 +795,60 @@ impl Store {
     /// The `n` pairs that exchanged the most bytes among the records matching `q`.
     pub fn top_talkers(&self, q: &Query, n: u32) -> Result<Vec<Talker>, StoreError> {
         let sql = q.to_sql()?;
-        let mut params = sql.params;
-        params.push(Value::Integer(i64::from(n)));
-        // Grouped by numbers first (ends and addresses), then by name: an end is its pod
-        // when it has one, its address otherwise.
-        let end = |e: &str, ip: &str| {
-            format!("CASE WHEN {e}.pod != '' THEN {e}.ns || '/' || {e}.pod ELSE hex(g.{ip}) END")
-        };
+        // One pass over the matching rows, summed in memory by (ends, addresses): SQLite would
+        // sort every row for a GROUP BY, which is most of the cost at millions of rows. An end
+        // is its pod when it has one, its address otherwise.
         let text = format!(
-            "SELECT {} AS fr, {} AS t, sum(g.n), sum(g.b) AS bytes FROM \
-               (SELECT src_ep, src_ip, dst_ep, dst_ip, count(*) AS n, sum(bytes_fwd + bytes_rev) AS b \
-                FROM flows {} GROUP BY src_ep, src_ip, dst_ep, dst_ip) g \
-             JOIN endpoints s ON s.id = g.src_ep JOIN endpoints d ON d.id = g.dst_ep \
-             GROUP BY fr, t ORDER BY bytes DESC, fr, t LIMIT ?",
-            end("s", "src_ip"),
-            end("d", "dst_ip"),
+            "SELECT src_ep, src_ip, dst_ep, dst_ip, bytes_fwd + bytes_rev FROM flows {}",
             sql.clause
         );
-        let mut stmt = self.conn.prepare(&text).map_err(self.err())?;
-        let rows = stmt
-            .query_map(params_from_iter(params), |r| {
-                Ok(Talker {
-                    from: hex_to_ip(r.get(0)?),
-                    to: hex_to_ip(r.get(1)?),
-                    flows: r.get::<_, i64>(2)? as u64,
-                    bytes: r.get::<_, i64>(3)? as u64,
-                })
+        let mut groups: HashMap<(i64, IpKey, i64, IpKey), (u64, u64)> = HashMap::new();
+        {
+            let mut stmt = self.conn.prepare(&text).map_err(self.err())?;
+            let mut rows = stmt
+                .query(params_from_iter(sql.params))
+                .map_err(self.err())?;
+            while let Some(r) = rows.next().map_err(self.err())? {
+                let (Some(se), Some(de)) = (
+                    r.get::<_, Option<i64>>(0).map_err(self.err())?,
+                    r.get::<_, Option<i64>>(2).map_err(self.err())?,
+                ) else {
+                    continue;
+                };
+                let key = (
+                    se,
+                    ip_key(r.get_ref(1).map_err(self.err())?),
+                    de,
+                    ip_key(r.get_ref(3).map_err(self.err())?),
+                );
+                let g = groups.entry(key).or_default();
+                g.0 += 1;
+                g.1 =
+                    g.1.saturating_add(r.get::<_, i64>(4).map_err(self.err())?.max(0) as u64);
+            }
+        }
+        let mut ends = EndNames::new(&self.conn, &self.path);
+        let mut by_name: HashMap<(String, String), (u64, u64)> = HashMap::new();
+        for ((se, sip, de, dip), (flows, bytes)) in groups {
+            let (Some(s), Some(d)) = (ends.get(se)?, ends.get(de)?) else {
+                continue;
+            };
+            let t = by_name.entry((s.pod_or(&sip), d.pod_or(&dip))).or_default();
+            t.0 += flows;
+            t.1 = t.1.saturating_add(bytes);
+        }
+        let mut out: Vec<_> = by_name.into_iter().collect();
+        out.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(n as usize);
+        Ok(out
+            .into_iter()
+            .map(|((from, to), (flows, bytes))| Talker {
+                from: hex_to_ip(from),
+                to: hex_to_ip(to),
+                flows,
+                bytes,
             })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .collect())
     }
 
     /// Dropped records by the policy that decided them (either side).
@@ -867,46 +893,88 @@ impl Store {
     /// an address outside the cluster, the source's observation is the edge.
     pub fn edges(&self, q: &Query) -> Result<Vec<Edge>, StoreError> {
         let sql = q.to_sql()?;
-        let from = "CASE WHEN s.workload != '' AND s.ns != '' THEN s.ns || '/' || s.workload \
-                    WHEN s.workload != '' THEN s.workload \
-                    WHEN s.pod != '' THEN s.ns || '/' || s.pod ELSE hex(g.src_ip) END";
-        let to = "CASE WHEN d.service != '' THEN d.service \
-                  WHEN d.workload != '' AND d.ns != '' THEN d.ns || '/' || d.workload \
-                  WHEN d.workload != '' THEN d.workload \
-                  WHEN d.pod != '' THEN d.ns || '/' || d.pod ELSE hex(g.dst_ip) END";
+        // One pass over the matching rows, summed in memory (see `top_talkers`).
         let text = format!(
-            "SELECT {from} AS fr, {to} AS t, g.dst_port, g.protocol, \
-               sum(g.fwd), sum(g.dropped), sum(g.audit), sum(g.b) \
-             FROM (SELECT f.src_ep, f.src_ip, f.dst_ep, f.dst_ip, f.dst_port, f.protocol, \
-                     sum(f.verdict = 1) AS fwd, sum(f.verdict = 2) AS dropped, \
-                     sum(f.verdict = 3) AS audit, sum(f.bytes_fwd + f.bytes_rev) AS b \
-                   FROM flows f JOIN endpoints dd ON dd.id = f.dst_ep {} AND f.is_reply = 0 \
-                     AND NOT (f.point = 1 AND f.verdict != 2 AND dd.pod != '') \
-                   GROUP BY f.src_ep, f.src_ip, f.dst_ep, f.dst_ip, f.dst_port, f.protocol) g \
-             JOIN endpoints s ON s.id = g.src_ep JOIN endpoints d ON d.id = g.dst_ep \
-             GROUP BY fr, t, g.dst_port, g.protocol ORDER BY fr, t, g.dst_port, g.protocol",
+            "SELECT src_ep, src_ip, dst_ep, dst_ip, dst_port, protocol, verdict, point, \
+               bytes_fwd + bytes_rev FROM flows {} is_reply = 0",
             if sql.clause.is_empty() {
-                "WHERE 1".to_string()
+                "WHERE".to_string()
             } else {
-                sql.clause
+                format!("{} AND", sql.clause)
             }
         );
-        let mut stmt = self.conn.prepare(&text).map_err(self.err())?;
-        let rows = stmt
-            .query_map(params_from_iter(sql.params), |r| {
-                Ok(Edge {
-                    from: hex_to_ip(r.get(0)?),
-                    to: hex_to_ip(r.get(1)?),
-                    port: r.get::<_, i64>(2)? as u16,
-                    protocol: r.get::<_, i64>(3)? as u8,
-                    forwarded: r.get::<_, i64>(4)? as u64,
-                    dropped: r.get::<_, i64>(5)? as u64,
-                    audit: r.get::<_, i64>(6)? as u64,
-                    bytes: r.get::<_, i64>(7)? as u64,
-                })
+        type Key = (i64, IpKey, i64, IpKey, u16, u8);
+        // Forwarded, dropped, audit, bytes.
+        let mut groups: HashMap<Key, [u64; 4]> = HashMap::new();
+        let mut ends = EndNames::new(&self.conn, &self.path);
+        {
+            let mut stmt = self.conn.prepare(&text).map_err(self.err())?;
+            let mut rows = stmt
+                .query(params_from_iter(sql.params))
+                .map_err(self.err())?;
+            while let Some(r) = rows.next().map_err(self.err())? {
+                let (Some(se), Some(de)) = (
+                    r.get::<_, Option<i64>>(0).map_err(self.err())?,
+                    r.get::<_, Option<i64>>(2).map_err(self.err())?,
+                ) else {
+                    continue;
+                };
+                let verdict: i64 = r.get(6).map_err(self.err())?;
+                let point: i64 = r.get(7).map_err(self.err())?;
+                // A connection between two pods counts once, at its destination; leaving the
+                // source it counts only when it was refused there.
+                if point == 1 && verdict != 2 {
+                    match ends.get(de)? {
+                        Some(d) if !d.pod.is_empty() => continue,
+                        None => continue,
+                        Some(_) => {}
+                    }
+                }
+                let key = (
+                    se,
+                    ip_key(r.get_ref(1).map_err(self.err())?),
+                    de,
+                    ip_key(r.get_ref(3).map_err(self.err())?),
+                    r.get::<_, i64>(4).map_err(self.err())? as u16,
+                    r.get::<_, i64>(5).map_err(self.err())? as u8,
+                );
+                let g = groups.entry(key).or_default();
+                match verdict {
+                    1 => g[0] += 1,
+                    2 => g[1] += 1,
+                    3 => g[2] += 1,
+                    _ => {}
+                }
+                g[3] = g[3].saturating_add(r.get::<_, i64>(8).map_err(self.err())?.max(0) as u64);
+            }
+        }
+        let mut by_name: HashMap<(String, String, u16, u8), [u64; 4]> = HashMap::new();
+        for ((se, sip, de, dip, port, protocol), c) in groups {
+            let (Some(s), Some(d)) = (ends.get(se)?, ends.get(de)?) else {
+                continue;
+            };
+            let e = by_name
+                .entry((s.workload_or(&sip), d.service_or(&dip), port, protocol))
+                .or_default();
+            for (a, b) in e.iter_mut().zip(c) {
+                *a = a.saturating_add(b);
+            }
+        }
+        let mut out: Vec<_> = by_name.into_iter().collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out
+            .into_iter()
+            .map(|((from, to, port, protocol), c)| Edge {
+                from: hex_to_ip(from),
+                to: hex_to_ip(to),
+                port,
+                protocol,
+                forwarded: c[0],
+                dropped: c[1],
+                audit: c[2],
+                bytes: c[3],
             })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .collect())
     }
 
     /// The newest record's id, for followers (records are never renumbered).
@@ -917,6 +985,117 @@ impl Store {
             .map(Option::flatten)
             .map_err(self.err())
     }
+}
+
+/// The names of stored ends, read once per end for an aggregate.
+struct EndNames<'c> {
+    conn: &'c Connection,
+    path: &'c Path,
+    cache: HashMap<i64, Option<Rc<EndName>>>,
+}
+
+/// What an aggregate names an end by.
+#[derive(Debug)]
+struct EndName {
+    ns: String,
+    pod: String,
+    workload: String,
+    service: String,
+}
+
+impl EndName {
+    /// `namespace/pod`, or the address (as SQLite's `hex()`, see [`hex_to_ip`]).
+    fn pod_or(&self, ip: &IpKey) -> String {
+        if self.pod.is_empty() {
+            hex_of_key(ip)
+        } else {
+            format!("{}/{}", self.ns, self.pod)
+        }
+    }
+
+    /// The workload (`namespace/Kind/name`), else `namespace/pod`, else the address.
+    fn workload_or(&self, ip: &IpKey) -> String {
+        match (self.workload.is_empty(), self.ns.is_empty()) {
+            (false, false) => format!("{}/{}", self.ns, self.workload),
+            (false, true) => self.workload.clone(),
+            _ => self.pod_or(ip),
+        }
+    }
+
+    /// The Service the flow was addressed to, else as [`EndName::workload_or`].
+    fn service_or(&self, ip: &IpKey) -> String {
+        if self.service.is_empty() {
+            self.workload_or(ip)
+        } else {
+            self.service.clone()
+        }
+    }
+}
+
+impl<'c> EndNames<'c> {
+    fn new(conn: &'c Connection, path: &'c Path) -> Self {
+        Self {
+            conn,
+            path,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The end numbered `id`; `None` when no such end is stored (its rows are left out, as a
+    /// join would).
+    fn get(&mut self, id: i64) -> Result<Option<Rc<EndName>>, StoreError> {
+        if let Some(e) = self.cache.get(&id) {
+            return Ok(e.clone());
+        }
+        let e = self
+            .conn
+            .prepare_cached("SELECT ns, pod, workload, service FROM endpoints WHERE id = ?")
+            .and_then(|mut st| {
+                st.query_row([id], |r| {
+                    Ok(EndName {
+                        ns: r.get(0)?,
+                        pod: r.get(1)?,
+                        workload: r.get(2)?,
+                        service: r.get(3)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|source| StoreError::Sqlite {
+                path: self.path.to_path_buf(),
+                source,
+            })?
+            .map(Rc::new);
+        self.cache.insert(id, e.clone());
+        Ok(e)
+    }
+}
+
+/// A stored address as a fixed-size map key (up to 16 bytes, then the length).
+type IpKey = [u8; 17];
+
+fn ip_key(v: rusqlite::types::ValueRef<'_>) -> IpKey {
+    let mut k = [0u8; 17];
+    if let rusqlite::types::ValueRef::Blob(b) = v {
+        let n = b.len().min(16);
+        k[..n].copy_from_slice(&b[..n]);
+        k[16] = n as u8;
+    }
+    k
+}
+
+/// The address of an [`IpKey`], as SQLite's `hex()` prints the stored blob.
+fn hex_of_key(k: &IpKey) -> String {
+    hex_upper(&k[..usize::from(k[16]).min(16)])
+}
+
+fn hex_upper(b: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = write!(s, "{x:02X}");
+    }
+    s
 }
 
 /// Aggregates render ends outside the cluster as the hex of their stored address; turn it
