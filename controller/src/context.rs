@@ -40,6 +40,7 @@ use crate::feed::{Kind, Watched};
 use crate::identities;
 use crate::metrics::Metrics;
 use crate::node_state::{NodeDelta, Revisioned};
+use crate::stream::Published;
 
 /// Errors of the controller.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,8 @@ pub struct Context {
     flow_policies: Store<FlowPolicy>,
     pub(crate) status_queue: mpsc::UnboundedSender<ObjectKey>,
     updates: broadcast::Sender<Arc<Vec<NodeDelta>>>,
+    epoch: u64,
+    published: Mutex<Published>,
 }
 
 impl std::fmt::Debug for Context {
@@ -91,10 +94,40 @@ impl Context {
         self.compiler().as_ref().map(f)
     }
 
-    /// The current state of a node (after the first full sync).
+    /// The published state of a node (what its agent gets), once the node has one.
     pub fn node_state(&self, node: &str) -> Option<Revisioned> {
-        self.with_compiler(|c| c.nodes().get(node).cloned())
-            .flatten()
+        Some(self.published().state(node)).filter(|r| r.revision > 0)
+    }
+
+    /// This run's epoch: the node-state stream's revisions count within it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// What has been published to the agents, their acks and the policies' required revisions.
+    pub fn published(&self) -> MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How far the current version of a FlowPolicy has reached the nodes.
+    pub fn rollout(&self, key: &ObjectKey) -> crate::status::Rollout {
+        let p = self.published();
+        let nodes = p.nodes().count();
+        let (programmed, pending) = p.programmed(key).unwrap_or((0, Vec::new()));
+        crate::status::Rollout {
+            programmed,
+            nodes,
+            pending,
+        }
+    }
+
+    /// Records that `node`'s agent has programmed `revision`, and queues the status of every
+    /// FlowPolicy whose programmed count that changes.
+    pub fn acked(&self, node: &str, revision: u64) {
+        let changed = self.published().ack(node, revision);
+        for key in changed {
+            let _ = self.status_queue.send(key);
+        }
     }
 
     /// Whether the first full sync has happened.
@@ -176,6 +209,8 @@ impl Controller {
             flow_policies: store,
             status_queue,
             updates,
+            epoch: crate::stream::new_epoch(),
+            published: Mutex::new(Published::default()),
         });
         Self {
             ctx,
@@ -309,8 +344,16 @@ async fn handle(ctx: &Arc<Context>, observed: Observed) {
         for d in &outcome.deltas {
             debug!(node = %d.node, revision = d.revision, ops = d.diff.len(), "node state changed");
         }
+        ctx.published().publish(&outcome.deltas);
         // No subscriber yet is fine: node states stay readable through the context.
         let _ = ctx.updates.send(Arc::new(outcome.deltas));
+    }
+    for key in &outcome.status {
+        if ctx.verdict(key).is_some() {
+            ctx.published().require(key.clone());
+        } else {
+            ctx.published().forget(key);
+        }
     }
     for key in outcome.status {
         let _ = ctx.status_queue.send(key);

@@ -11,8 +11,10 @@
 //! - [`context`]: the [`Context`], the watchers and the loop.
 //! - [`metrics`]: Prometheus metrics.
 //!
-//! Not here yet (issue 11, later steps): the node-state gRPC stream, the `Programmed`
-//! condition (it needs agent acks), the flow relay, and leader election.
+//! - [`stream`]: the node-state gRPC stream (mutual TLS, snapshot + revisioned deltas, resume,
+//!   acks) and what has been published to it.
+//!
+//! Not here yet (issue 11, later steps): the flow relay and leader election.
 
 #![forbid(unsafe_code)]
 
@@ -23,5 +25,6 @@ pub mod identities;
 pub mod metrics;
 pub mod node_state;
 pub mod status;
+pub mod stream;
 
 pub use context::{Context, Controller, Error};

@@ -63,8 +63,18 @@ pub struct Metrics {
     pub identity_writes: Counter,
     /// Identity allocation writes that failed.
     pub identity_write_errors: Counter,
+    /// Node-state updates sent to agents (snapshots and deltas).
+    pub stream_updates: Counter,
+    /// Their encoded size.
+    pub stream_update_bytes: Counter,
+    /// Acks received from agents.
+    pub stream_acks: Counter,
+    /// Streams refused (no or bad client certificate, wrong node, no hello).
+    pub stream_refused: Counter,
     /// 1 once every kind has been listed and the engine built.
     pub synced: Gauge,
+    /// Agents connected to the node-state stream.
+    pub agents_connected: Gauge,
     /// Nodes with a state.
     pub nodes: Gauge,
     /// Allocated numbers (identities, Service ids, cookies).
@@ -75,7 +85,7 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 8] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "septum_controller_watch_events_total",
                 "Watch events received.",
@@ -116,6 +126,26 @@ impl Metrics {
                 "Identity allocation writes that failed.",
                 &self.identity_write_errors,
             ),
+            (
+                "septum_controller_stream_updates_total",
+                "Node-state updates sent to agents.",
+                &self.stream_updates,
+            ),
+            (
+                "septum_controller_stream_update_bytes_total",
+                "Encoded bytes of the node-state updates sent.",
+                &self.stream_update_bytes,
+            ),
+            (
+                "septum_controller_stream_acks_total",
+                "Revision acks received from agents.",
+                &self.stream_acks,
+            ),
+            (
+                "septum_controller_stream_refused_total",
+                "Node-state streams refused (certificate, node name, protocol).",
+                &self.stream_refused,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(
@@ -124,7 +154,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let gauges: [(&str, &str, &Gauge); 3] = [
+        let gauges: [(&str, &str, &Gauge); 4] = [
             (
                 "septum_controller_synced",
                 "1 once every kind is listed and compiled.",
@@ -139,6 +169,11 @@ impl Metrics {
                 "septum_controller_allocations",
                 "Allocated identity numbers, Service ids and cookies.",
                 &self.allocations,
+            ),
+            (
+                "septum_controller_agents_connected",
+                "Agents connected to the node-state stream.",
+                &self.agents_connected,
             ),
         ];
         for (name, help, g) in gauges {
@@ -189,6 +224,6 @@ mod tests {
             "# TYPE septum_controller_changes_total counter\nseptum_controller_changes_total 3\n"
         ));
         assert!(text.contains("septum_controller_synced 1\n"));
-        assert_eq!(text.matches("# TYPE").count(), 11);
+        assert_eq!(text.matches("# TYPE").count(), 16);
     }
 }

@@ -10,54 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use septum_datapath_common::{IpCacheEntry, PolicyEntry, ServiceEntry};
-use septum_policy::cidr::Cidr;
-use septum_policy::model::{Cluster, ObjectKey};
+use septum_policy::model::Cluster;
+pub use septum_policy::node::NodeStateDiff;
 use septum_policy::node::{NodeState, node_state};
-use septum_policy::state::{ClusterState, EndpointState, MapDiff, PolicyKey, ServiceVip};
-
-/// The difference between two states of one node, map by map (upserts, then deletes).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeStateDiff {
-    /// Endpoints of the node's pods.
-    pub endpoints: MapDiff<ObjectKey, EndpointState>,
-    /// ipcache.
-    pub ipcache: MapDiff<Cidr, IpCacheEntry>,
-    /// Policy entries.
-    pub policy: MapDiff<PolicyKey, PolicyEntry>,
-    /// Service VIPs.
-    pub services: MapDiff<ServiceVip, ServiceEntry>,
-}
-
-impl NodeStateDiff {
-    /// The minimal diff from `old` to `new`.
-    pub fn between(old: &NodeState, new: &NodeState) -> Self {
-        Self {
-            endpoints: MapDiff::between(&old.endpoints, &new.endpoints),
-            ipcache: MapDiff::between(&old.ipcache, &new.ipcache),
-            policy: MapDiff::between(&old.policy, &new.policy),
-            services: MapDiff::between(&old.services, &new.services),
-        }
-    }
-
-    /// Whether nothing changes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Number of operations.
-    pub fn len(&self) -> usize {
-        self.endpoints.len() + self.ipcache.len() + self.policy.len() + self.services.len()
-    }
-
-    /// Applies the diff to a node's state (what an agent does with a delta).
-    pub fn apply_to(&self, state: &mut NodeState) {
-        self.endpoints.apply_to(&mut state.endpoints);
-        self.ipcache.apply_to(&mut state.ipcache);
-        self.policy.apply_to(&mut state.policy);
-        self.services.apply_to(&mut state.services);
-    }
-}
+use septum_policy::state::ClusterState;
 
 /// One node's state moving from one revision to the next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,12 +105,15 @@ impl NodeStates {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use septum_datapath_common::Identity;
+    use septum_datapath_common::{Identity, IpCacheEntry};
     use septum_policy::InMemoryAllocations;
+    use septum_policy::cidr::Cidr;
+    use septum_policy::model::ObjectKey;
     use septum_policy::model::{
         NetworkPolicy, NetworkPolicyPeer, NetworkPolicyRule, Node, Pod, Service, ServicePort,
     };
     use septum_policy::selector::LabelSelector;
+    use septum_policy::state::EndpointState;
     use septum_policy::{Change, Engine};
 
     fn pod(ns: &str, name: &str, app: &str, ip: &str, node: &str) -> Pod {

@@ -35,8 +35,83 @@ pub enum Action {
     Requeue(Duration),
 }
 
-/// The condition type.
+/// The condition type of the policy's validity.
 pub const ACCEPTED: &str = "Accepted";
+/// The condition type of the policy's enforcement on the nodes.
+pub const PROGRAMMED: &str = "Programmed";
+/// Pending nodes named in a `Programmed` message.
+const NAMED_PENDING: usize = 5;
+
+/// How far the current version of a policy has reached the nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Nodes whose agent has acked a revision containing it.
+    pub programmed: usize,
+    /// Nodes with a state.
+    pub nodes: usize,
+    /// Some of the nodes still pending (sorted).
+    pub pending: Vec<String>,
+}
+
+/// The `Programmed` condition: whether every node's kernel enforces the current version.
+pub fn programmed_condition(
+    verdict: &Verdict,
+    rollout: &Rollout,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let (status, reason, message) = if !verdict.errors.is_empty() {
+        (
+            "False",
+            "NotAccepted",
+            if verdict.in_force {
+                "the current version is refused (see Accepted); the last accepted version stays programmed".to_string()
+            } else {
+                "the current version is refused (see Accepted); nothing of it is programmed"
+                    .to_string()
+            },
+        )
+    } else if rollout.nodes == 0 {
+        ("False", "NoNodes", "no node has a state yet".to_string())
+    } else if rollout.programmed >= rollout.nodes {
+        (
+            "True",
+            "Programmed",
+            format!(
+                "enforced on all {} nodes (their agents acked the revision that carries this version)",
+                rollout.nodes
+            ),
+        )
+    } else {
+        let more = rollout.nodes - rollout.programmed;
+        let mut names = rollout
+            .pending
+            .iter()
+            .take(NAMED_PENDING)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if more > NAMED_PENDING {
+            names.push_str(&format!(" and {} more", more - NAMED_PENDING));
+        }
+        (
+            "False",
+            "Pending",
+            format!(
+                "enforced on {} of {} nodes; waiting for {names}",
+                rollout.programmed, rollout.nodes
+            ),
+        )
+    };
+    Condition {
+        type_: PROGRAMMED.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now,
+    }
+}
 
 fn describe(ds: &[Diagnostic]) -> String {
     ds.iter()
@@ -84,10 +159,10 @@ pub fn accepted_condition(verdict: &Verdict, generation: Option<i64>, now: Time)
     }
 }
 
-/// The conditions to write, or `None` when `current` already says `accepted` (transition
-/// times aside). A condition whose status does not change keeps its transition time.
+/// The conditions to write, or `None` when `current` already holds `accepted` (a condition of
+/// any type; transition times aside). A condition whose status does not change keeps its transition time.
 pub fn updated_conditions(current: &[Condition], accepted: Condition) -> Option<Vec<Condition>> {
-    let old = current.iter().find(|c| c.type_ == ACCEPTED);
+    let old = current.iter().find(|c| c.type_ == accepted.type_);
     let mut accepted = accepted;
     if let Some(old) = old {
         if old.status == accepted.status
@@ -103,7 +178,7 @@ pub fn updated_conditions(current: &[Condition], accepted: Condition) -> Option<
     }
     let mut out: Vec<Condition> = current
         .iter()
-        .filter(|c| c.type_ != ACCEPTED)
+        .filter(|c| c.type_ != accepted.type_)
         .cloned()
         .collect();
     out.push(accepted);
@@ -119,19 +194,36 @@ pub async fn reconcile(fp: Arc<FlowPolicy>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::AwaitChange);
     };
     let generation = fp.meta().generation;
-    let accepted = accepted_condition(&verdict, generation, Time(Timestamp::now()));
-    let current = fp
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or(&[]);
-    let Some(conditions) = updated_conditions(current, accepted) else {
+    let now = Time(Timestamp::now());
+    let rollout = ctx.rollout(&key);
+    let status = fp.status.clone().unwrap_or_default();
+    let mut conditions = status.conditions.clone();
+    let mut changed = false;
+    for c in [
+        accepted_condition(&verdict, generation, now.clone()),
+        programmed_condition(&verdict, &rollout, generation, now),
+    ] {
+        if let Some(next) = updated_conditions(&conditions, c) {
+            conditions = next;
+            changed = true;
+        }
+    }
+    let counts = (
+        u32::try_from(rollout.programmed).unwrap_or(u32::MAX),
+        u32::try_from(rollout.nodes).unwrap_or(u32::MAX),
+    );
+    if !changed && (status.programmed_nodes, status.nodes) == (Some(counts.0), Some(counts.1)) {
         debug!("status up to date");
         return Ok(Action::AwaitChange);
-    };
+    }
     let api: Api<FlowPolicy> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let patch = serde_json::json!({
-        "status": { "conditions": conditions, "observedGeneration": generation }
+        "status": {
+            "conditions": conditions,
+            "observedGeneration": generation,
+            "programmedNodes": counts.0,
+            "nodes": counts.1,
+        }
     });
     api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
@@ -153,21 +245,29 @@ pub async fn run_status(
     mut keys: tokio::sync::mpsc::UnboundedReceiver<ObjectKey>,
 ) {
     let retry = ctx.status_queue.clone();
-    while let Some(key) = keys.recv().await {
-        let Some(fp) = ctx.flow_policy(&key) else {
-            continue;
-        };
-        let span =
-            info_span!("reconcile", policy.namespace = %key.namespace, policy.name = %key.name);
-        let result = reconcile(fp.clone(), ctx.clone()).instrument(span).await;
-        if let Err(e) = result
-            && let Action::Requeue(after) = error_policy(fp, &e, ctx.clone())
-        {
-            let retry = retry.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                let _ = retry.send(key);
-            });
+    while let Some(first) = keys.recv().await {
+        // Coalesce a burst (a full sync's acks queue each policy once per node): one reconcile
+        // per policy per burst.
+        let mut batch = std::collections::BTreeSet::from([first]);
+        while let Ok(k) = keys.try_recv() {
+            batch.insert(k);
+        }
+        for key in batch {
+            let Some(fp) = ctx.flow_policy(&key) else {
+                continue;
+            };
+            let span =
+                info_span!("reconcile", policy.namespace = %key.namespace, policy.name = %key.name);
+            let result = reconcile(fp.clone(), ctx.clone()).instrument(span).await;
+            if let Err(e) = result
+                && let Action::Requeue(after) = error_policy(fp, &e, ctx.clone())
+            {
+                let retry = retry.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = retry.send(key);
+                });
+            }
         }
     }
 }
@@ -244,5 +344,55 @@ mod tests {
         assert_eq!(next[1], other, "other conditions are kept");
         assert_eq!(next[0].observed_generation, Some(2));
         assert_eq!(next[0].last_transition_time, first.last_transition_time);
+    }
+
+    #[test]
+    fn programmed_says_how_many_nodes_enforce_the_version_and_names_the_rest() {
+        let ok = Verdict {
+            in_force: true,
+            ..Verdict::default()
+        };
+        let now = t("2026-01-01T00:00:00Z");
+        let pending: Vec<String> = (0..7).map(|i| format!("node-{i}")).collect();
+        let c = programmed_condition(
+            &ok,
+            &Rollout {
+                programmed: 3,
+                nodes: 10,
+                pending: pending.clone(),
+            },
+            Some(4),
+            now.clone(),
+        );
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Pending"));
+        assert_eq!(
+            c.message,
+            "enforced on 3 of 10 nodes; waiting for node-0, node-1, node-2, node-3, node-4 and 2 more"
+        );
+        assert_eq!(c.observed_generation, Some(4));
+        let c = programmed_condition(
+            &ok,
+            &Rollout {
+                programmed: 10,
+                nodes: 10,
+                pending: Vec::new(),
+            },
+            Some(4),
+            now.clone(),
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "Programmed")
+        );
+        let refused = Verdict {
+            errors: vec![Diagnostic::error("spec.subject", "bad")],
+            unresolved: Vec::new(),
+            in_force: false,
+        };
+        let c = programmed_condition(&refused, &Rollout::default(), None, now.clone());
+        assert_eq!(c.reason, "NotAccepted");
+        assert!(c.message.contains("nothing of it is programmed"));
+        let c = programmed_condition(&ok, &Rollout::default(), None, now);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "NoNodes"));
     }
 }

@@ -468,9 +468,28 @@ async fn flow_policies_get_an_accepted_condition_with_a_readable_message() {
             .as_array()
             .expect("conditions")
             .clone();
-        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions.len(), 2, "Accepted and Programmed");
         assert_eq!(patches[0]["status"]["observedGeneration"], 3);
-        conditions[0].clone()
+        // No agent is connected in this test: nothing is programmed yet, and it says so.
+        let programmed = conditions
+            .iter()
+            .find(|c| c["type"] == "Programmed")
+            .expect("Programmed");
+        assert_eq!(programmed["status"], "False");
+        assert_eq!(patches[0]["status"]["programmedNodes"], 0);
+        assert_eq!(patches[0]["status"]["nodes"], 2);
+        if !n.starts_with("bad") {
+            assert_eq!(programmed["reason"], "Pending");
+            assert_eq!(
+                programmed["message"],
+                "enforced on 0 of 2 nodes; waiting for a, b"
+            );
+        }
+        conditions
+            .iter()
+            .find(|c| c["type"] == "Accepted")
+            .expect("Accepted")
+            .clone()
     };
     let bad = accepted("bad");
     assert_eq!(bad["type"], "Accepted");

@@ -206,12 +206,19 @@ pub struct EgressRule {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowPolicyStatus {
-    /// `Ready` (True when valid and compiled), `Valid`.
+    /// `Accepted` (valid, every reference resolves, compiled) and `Programmed` (every node's
+    /// agent enforces the current version).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Nodes whose agent enforces the current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub programmed_nodes: Option<u32>,
+    /// Nodes septum computes a state for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
 }
 
 fn convert_peer(p: &Peer, field: &str, errors: &mut Diagnostics) -> Option<m::FlowPeer> {

@@ -48,6 +48,8 @@ pub mod rules;
 pub mod selector;
 pub mod state;
 pub mod validate;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use allocation::{AllocationStore, InMemoryAllocations};
 pub use compile::{Engine, compile};

@@ -12,7 +12,9 @@ use septum_datapath_common::{
 
 use crate::cidr::Cidr;
 use crate::model::{Cluster, ObjectKey};
-use crate::state::{ClusterState, EndpointState, IdentityDescription, PolicyKey, ServiceVip};
+use crate::state::{
+    ClusterState, EndpointState, IdentityDescription, MapDiff, PolicyKey, ServiceVip,
+};
 
 /// One node's slice of the compiled state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +29,49 @@ pub struct NodeState {
     pub policy: BTreeMap<PolicyKey, PolicyEntry>,
     /// Service VIPs.
     pub services: BTreeMap<ServiceVip, ServiceEntry>,
+}
+
+/// The difference between two states of one node, map by map (upserts, then deletes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStateDiff {
+    /// Endpoints of the node's pods.
+    pub endpoints: MapDiff<ObjectKey, EndpointState>,
+    /// ipcache.
+    pub ipcache: MapDiff<Cidr, IpCacheEntry>,
+    /// Policy entries.
+    pub policy: MapDiff<PolicyKey, PolicyEntry>,
+    /// Service VIPs.
+    pub services: MapDiff<ServiceVip, ServiceEntry>,
+}
+
+impl NodeStateDiff {
+    /// The minimal diff from `old` to `new`.
+    pub fn between(old: &NodeState, new: &NodeState) -> Self {
+        Self {
+            endpoints: MapDiff::between(&old.endpoints, &new.endpoints),
+            ipcache: MapDiff::between(&old.ipcache, &new.ipcache),
+            policy: MapDiff::between(&old.policy, &new.policy),
+            services: MapDiff::between(&old.services, &new.services),
+        }
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.endpoints.len() + self.ipcache.len() + self.policy.len() + self.services.len()
+    }
+
+    /// Applies the diff to a node's state (what an agent does with a delta).
+    pub fn apply_to(&self, state: &mut NodeState) {
+        self.endpoints.apply_to(&mut state.endpoints);
+        self.ipcache.apply_to(&mut state.ipcache);
+        self.policy.apply_to(&mut state.policy);
+        self.services.apply_to(&mut state.services);
+    }
 }
 
 /// The slice of `state` for `node`.

@@ -2,9 +2,9 @@
 //! generate from them.
 //!
 //! One Rust module per protobuf package, named after it: `septum.agent.v1` is
-//! [`agent::v1`]. Later packages join the same way without moving anything (`septum.flow.v1` for
-//! flow queries becomes `flow::v1`, `septum.nodestate.v1` for the controller-to-agent stream
-//! becomes `nodestate::v1`): add the `.proto` file under `proto/septum/<area>/<version>/`, list it
+//! [`agent::v1`]. Packages join the same way without moving anything (`septum.flow.v1` for
+//! flow queries is `flow::v1`, `septum.nodestate.v1` for the controller-to-agent stream is
+//! `nodestate::v1`): add the `.proto` file under `proto/septum/<area>/<version>/`, list it
 //! in `tests/generated.rs`, regenerate, and add the module here.
 //!
 //! The generated code is committed under `src/gen/` (one file per package, named by prost after
@@ -34,12 +34,22 @@ pub mod flow {
     }
 }
 
+/// The controller-to-agent node-state stream.
+pub mod nodestate {
+    /// Version 1 of package `septum.nodestate.v1`: snapshots, revisioned deltas and acks
+    /// ([`v1::node_state_service_client`], [`v1::node_state_service_server`]).
+    pub mod v1 {
+        include!("gen/septum.nodestate.v1.rs");
+    }
+}
+
 pub mod unix;
 
 /// Paths of every `.proto` file of this crate, relative to [`PROTO_ROOT`], in generation order.
 pub const PROTO_FILES: &[&str] = &[
     "septum/agent/v1/registry.proto",
     "septum/flow/v1/flow.proto",
+    "septum/nodestate/v1/nodestate.proto",
 ];
 
 /// The include root of the `.proto` files, relative to this crate's directory.

@@ -1,0 +1,673 @@
+//! The node-state stream's wire form (`septum.nodestate.v1`): a node's state, or the diff
+//! between two revisions of it, as one [`pb::Update`]. The controller encodes, the agent decodes;
+//! both live here so that a round trip is one function's test.
+//!
+//! Encoding is total. Decoding checks every field a peer could get wrong (address lengths,
+//! prefix lengths the datapath contract allows, 8- and 16-bit fields that arrive as `uint32`,
+//! protocols, identity 0, empty names, duplicate keys, deletes in a snapshot) and refuses the
+//! whole update with the first problem: an update is applied entirely or not at all.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use septum_datapath_common::{
+    Identity, IpCacheEntry, LpmData, PolicyEntry, PolicyKeyData, ServiceEntry,
+};
+use septum_proto::nodestate::v1 as pb;
+
+use crate::cidr::Cidr;
+use crate::model::{ObjectKey, Protocol};
+use crate::node::{NodeState, NodeStateDiff};
+use crate::state::{EndpointState, PolicyKey, ServiceVip};
+
+/// One update of a node's state, typed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Update {
+    /// The controller run the revisions belong to.
+    pub epoch: u64,
+    /// The revision the diff applies to (ignored for a snapshot).
+    pub from_revision: u64,
+    /// The revision after it.
+    pub revision: u64,
+    /// Whether the upserts are the whole state.
+    pub snapshot: bool,
+    /// The node.
+    pub node: String,
+    /// What changes (a snapshot: upserts only).
+    pub diff: NodeStateDiff,
+}
+
+impl Update {
+    /// The snapshot of `state` at `revision`.
+    pub fn snapshot(epoch: u64, revision: u64, state: &NodeState) -> Self {
+        Self {
+            epoch,
+            from_revision: 0,
+            revision,
+            snapshot: true,
+            node: state.node.clone(),
+            diff: NodeStateDiff::between(
+                &NodeState {
+                    node: state.node.clone(),
+                    ..NodeState::default()
+                },
+                state,
+            ),
+        }
+    }
+
+    /// The state a snapshot describes.
+    pub fn to_state(&self) -> NodeState {
+        let mut state = NodeState {
+            node: self.node.clone(),
+            ..NodeState::default()
+        };
+        self.diff.apply_to(&mut state);
+        state
+    }
+}
+
+/// Why an update was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid node-state update: {field}: {message}")]
+pub struct WireError {
+    /// Which field (`policy_upserts[3].key.prefix_len`).
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn err(field: impl fmt::Display, message: impl Into<String>) -> WireError {
+    WireError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn addr_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn pod_ref(k: &ObjectKey) -> pb::PodRef {
+    pb::PodRef {
+        namespace: k.namespace.clone(),
+        name: k.name.clone(),
+    }
+}
+
+fn prefix(c: &Cidr) -> pb::Prefix {
+    pb::Prefix {
+        addr: addr_bytes(c.addr()),
+        len: u32::from(c.len()),
+    }
+}
+
+fn policy_key(k: &PolicyKey) -> pb::PolicyKey {
+    let d = k.data();
+    pb::PolicyKey {
+        prefix_len: k.prefix_len(),
+        subject: d.subject(),
+        peer: d.peer(),
+        direction: u32::from(d.direction),
+        protocol: u32::from(d.protocol),
+        port: u32::from(d.port()),
+    }
+}
+
+fn vip(v: &ServiceVip) -> pb::ServiceVip {
+    pb::ServiceVip {
+        addr: addr_bytes(v.addr),
+        port: u32::from(v.port),
+        protocol: u32::from(v.protocol.number()),
+    }
+}
+
+/// The wire form of an update.
+pub fn encode(u: &Update) -> pb::Update {
+    let d = &u.diff;
+    pb::Update {
+        epoch: u.epoch,
+        from_revision: u.from_revision,
+        revision: u.revision,
+        snapshot: u.snapshot,
+        node: u.node.clone(),
+        endpoint_upserts: d
+            .endpoints
+            .upserts
+            .iter()
+            .map(|(k, e)| pb::Endpoint {
+                pod: Some(pod_ref(k)),
+                identity: e.identity.get(),
+                flags: u32::from(e.flags),
+                mode: u32::from(e.mode),
+            })
+            .collect(),
+        endpoint_deletes: d.endpoints.deletes.iter().map(pod_ref).collect(),
+        ipcache_upserts: d
+            .ipcache
+            .upserts
+            .iter()
+            .map(|(c, e)| pb::IpCacheEntry {
+                prefix: Some(prefix(c)),
+                identity: e.identity,
+                cidr_identity: e.cidr_identity,
+                kind: u32::from(e.kind),
+            })
+            .collect(),
+        ipcache_deletes: d.ipcache.deletes.iter().map(prefix).collect(),
+        policy_upserts: d
+            .policy
+            .upserts
+            .iter()
+            .map(|(k, e)| pb::PolicyEntry {
+                key: Some(policy_key(k)),
+                action: u32::from(e.action),
+                precedence: u32::from(e.precedence),
+                cookie: e.cookie,
+            })
+            .collect(),
+        policy_deletes: d.policy.deletes.iter().map(policy_key).collect(),
+        service_upserts: d
+            .services
+            .upserts
+            .iter()
+            .map(|(v, e)| pb::ServiceEntry {
+                vip: Some(vip(v)),
+                service_id: e.service_id,
+            })
+            .collect(),
+        service_deletes: d.services.deletes.iter().map(vip).collect(),
+    }
+}
+
+fn narrow<T: TryFrom<u32>>(v: u32, field: &str) -> Result<T, WireError> {
+    T::try_from(v).map_err(|_| {
+        err(
+            field,
+            format!("{v} does not fit in {} bits", std::mem::size_of::<T>() * 8),
+        )
+    })
+}
+
+fn decode_addr(bytes: &[u8], field: &str) -> Result<IpAddr, WireError> {
+    match bytes.len() {
+        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(bytes).unwrap_or_default())),
+        16 => Ok(IpAddr::from(
+            <[u8; 16]>::try_from(bytes).unwrap_or_default(),
+        )),
+        n => Err(err(field, format!("an address is 4 or 16 bytes, not {n}"))),
+    }
+}
+
+fn decode_pod(p: Option<&pb::PodRef>, field: &str) -> Result<ObjectKey, WireError> {
+    let p = p.ok_or_else(|| err(field, "missing"))?;
+    if p.namespace.is_empty() || p.name.is_empty() {
+        return Err(err(field, "namespace and name must both be set"));
+    }
+    Ok(ObjectKey::new(p.namespace.clone(), p.name.clone()))
+}
+
+fn decode_prefix(p: Option<&pb::Prefix>, field: &str) -> Result<Cidr, WireError> {
+    let p = p.ok_or_else(|| err(field, "missing"))?;
+    let addr = decode_addr(&p.addr, &format!("{field}.addr"))?;
+    let len: u8 = narrow(p.len, &format!("{field}.len"))?;
+    let cidr = Cidr::new(addr, len).map_err(|e| err(format!("{field}.len"), e.to_string()))?;
+    if cidr.addr() != addr {
+        return Err(err(field, format!("{addr}/{len} has host bits set")));
+    }
+    Ok(cidr)
+}
+
+fn decode_policy_key(k: Option<&pb::PolicyKey>, field: &str) -> Result<PolicyKey, WireError> {
+    let k = k.ok_or_else(|| err(field, "missing"))?;
+    let data = PolicyKeyData::new(
+        k.subject,
+        narrow(k.direction, &format!("{field}.direction"))?,
+        k.peer,
+        narrow(k.protocol, &format!("{field}.protocol"))?,
+        narrow(k.port, &format!("{field}.port"))?,
+    );
+    if !data.valid_prefix(k.prefix_len) {
+        return Err(err(
+            format!("{field}.prefix_len"),
+            format!("{} is not a prefix length policy keys use", k.prefix_len),
+        ));
+    }
+    let key = PolicyKey::new(k.prefix_len, data);
+    if key.data() != data {
+        return Err(err(field, "bits beyond the prefix length are set"));
+    }
+    if key.subject().get() == 0 {
+        return Err(err(format!("{field}.subject"), "identity 0 is no identity"));
+    }
+    Ok(key)
+}
+
+fn decode_vip(v: Option<&pb::ServiceVip>, field: &str) -> Result<ServiceVip, WireError> {
+    let v = v.ok_or_else(|| err(field, "missing"))?;
+    let protocol = Protocol::from_number(narrow(v.protocol, &format!("{field}.protocol"))?)
+        .ok_or_else(|| {
+            err(
+                format!("{field}.protocol"),
+                format!("{} is not TCP (6), UDP (17) or SCTP (132)", v.protocol),
+            )
+        })?;
+    Ok(ServiceVip {
+        addr: decode_addr(&v.addr, &format!("{field}.addr"))?,
+        port: narrow(v.port, &format!("{field}.port"))?,
+        protocol,
+    })
+}
+
+/// Collects `(key, value)` pairs, refusing a key that appears twice (a peer that sends two
+/// values for one key has a bug the agent must not paper over by picking one).
+fn unique<K: Ord + Clone + fmt::Debug, V>(
+    items: impl IntoIterator<Item = Result<(K, V), WireError>>,
+    field: &str,
+) -> Result<Vec<(K, V)>, WireError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let (k, v) = item?;
+        if !seen.insert(k.clone()) {
+            return Err(err(format!("{field}[{i}]"), format!("{k:?} appears twice")));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn unique_keys<K: Ord + Clone + fmt::Debug>(
+    items: impl IntoIterator<Item = Result<K, WireError>>,
+    field: &str,
+) -> Result<Vec<K>, WireError> {
+    Ok(
+        unique(items.into_iter().map(|k| k.map(|k| (k, ()))), field)?
+            .into_iter()
+            .map(|(k, ())| k)
+            .collect(),
+    )
+}
+
+/// The typed form of a wire update, or the first thing wrong with it.
+pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
+    if u.node.is_empty() {
+        return Err(err("node", "missing"));
+    }
+    if u.revision == 0 {
+        return Err(err("revision", "revisions start at 1"));
+    }
+    if !u.snapshot && u.from_revision >= u.revision {
+        return Err(err(
+            "from_revision",
+            format!(
+                "a delta goes forward ({} -> {})",
+                u.from_revision, u.revision
+            ),
+        ));
+    }
+    let endpoints = unique(
+        u.endpoint_upserts.iter().enumerate().map(|(i, e)| {
+            let f = format!("endpoint_upserts[{i}]");
+            let key = decode_pod(e.pod.as_ref(), &format!("{f}.pod"))?;
+            if e.identity == 0 {
+                return Err(err(format!("{f}.identity"), "identity 0 is no identity"));
+            }
+            Ok((
+                key,
+                EndpointState {
+                    identity: Identity::new(e.identity),
+                    flags: narrow(e.flags, &format!("{f}.flags"))?,
+                    mode: narrow(e.mode, &format!("{f}.mode"))?,
+                },
+            ))
+        }),
+        "endpoint_upserts",
+    )?;
+    let ipcache = unique(
+        u.ipcache_upserts.iter().enumerate().map(|(i, e)| {
+            let f = format!("ipcache_upserts[{i}]");
+            Ok((
+                decode_prefix(e.prefix.as_ref(), &format!("{f}.prefix"))?,
+                IpCacheEntry {
+                    identity: e.identity,
+                    cidr_identity: e.cidr_identity,
+                    kind: narrow(e.kind, &format!("{f}.kind"))?,
+                    _pad: [0; 3],
+                },
+            ))
+        }),
+        "ipcache_upserts",
+    )?;
+    let policy = unique(
+        u.policy_upserts.iter().enumerate().map(|(i, e)| {
+            let f = format!("policy_upserts[{i}]");
+            Ok((
+                decode_policy_key(e.key.as_ref(), &format!("{f}.key"))?,
+                PolicyEntry {
+                    action: narrow(e.action, &format!("{f}.action"))?,
+                    _pad: 0,
+                    precedence: narrow(e.precedence, &format!("{f}.precedence"))?,
+                    cookie: e.cookie,
+                },
+            ))
+        }),
+        "policy_upserts",
+    )?;
+    let services = unique(
+        u.service_upserts.iter().enumerate().map(|(i, e)| {
+            let f = format!("service_upserts[{i}]");
+            Ok((
+                decode_vip(e.vip.as_ref(), &format!("{f}.vip"))?,
+                ServiceEntry {
+                    service_id: e.service_id,
+                },
+            ))
+        }),
+        "service_upserts",
+    )?;
+    let deletes = u.endpoint_deletes.len()
+        + u.ipcache_deletes.len()
+        + u.policy_deletes.len()
+        + u.service_deletes.len();
+    if u.snapshot && deletes > 0 {
+        return Err(err("snapshot", "a snapshot carries no deletes"));
+    }
+    let mut diff = NodeStateDiff::default();
+    diff.endpoints.upserts = endpoints;
+    diff.endpoints.deletes = unique_keys(
+        u.endpoint_deletes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| decode_pod(Some(p), &format!("endpoint_deletes[{i}]"))),
+        "endpoint_deletes",
+    )?;
+    diff.ipcache.upserts = ipcache;
+    diff.ipcache.deletes = unique_keys(
+        u.ipcache_deletes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| decode_prefix(Some(p), &format!("ipcache_deletes[{i}]"))),
+        "ipcache_deletes",
+    )?;
+    diff.policy.upserts = policy;
+    diff.policy.deletes = unique_keys(
+        u.policy_deletes
+            .iter()
+            .enumerate()
+            .map(|(i, k)| decode_policy_key(Some(k), &format!("policy_deletes[{i}]"))),
+        "policy_deletes",
+    )?;
+    diff.services.upserts = services;
+    diff.services.deletes = unique_keys(
+        u.service_deletes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| decode_vip(Some(v), &format!("service_deletes[{i}]"))),
+        "service_deletes",
+    )?;
+    Ok(Update {
+        epoch: u.epoch,
+        from_revision: if u.snapshot { 0 } else { u.from_revision },
+        revision: u.revision,
+        snapshot: u.snapshot,
+        node: u.node.clone(),
+        diff,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use septum_datapath_common::{POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTO};
+
+    fn arb_cidr() -> impl Strategy<Value = Cidr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), 0u8..=32)
+                .prop_map(|(a, l)| Cidr::new(IpAddr::from(a), l).expect("v4 prefix")),
+            (any::<[u8; 16]>(), 0u8..=128)
+                .prop_map(|(a, l)| Cidr::new(IpAddr::from(a), l).expect("v6 prefix")),
+        ]
+    }
+
+    fn arb_policy_key() -> impl Strategy<Value = PolicyKey> {
+        (
+            1u32..,
+            any::<u32>(),
+            0u8..2,
+            any::<u8>(),
+            any::<u16>(),
+            prop_oneof![
+                Just(POLICY_PREFIX_ANY_PROTO),
+                POLICY_PREFIX_ANY_PORT..=septum_datapath_common::POLICY_PREFIX_FULL
+            ],
+        )
+            .prop_map(|(s, p, d, proto, port, len)| {
+                PolicyKey::new(len, PolicyKeyData::new(s, d, p, proto, port))
+            })
+    }
+
+    fn arb_vip() -> impl Strategy<Value = ServiceVip> {
+        (
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            prop::sample::select(Protocol::ALL.to_vec()),
+        )
+            .prop_map(|(a, port, protocol)| ServiceVip {
+                addr: IpAddr::from(a),
+                port,
+                protocol,
+            })
+    }
+
+    fn arb_state() -> impl Strategy<Value = NodeState> {
+        let ipc = (arb_cidr(), any::<u32>(), any::<u32>(), any::<u8>()).prop_map(
+            |(c, identity, cidr_identity, kind)| {
+                (
+                    c,
+                    IpCacheEntry {
+                        identity,
+                        cidr_identity,
+                        kind,
+                        _pad: [0; 3],
+                    },
+                )
+            },
+        );
+        let pol = (arb_policy_key(), any::<u8>(), any::<u16>(), any::<u32>()).prop_map(
+            |(k, action, precedence, cookie)| {
+                (
+                    k,
+                    PolicyEntry {
+                        action,
+                        _pad: 0,
+                        precedence,
+                        cookie,
+                    },
+                )
+            },
+        );
+        let svc =
+            (arb_vip(), any::<u32>()).prop_map(|(v, service_id)| (v, ServiceEntry { service_id }));
+        (
+            prop::collection::vec(
+                ("[a-c]{1,3}", "[a-z]{1,4}", 1u32.., any::<u8>(), any::<u8>()),
+                0..6,
+            ),
+            prop::collection::vec(ipc, 0..8),
+            prop::collection::vec(pol, 0..8),
+            prop::collection::vec(svc, 0..4),
+        )
+            .prop_map(|(eps, ipc, pol, svc)| NodeState {
+                node: "node-a".into(),
+                endpoints: eps
+                    .into_iter()
+                    .map(|(ns, n, id, flags, mode)| {
+                        (
+                            ObjectKey::new(ns, n),
+                            EndpointState {
+                                identity: Identity::new(id),
+                                flags,
+                                mode,
+                            },
+                        )
+                    })
+                    .collect(),
+                ipcache: ipc.into_iter().collect(),
+                policy: pol.into_iter().collect(),
+                services: svc.into_iter().collect(),
+            })
+    }
+
+    proptest! {
+        /// Every state survives the wire as a snapshot, and every diff between two states
+        /// survives it as a delta that takes the old state exactly to the new one.
+        #[test]
+        fn snapshots_and_deltas_round_trip(old in arb_state(), new in arb_state()) {
+            let snap = Update::snapshot(7, 3, &new);
+            let back = decode(&encode(&snap)).expect("a snapshot decodes");
+            prop_assert_eq!(&back, &snap);
+            prop_assert_eq!(back.to_state(), new.clone());
+
+            let delta = Update {
+                epoch: 7,
+                from_revision: 3,
+                revision: 4,
+                snapshot: false,
+                node: "node-a".into(),
+                diff: NodeStateDiff::between(&old, &new),
+            };
+            let back = decode(&encode(&delta)).expect("a delta decodes");
+            prop_assert_eq!(&back, &delta);
+            let mut applied = old.clone();
+            back.diff.apply_to(&mut applied);
+            prop_assert_eq!(applied, new);
+        }
+
+        /// Whatever bytes arrive, decoding returns (it never panics).
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            use prost::Message as _;
+            if let Ok(u) = pb::Update::decode(bytes.as_slice()) {
+                let _ = decode(&u);
+            }
+        }
+    }
+
+    fn base() -> pb::Update {
+        pb::Update {
+            epoch: 1,
+            from_revision: 1,
+            revision: 2,
+            node: "n".into(),
+            ..pb::Update::default()
+        }
+    }
+
+    fn refused(u: pb::Update) -> WireError {
+        decode(&u).expect_err("must be refused")
+    }
+
+    #[test]
+    fn malformed_fields_are_refused_with_their_path() {
+        let mut u = base();
+        u.ipcache_upserts.push(pb::IpCacheEntry {
+            prefix: Some(pb::Prefix {
+                addr: vec![10, 0, 0],
+                len: 24,
+            }),
+            ..Default::default()
+        });
+        let e = refused(u);
+        assert_eq!(e.field, "ipcache_upserts[0].prefix.addr");
+        assert!(e.message.contains("4 or 16 bytes"), "{e}");
+
+        let mut u = base();
+        u.ipcache_deletes.push(pb::Prefix {
+            addr: vec![10, 0, 0, 1],
+            len: 24,
+        });
+        assert!(refused(u).message.contains("host bits"));
+
+        let mut u = base();
+        u.ipcache_deletes.push(pb::Prefix {
+            addr: vec![10, 0, 0, 0],
+            len: 33,
+        });
+        assert_eq!(refused(u).field, "ipcache_deletes[0].len");
+
+        let mut u = base();
+        u.policy_deletes.push(pb::PolicyKey {
+            prefix_len: 40,
+            subject: 5,
+            ..Default::default()
+        });
+        assert_eq!(refused(u).field, "policy_deletes[0].prefix_len");
+
+        let mut u = base();
+        u.policy_upserts.push(pb::PolicyEntry {
+            key: Some(pb::PolicyKey {
+                prefix_len: 96,
+                subject: 5,
+                port: 70_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = refused(u);
+        assert_eq!(e.field, "policy_upserts[0].key.port");
+        assert!(e.message.contains("16 bits"), "{e}");
+
+        let mut u = base();
+        u.service_deletes.push(pb::ServiceVip {
+            addr: vec![10, 96, 0, 1],
+            port: 80,
+            protocol: 1,
+        });
+        assert!(refused(u).message.contains("not TCP"));
+
+        let mut u = base();
+        u.endpoint_upserts.push(pb::Endpoint {
+            pod: Some(pb::PodRef {
+                namespace: "ns".into(),
+                name: "a".into(),
+            }),
+            identity: 0,
+            ..Default::default()
+        });
+        assert_eq!(refused(u).field, "endpoint_upserts[0].identity");
+
+        let mut u = base();
+        let ep = pb::Endpoint {
+            pod: Some(pb::PodRef {
+                namespace: "ns".into(),
+                name: "a".into(),
+            }),
+            identity: 9,
+            ..Default::default()
+        };
+        u.endpoint_upserts = vec![ep.clone(), ep];
+        assert!(refused(u).message.contains("twice"));
+
+        let mut u = base();
+        u.snapshot = true;
+        u.endpoint_deletes.push(pb::PodRef {
+            namespace: "ns".into(),
+            name: "a".into(),
+        });
+        assert_eq!(refused(u).field, "snapshot");
+
+        let mut u = base();
+        u.from_revision = 2;
+        assert_eq!(refused(u).field, "from_revision");
+
+        let mut u = base();
+        u.node.clear();
+        assert_eq!(refused(u).field, "node");
+    }
+}
