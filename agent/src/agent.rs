@@ -22,6 +22,7 @@ use septum_policy::model::{Cluster, ObjectKey};
 use septum_policy::{InMemoryAllocations, node::node_state};
 use septum_proto::agent::v1 as pb;
 
+use crate::cluster::{HELD_FILE, Held};
 use crate::config::AgentConfig;
 use crate::datastore::{Datastore, FileStatus};
 use crate::flows::Enricher;
@@ -82,6 +83,26 @@ pub struct AgentStatus {
     pub last_sync: Option<SyncReport>,
     /// The last error, if the last sync or load failed.
     pub last_error: Option<String>,
+    /// Cluster mode: the node-state stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerStatus>,
+}
+
+/// Cluster mode: where the agent stands with the controller.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControllerStatus {
+    /// The controller URL.
+    pub url: String,
+    /// Whether the stream is open.
+    pub connected: bool,
+    /// The epoch of the held state (hex; empty when nothing is held).
+    pub epoch: String,
+    /// The revision of the held state (0: none).
+    pub revision: u64,
+    /// Unix milliseconds of the last applied update.
+    pub last_update_unix_ms: Option<u64>,
+    /// Why the last update was refused or the stream ended, if it was.
+    pub last_error: Option<String>,
 }
 
 /// The agent.
@@ -103,6 +124,9 @@ pub struct Agent {
     last_error: Option<String>,
     /// The flow pipeline's enrichment tables, rebuilt by every sync that compiles a model.
     enricher: Arc<RwLock<Arc<Enricher>>>,
+    /// Cluster mode: the node state received from the controller.
+    held: Option<Held>,
+    controller: Option<ControllerStatus>,
 }
 
 fn now_unix_ms() -> u64 {
@@ -161,7 +185,38 @@ impl Agent {
         let datastore =
             Datastore::with_cache(cfg.manifests.clone(), cfg.state_dir.join("last-good"));
         let enricher = Arc::new(RwLock::new(Arc::new(Enricher::empty(&cfg.node_name))));
+        let held = match (&cfg.controller, dir.load_bytes(HELD_FILE)?) {
+            (Some(_), Some(bytes)) => match Held::decode(&bytes) {
+                Ok(h) if h.state.node == cfg.node_name => {
+                    tracing::info!(
+                        revision = h.revision,
+                        "enforcing the node state held before the restart until the controller answers"
+                    );
+                    Some(h)
+                }
+                Ok(h) => {
+                    tracing::warn!(held = %h.state.node, "the held node state is another node's; ignoring it");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the held node state is unreadable; ignoring it");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let controller = cfg.controller.as_ref().map(|url| ControllerStatus {
+            url: url.clone(),
+            epoch: held
+                .as_ref()
+                .map(|h| format!("{:x}", h.epoch))
+                .unwrap_or_default(),
+            revision: held.as_ref().map_or(0, |h| h.revision),
+            ..ControllerStatus::default()
+        });
         let mut agent = Self {
+            held,
+            controller,
             enricher,
             cfg,
             dp,
@@ -212,8 +267,17 @@ impl Agent {
         &self.cfg
     }
 
-    /// Reloads the datastore; keeps the previous model when the load is refused.
+    /// The endpoints.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Reloads the datastore; keeps the previous model when the load is refused. (Cluster
+    /// mode has no datastore: nothing to do.)
     pub fn reload(&mut self) {
+        if self.cfg.controller.is_some() {
+            return;
+        }
         match self.datastore.load() {
             Ok(l) => {
                 for (f, st) in &l.files {
@@ -240,60 +304,54 @@ impl Agent {
 
     /// Compiles the node's model and writes the difference into the maps (see module docs).
     pub fn sync(&mut self) {
+        let _ = self.sync_checked();
+    }
+
+    fn sync_checked(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let result = self.sync_inner();
         self.generation += 1;
-        match result {
+        let out = match result {
             Ok(mut report) => {
                 report.duration_us = started.elapsed().as_micros() as u64;
                 tracing::debug!(generation = self.generation, ?report, "synced");
                 self.last_sync = Some(report);
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "sync failed; the next sync re-reads the maps");
                 self.applied = None;
-                self.last_error = Some(e);
+                self.last_error = Some(e.clone());
+                Err(e)
             }
-        }
+        };
         if let Err(e) = self.dir.save_status(&self.status()) {
             tracing::warn!(error = %e, "cannot write the status file");
         }
+        out
     }
 
-    fn sync_inner(&mut self) -> Result<SyncReport, String> {
-        let Some(base) = &self.base else {
-            // No good model yet: write new endpoints (in init-deny) and nothing else.
-            let mut writes = WriteStats::default();
-            for ep in self.registry.endpoints.values() {
-                if self.dp.endpoints.get(ep.host_ifindex).is_none() {
-                    self.dp
-                        .endpoints
-                        .insert(ep.host_ifindex, init_deny(ep.id))
-                        .map_err(|e| e.to_string())?;
-                    writes.upserted += 1;
-                }
+    /// No good model yet: write new endpoints (in init-deny) and nothing else.
+    fn sync_without_model(&mut self) -> Result<SyncReport, String> {
+        let mut writes = WriteStats::default();
+        for ep in self.registry.endpoints.values() {
+            if self.dp.endpoints.get(ep.host_ifindex).is_none() {
+                self.dp
+                    .endpoints
+                    .insert(ep.host_ifindex, init_deny(ep.id))
+                    .map_err(|e| e.to_string())?;
+                writes.upserted += 1;
             }
-            return Ok(SyncReport {
-                writes,
-                ..SyncReport::default()
-            });
-        };
-        let node = self.cfg.node_name.clone();
-        let model = node_model(base, &self.registry, &node, &node_addresses());
-        let (state, allocations) = septum_policy::compile(&model, self.allocations.clone());
-        if allocations != self.allocations {
-            self.dir
-                .save_allocations(&allocations)
-                .map_err(|e| e.to_string())?;
-            self.allocations = allocations;
         }
-        let previous = self.enricher.read().ok().map(|g| g.clone());
-        let enricher = Enricher::build(&node, &model, &state, previous.as_deref());
-        if let Ok(mut g) = self.enricher.write() {
-            *g = Arc::new(enricher);
-        }
-        let slice = node_state(&model, &state, &node);
-        let desired = map_contents(&slice, &self.registry);
+        Ok(SyncReport {
+            writes,
+            ..SyncReport::default()
+        })
+    }
+
+    /// Writes `desired` into the maps: the difference from what this agent last wrote, or from
+    /// what the maps hold on the first sync.
+    fn write_contents(&mut self, desired: MapContents) -> Result<SyncReport, String> {
         let full = self.applied.is_none();
         let diff = match &self.applied {
             Some(applied) => ContentsDiff::between(applied, &desired),
@@ -311,6 +369,114 @@ impl Agent {
             entries,
             full,
         })
+    }
+
+    /// Cluster mode: the held node state, as the controller computed it, with the addresses
+    /// of this node's endpoints filled into the ipcache where the controller does not know
+    /// them yet (a pod's IP reaches the API server only after its CNI ADD returned).
+    fn sync_cluster(&mut self) -> Result<SyncReport, String> {
+        let Some(held) = &self.held else {
+            return self.sync_without_model();
+        };
+        let mut desired = map_contents(&held.state, &self.registry);
+        for ep in self.registry.endpoints.values() {
+            let Some(info) = desired.endpoints.get(&ep.host_ifindex).copied() else {
+                continue;
+            };
+            if info.state != STATE_READY {
+                continue;
+            }
+            for ip in &ep.ips {
+                desired
+                    .ipcache
+                    .entry(septum_policy::cidr::Cidr::host(*ip).lpm_key())
+                    .or_insert(septum_datapath_common::IpCacheEntry {
+                        identity: info.identity,
+                        cidr_identity: 0,
+                        kind: septum_datapath_common::IPCACHE_KIND_POD,
+                        _pad: [0; 3],
+                    });
+            }
+        }
+        let enricher = Enricher::from_endpoints(
+            &self.cfg.node_name,
+            self.registry
+                .endpoints
+                .values()
+                .filter_map(|ep| ep.pod.as_ref().map(|p| (ep.ips.as_slice(), p))),
+        );
+        if let Ok(mut g) = self.enricher.write() {
+            *g = Arc::new(enricher);
+        }
+        self.write_contents(desired)
+    }
+
+    /// Cluster mode: applies one update of the node-state stream, persists the new held state
+    /// and writes the kernel. An update that does not apply changes nothing.
+    pub fn apply_update(&mut self, u: &septum_policy::wire::Update) -> Result<(), String> {
+        let next = Held::after(self.held.as_ref(), &self.cfg.node_name, u)?;
+        self.dir
+            .save_bytes(HELD_FILE, &next.encode())
+            .map_err(|e| format!("persisting the node state: {e}"))?;
+        if let Some(c) = &mut self.controller {
+            c.epoch = format!("{:x}", next.epoch);
+            c.revision = next.revision;
+            c.last_update_unix_ms = Some(now_unix_ms());
+            c.last_error = None;
+        }
+        self.held = Some(next);
+        self.sync_checked()
+    }
+
+    /// The epoch and revision held (zeros: nothing).
+    pub fn held_revision(&self) -> (u64, u64) {
+        self.held.as_ref().map_or((0, 0), |h| (h.epoch, h.revision))
+    }
+
+    /// Keeps enforcing the held state but asks the controller for a snapshot next time.
+    pub fn forget_revision(&mut self) {
+        if let Some(h) = &mut self.held {
+            h.epoch = 0;
+        }
+    }
+
+    /// Records whether the stream is open (and why it closed).
+    pub fn set_controller_connected(&mut self, connected: bool, error: Option<String>) {
+        if let Some(c) = &mut self.controller {
+            c.connected = connected;
+            if error.is_some() {
+                c.last_error = error;
+            }
+        }
+        if let Err(e) = self.dir.save_status(&self.status()) {
+            tracing::warn!(error = %e, "cannot write the status file");
+        }
+    }
+
+    fn sync_inner(&mut self) -> Result<SyncReport, String> {
+        if self.cfg.controller.is_some() {
+            return self.sync_cluster();
+        }
+        let Some(base) = &self.base else {
+            return self.sync_without_model();
+        };
+        let node = self.cfg.node_name.clone();
+        let model = node_model(base, &self.registry, &node, &node_addresses());
+        let (state, allocations) = septum_policy::compile(&model, self.allocations.clone());
+        if allocations != self.allocations {
+            self.dir
+                .save_allocations(&allocations)
+                .map_err(|e| e.to_string())?;
+            self.allocations = allocations;
+        }
+        let previous = self.enricher.read().ok().map(|g| g.clone());
+        let enricher = Enricher::build(&node, &model, &state, previous.as_deref());
+        if let Ok(mut g) = self.enricher.write() {
+            *g = Arc::new(enricher);
+        }
+        let slice = node_state(&model, &state, &node);
+        let desired = map_contents(&slice, &self.registry);
+        self.write_contents(desired)
     }
 
     /// The status report.
@@ -344,6 +510,7 @@ impl Agent {
             endpoints,
             last_sync: self.last_sync.clone(),
             last_error: self.last_error.clone(),
+            controller: self.controller.clone(),
         }
     }
 

@@ -15,9 +15,27 @@ pub struct AgentConfig {
         long = "manifests",
         env = "SEPTUM_MANIFESTS",
         value_name = "PATH",
-        required = true
+        required_unless_present = "controller",
+        conflicts_with = "controller"
     )]
     pub manifests: Vec<PathBuf>,
+    /// Cluster mode: the controller's node-state stream (`https://host:4240`), instead of
+    /// `--manifests`. Needs --controller-ca, --controller-tls-cert and --controller-tls-key;
+    /// the client certificate's Common Name must be this node's name.
+    #[arg(long, env = "SEPTUM_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
+    /// PEM CA that signs the controller's serving certificate.
+    #[arg(long, env = "SEPTUM_CONTROLLER_CA", value_name = "PATH")]
+    pub controller_ca: Option<PathBuf>,
+    /// PEM client certificate (Common Name = this node's name).
+    #[arg(long, env = "SEPTUM_CONTROLLER_TLS_CERT", value_name = "PATH")]
+    pub controller_tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "SEPTUM_CONTROLLER_TLS_KEY", value_name = "PATH")]
+    pub controller_tls_key: Option<PathBuf>,
+    /// The name the controller's certificate is checked against (default: the URL's host).
+    #[arg(long, env = "SEPTUM_CONTROLLER_SERVER_NAME", value_name = "NAME")]
+    pub controller_server_name: Option<String>,
     /// This node's name (pods registered here are placed on it).
     #[arg(long, env = "SEPTUM_NODE_NAME", default_value = "standalone")]
     pub node_name: String,

@@ -5,9 +5,9 @@
 //! endpoints and allocated numbers in a state directory so a restart loses nothing, compiles the
 //! node's model and writes only the difference into the pinned maps.
 //!
-//! Today the model comes from standalone mode's datastore, a directory of Kubernetes YAML
-//! watched with inotify ([`datastore`]); the controller's node-state stream will be a second
-//! source of the same model.
+//! The model comes from standalone mode's datastore, a directory of Kubernetes YAML watched
+//! with inotify ([`datastore`]), or in cluster mode from the controller's node-state stream
+//! ([`cluster`]), which carries the node's compiled slice itself.
 //!
 //! - [`config`]: flags and `SEPTUM_*` keys.
 //! - [`registry`]: the endpoints; [`state_dir`]: their persistence and the numbers'.
@@ -19,6 +19,7 @@
 //!   exporters) and the `FlowService` served beside the registry (and on TCP with TLS).
 
 pub mod agent;
+pub mod cluster;
 pub mod config;
 pub mod datastore;
 pub mod flows;
@@ -51,6 +52,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let socket = cfg.socket.clone();
     let roots = cfg.manifests.clone();
     let node = cfg.node_name.clone();
+    let cluster = cluster::ClientSettings::from_config(&cfg)?;
     let mut started = Agent::start(cfg)?;
     let hub = Arc::new(flows::FlowHub::new(
         &node,
@@ -74,7 +76,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         None => tracing::error!("the ring buffer was already taken; flows are not recorded"),
     }
 
-    // Datastore watch: inotify on every root (a file root: its directory).
+    if let Some(settings) = cluster {
+        tokio::spawn(cluster::run_client(agent.clone(), settings));
+    }
+
+    // Datastore watch: inotify on every root (a file root: its directory; none in cluster mode).
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res

@@ -124,6 +124,21 @@ impl StateDir {
         self.write_with(STATUS_FILE, status, false)
     }
 
+    /// Reads a file of raw bytes kept by another module (`None`: not there).
+    pub fn load_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, StateDirError> {
+        let path = self.root.join(name);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateDirError::Io { path, source }),
+        }
+    }
+
+    /// Writes a file of raw bytes atomically and durably.
+    pub fn save_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), StateDirError> {
+        self.write_bytes(name, bytes, true)
+    }
+
     fn read<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateDirError> {
         let path = self.root.join(name);
         match fs::read(&path) {
@@ -145,15 +160,22 @@ impl StateDir {
         value: &impl Serialize,
         durable: bool,
     ) -> Result<(), StateDirError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| StateDirError::Io {
+            path: self.root.join(name),
+            source: io::Error::other(e),
+        })?;
+        self.write_bytes(name, &bytes, durable)
+    }
+
+    fn write_bytes(&self, name: &str, bytes: &[u8], durable: bool) -> Result<(), StateDirError> {
         let path = self.root.join(name);
         let tmp = self.root.join(format!(".{name}.tmp"));
         let io_err = |source| StateDirError::Io {
             path: path.clone(),
             source,
         };
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_err(io::Error::other(e)))?;
         let mut f = fs::File::create(&tmp).map_err(io_err)?;
-        f.write_all(&bytes).map_err(io_err)?;
+        f.write_all(bytes).map_err(io_err)?;
         if durable {
             f.sync_all().map_err(io_err)?;
         }

@@ -60,6 +60,11 @@ impl World {
     fn config(&self) -> AgentConfig {
         AgentConfig {
             manifests: vec![self.datastore()],
+            controller: None,
+            controller_ca: None,
+            controller_tls_cert: None,
+            controller_tls_key: None,
+            controller_server_name: None,
             node_name: "node-1".into(),
             state_dir: self.dir.path().join("state"),
             socket: self.dir.path().join("agent.sock"),

@@ -1,8 +1,11 @@
 //! `septum-controller`: the cluster controller. The API server is found the way kubectl finds
 //! it (`KUBECONFIG`, `~/.kube/config`, or the in-cluster service account); metrics are served
-//! on `--metrics-addr`. Leader election is not implemented yet: run one replica.
+//! on `--metrics-addr`, the node-state stream on `--stream-addr` with mutual TLS (agents present
+//! a client certificate whose Common Name is their node's name, signed by `--stream-client-ca`).
+//! Leader election is not implemented yet: run one replica.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -15,6 +18,22 @@ struct Args {
     /// Address of the Prometheus metrics endpoint.
     #[arg(long, env = "SEPTUM_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     metrics_addr: SocketAddr,
+    /// Address of the node-state stream (gRPC, mutual TLS).
+    #[arg(long, env = "SEPTUM_STREAM_ADDR", default_value = "0.0.0.0:4240")]
+    stream_addr: SocketAddr,
+    /// PEM certificate chain the stream serves.
+    #[arg(long, env = "SEPTUM_STREAM_TLS_CERT", value_name = "PATH")]
+    stream_tls_cert: PathBuf,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "SEPTUM_STREAM_TLS_KEY", value_name = "PATH")]
+    stream_tls_key: PathBuf,
+    /// PEM CA that signs the agents' client certificates.
+    #[arg(long, env = "SEPTUM_STREAM_TLS_CLIENT_CA", value_name = "PATH")]
+    stream_client_ca: PathBuf,
+}
+
+fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 #[tokio::main]
@@ -28,7 +47,24 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes API configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read(&args.stream_tls_cert)?,
+            read(&args.stream_tls_key)?,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read(
+            &args.stream_client_ca,
+        )?));
     let controller = Controller::new(client);
+    let stream = tokio::net::TcpListener::bind(args.stream_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.stream_addr))?;
+    let ctx = controller.context();
+    tokio::spawn(async move {
+        if let Err(e) = septum_controller::stream::serve(ctx, stream, tls).await {
+            tracing::error!(error = %e, "the node-state stream stopped");
+        }
+    });
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;

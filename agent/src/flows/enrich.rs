@@ -142,6 +142,27 @@ impl Enricher {
         }
     }
 
+    /// Cluster mode's tables: this node's own pods by address (the node-state stream carries
+    /// numbers, not the labels and rules behind them; remote ends are named by identity only).
+    pub fn from_endpoints<'a>(
+        node: &str,
+        pods: impl Iterator<Item = (&'a [IpAddr], &'a septum_policy::model::ObjectKey)>,
+    ) -> Self {
+        let mut out = Self::empty(node);
+        for (ips, key) in pods {
+            let info = PodInfo {
+                namespace: key.namespace.as_str().into(),
+                name: key.name.as_str().into(),
+                workload: format!("Pod/{}", key.name).into(),
+                labels: Labels::default(),
+            };
+            for ip in ips {
+                out.pods.insert(*ip, info.clone());
+            }
+        }
+        out
+    }
+
     /// An empty table for `node` (before the first model).
     pub fn empty(node: &str) -> Self {
         Self {
