@@ -150,21 +150,18 @@ impl Compiler {
                 return outcome;
             }
             Some(engine) => {
-                for c in &changes {
-                    engine.apply(c);
-                }
+                let diffs: Vec<_> = changes.iter().map(|c| engine.apply(c)).collect();
+                outcome.deltas = self.nodes.apply(engine.cluster(), engine.state(), &diffs);
             }
             None if self.feed.all_synced() => {
                 let store = self.loaded.take().unwrap_or_default();
-                self.engine = Some(Engine::new(self.feed.cluster(), store));
+                let engine = Engine::new(self.feed.cluster(), store);
+                outcome.deltas = self.nodes.update(engine.cluster(), engine.state());
+                self.engine = Some(engine);
             }
             // Not synced yet: the feed keeps the objects until the first full sync.
             None => return Outcome::default(),
         }
-        let Some(engine) = &self.engine else {
-            return outcome;
-        };
-        outcome.deltas = self.nodes.update(engine.cluster(), engine.state());
         outcome.status = self.refresh_verdicts();
         outcome
     }

@@ -74,41 +74,75 @@ impl NodeStateDiff {
     }
 }
 
+/// Which policy entries a node needs: those of the identities of its own pods, and the egress
+/// entries towards peers that can concern its pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyFilter {
+    local: BTreeSet<Identity>,
+    allowed_peers: BTreeSet<Identity>,
+}
+
+impl PolicyFilter {
+    /// The filter of a node with these endpoints.
+    pub fn new<'a>(
+        state: &ClusterState,
+        endpoints: impl IntoIterator<Item = &'a EndpointState>,
+    ) -> Self {
+        let local: BTreeSet<Identity> = endpoints.into_iter().map(|e| e.identity).collect();
+        let mut allowed_peers: BTreeSet<Identity> = BTreeSet::from([
+            Identity::ANY,
+            Identity::HOST,
+            Identity::WORLD,
+            Identity::REMOTE_NODE,
+        ]);
+        allowed_peers.extend(local.iter().copied());
+        for (n, d) in &state.identities {
+            match d {
+                IdentityDescription::Cidr(_) => {
+                    allowed_peers.insert(*n);
+                }
+                IdentityDescription::PodInCidr { identity, .. } if local.contains(identity) => {
+                    allowed_peers.insert(*n);
+                }
+                _ => {}
+            }
+        }
+        Self {
+            local,
+            allowed_peers,
+        }
+    }
+
+    /// Whether the node needs this entry.
+    pub fn keeps(&self, k: &PolicyKey) -> bool {
+        self.local.contains(&k.subject())
+            || (k.direction() == Some(Direction::Egress) && self.allowed_peers.contains(&k.peer()))
+    }
+}
+
+/// The host entry of one of the node's own addresses, keeping the policy CIDR it falls in.
+pub fn host_entry(cidr_identity: u32) -> IpCacheEntry {
+    IpCacheEntry {
+        identity: Identity::HOST.get(),
+        cidr_identity,
+        kind: IPCACHE_KIND_HOST,
+        _pad: [0; 3],
+    }
+}
+
 /// The slice of `state` for `node`.
 pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeState {
     let mut endpoints = BTreeMap::new();
-    let mut local: BTreeSet<Identity> = BTreeSet::new();
     for (k, e) in &state.endpoints {
         if cluster.pods.get(k).and_then(|p| p.node.as_deref()) == Some(node) {
             endpoints.insert(k.clone(), *e);
-            local.insert(e.identity);
         }
     }
-    let mut allowed_peers: BTreeSet<Identity> = BTreeSet::from([
-        Identity::ANY,
-        Identity::HOST,
-        Identity::WORLD,
-        Identity::REMOTE_NODE,
-    ]);
-    allowed_peers.extend(local.iter().copied());
-    for (n, d) in &state.identities {
-        match d {
-            IdentityDescription::Cidr(_) => {
-                allowed_peers.insert(*n);
-            }
-            IdentityDescription::PodInCidr { identity, .. } if local.contains(identity) => {
-                allowed_peers.insert(*n);
-            }
-            _ => {}
-        }
-    }
+    let filter = PolicyFilter::new(state, endpoints.values());
     let policy = state
         .policy
         .iter()
-        .filter(|(k, _)| {
-            local.contains(&k.subject())
-                || (k.direction() == Some(Direction::Egress) && allowed_peers.contains(&k.peer()))
-        })
+        .filter(|(k, _)| filter.keeps(k))
         .map(|(k, v)| (*k, *v))
         .collect();
     let mut ipcache = state.ipcache.clone();
@@ -116,15 +150,7 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
         for ip in &n.ips {
             let c = Cidr::host(*ip);
             let cidr_identity = ipcache.get(&c).map_or(0, |e| e.cidr_identity);
-            ipcache.insert(
-                c,
-                IpCacheEntry {
-                    identity: Identity::HOST.get(),
-                    cidr_identity,
-                    kind: IPCACHE_KIND_HOST,
-                    _pad: [0; 3],
-                },
-            );
+            ipcache.insert(c, host_entry(cidr_identity));
         }
     }
     NodeState {
