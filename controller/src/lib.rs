@@ -13,8 +13,9 @@
 //!
 //! - [`stream`]: the node-state gRPC stream (mutual TLS, snapshot + revisioned deltas, resume,
 //!   acks) and what has been published to it.
+//! - [`leader`]: leader election on a coordination Lease.
 //!
-//! Not here yet (issue 11, later steps): the flow relay and leader election.
+//! Not here yet (issue 11, later steps): the flow relay.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod compiler;
 pub mod context;
 pub mod feed;
 pub mod identities;
+pub mod leader;
 pub mod metrics;
 pub mod node_state;
 pub mod status;

@@ -2,7 +2,9 @@
 //! it (`KUBECONFIG`, `~/.kube/config`, or the in-cluster service account); metrics are served
 //! on `--metrics-addr`, the node-state stream on `--stream-addr` with mutual TLS (agents present
 //! a client certificate whose Common Name is their node's name, signed by `--stream-client-ca`).
-//! Leader election is not implemented yet: run one replica.
+//! With `--leader-elect` (the default) only the replica holding the Lease
+//! `--lease-namespace`/`--lease-name` watches, writes and serves the stream; the others wait, and
+//! a leader that cannot renew exits so that it never acts on a Lease it may have lost.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +29,18 @@ struct Args {
     /// PEM private key of that certificate.
     #[arg(long, env = "SEPTUM_STREAM_TLS_KEY", value_name = "PATH")]
     stream_tls_key: PathBuf,
+    /// Elect a leader among replicas with a coordination.k8s.io Lease.
+    #[arg(long, env = "SEPTUM_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the Lease (the pod's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "septum-system")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, env = "SEPTUM_LEASE_NAME", default_value = "septum-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// PEM CA that signs the agents' client certificates.
     #[arg(long, env = "SEPTUM_STREAM_TLS_CLIENT_CA", value_name = "PATH")]
     stream_client_ca: PathBuf,
@@ -55,6 +69,28 @@ async fn main() -> anyhow::Result<()> {
         .client_ca_root(tonic::transport::Certificate::from_pem(read(
             &args.stream_client_ca,
         )?));
+    let lease = args.leader_elect.then(|| {
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("septum-controller-{}", std::process::id()))
+        });
+        (
+            kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                client.clone(),
+                &args.lease_namespace,
+            ),
+            septum_controller::leader::LeaseSettings::new(
+                &args.lease_namespace,
+                &args.lease_name,
+                &identity,
+            ),
+        )
+    });
+    if let Some((api, settings)) = &lease {
+        tracing::info!(lease = %settings.name, identity = %settings.identity, "waiting to lead");
+        septum_controller::leader::acquire(api, settings).await;
+    }
     let controller = Controller::new(client);
     let stream = tokio::net::TcpListener::bind(args.stream_addr)
         .await
@@ -72,8 +108,15 @@ async fn main() -> anyhow::Result<()> {
         listener,
         controller.context().metrics.clone(),
     ));
+    let lost = async {
+        match &lease {
+            Some((api, settings)) => septum_controller::leader::hold(api, settings).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = controller.run() => r.context("controller stopped")?,
+        _ = lost => anyhow::bail!("lost the leader Lease; exiting so that a replica that holds it takes over"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
     }
     Ok(())

@@ -28,6 +28,8 @@ struct Shared {
     watch_rvs: BTreeMap<String, Vec<String>>,
     patches: Vec<(String, Value)>,
     identity: Option<Value>,
+    /// Leases by name (coordination.k8s.io), with compare-and-swap on resourceVersion.
+    leases: BTreeMap<String, Value>,
     queued: BTreeMap<String, Vec<Value>>,
     pending: BTreeMap<String, Vec<Send>>,
 }
@@ -186,6 +188,45 @@ impl FakeApi {
             .unwrap_or_default();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let mut s = self.lock();
+        if path.starts_with("/apis/coordination.k8s.io/v1/") {
+            let conflict = |send: Send| {
+                let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "the object has been modified", "reason": "Conflict", "code": 409});
+                respond(send, StatusCode::CONFLICT, body.to_string().into_bytes());
+            };
+            let mut object: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let name = if method == "POST" {
+                object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            } else {
+                segments.last().copied().unwrap_or("").to_string()
+            };
+            match method.as_str() {
+                "GET" => match s.leases.get(&name) {
+                    Some(o) => respond(send, StatusCode::OK, o.to_string().into_bytes()),
+                    None => not_found(send),
+                },
+                "POST" if s.leases.contains_key(&name) => conflict(send),
+                "PUT"
+                    if s.leases
+                        .get(&name)
+                        .map(|o| &o["metadata"]["resourceVersion"])
+                        != Some(&object["metadata"]["resourceVersion"]) =>
+                {
+                    conflict(send)
+                }
+                "POST" | "PUT" => {
+                    s.rv += 1;
+                    object["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+                    s.leases.insert(name, object.clone());
+                    respond(send, StatusCode::OK, object.to_string().into_bytes());
+                }
+                _ => not_found(send),
+            }
+            return;
+        }
         if path.starts_with("/apis/septum.dev/v1alpha1/identityallocations/") {
             match method.as_str() {
                 "GET" => match &s.identity {
@@ -246,6 +287,11 @@ impl FakeApi {
         let list = json!({"apiVersion": api_version, "kind": format!("{kind}List"),
             "metadata": {"resourceVersion": s.rv.to_string()}, "items": items});
         respond(send, StatusCode::OK, list.to_string().into_bytes());
+    }
+
+    /// A Lease as stored.
+    pub fn lease(&self, name: &str) -> Option<Value> {
+        self.lock().leases.get(name).cloned()
     }
 
     /// Creates or replaces an object, announcing it on the watch.
