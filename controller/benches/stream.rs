@@ -200,7 +200,7 @@ async fn agent(addr: SocketAddr, pki: &Pki, node: String, seen: Seen) {
 fn revisions(ctx: &Context) -> BTreeMap<String, u64> {
     ctx.published()
         .nodes()
-        .map(|(n, r)| (n.clone(), r.revision))
+        .map(|(n, r)| (n.clone(), r))
         .collect()
 }
 
@@ -229,7 +229,7 @@ async fn acked(
 
 fn snapshot_bytes(ctx: &Context, node: &str) -> usize {
     use prost::Message as _;
-    let r = ctx.published().state(node);
+    let r = ctx.node_state(node).expect("a published node");
     septum_policy::wire::encode(&septum_policy::wire::Update::snapshot(
         1, r.revision, &r.state,
     ))
@@ -278,7 +278,7 @@ async fn main() {
     loop {
         let all = (0..nodes).all(|n| {
             let name = format!("node{n}");
-            let r = ctx.published().state(&name).revision;
+            let r = ctx.published().revision(&name);
             r > 0 && ctx.published().acked(&name) >= r
         });
         if all {

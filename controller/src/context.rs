@@ -72,6 +72,9 @@ pub struct Context {
     updates: broadcast::Sender<Arc<Vec<NodeDelta>>>,
     epoch: u64,
     published: Mutex<Published>,
+    /// Set (under the compiler lock) from the moment a change's node states are computed
+    /// until its deltas are published.
+    unpublished: AtomicBool,
 }
 
 impl std::fmt::Debug for Context {
@@ -94,9 +97,32 @@ impl Context {
         self.compiler().as_ref().map(f)
     }
 
-    /// The published state of a node (what its agent gets), once the node has one.
+    /// The published state of a node (what its agent gets), once the node has one; `None`
+    /// also while a change is computed but not yet published.
     pub fn node_state(&self, node: &str) -> Option<Revisioned> {
-        Some(self.published().state(node)).filter(|r| r.revision > 0)
+        let guard = self.compiler();
+        if self.unpublished.load(Ordering::Acquire) {
+            return None;
+        }
+        guard.as_ref()?.nodes().get(node).cloned()
+    }
+
+    /// The published state of a node, waiting while a change is computed but not yet
+    /// published (its identity numbers may not be persisted yet). Revision 0 and empty for a
+    /// node nobody has mentioned.
+    pub async fn snapshot(&self, node: &str) -> Revisioned {
+        loop {
+            {
+                let guard = self.compiler();
+                if !self.unpublished.load(Ordering::Acquire) {
+                    return guard
+                        .as_ref()
+                        .and_then(|c| c.nodes().get(node).cloned())
+                        .unwrap_or_else(|| crate::stream::empty(node));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// This run's epoch: the node-state stream's revisions count within it.
@@ -211,6 +237,7 @@ impl Controller {
             updates,
             epoch: crate::stream::new_epoch(),
             published: Mutex::new(Published::default()),
+            unpublished: AtomicBool::new(false),
         });
         Self {
             ctx,
@@ -312,6 +339,9 @@ async fn handle(ctx: &Arc<Context>, observed: Observed) {
             return;
         };
         let outcome = compiler.observe(&observed);
+        if !outcome.deltas.is_empty() {
+            ctx.unpublished.store(true, Ordering::Release);
+        }
         ctx.metrics.synced.set(u64::from(compiler.is_synced()));
         ctx.metrics
             .nodes
@@ -345,6 +375,7 @@ async fn handle(ctx: &Arc<Context>, observed: Observed) {
             debug!(node = %d.node, revision = d.revision, ops = d.diff.len(), "node state changed");
         }
         ctx.published().publish(&outcome.deltas);
+        ctx.unpublished.store(false, Ordering::Release);
         // No subscriber yet is fine: node states stay readable through the context.
         let _ = ctx.updates.send(Arc::new(outcome.deltas));
     }

@@ -60,22 +60,24 @@ pub enum CatchUp {
     Current,
     /// These deltas, in order, take it there.
     Deltas(Vec<NodeDelta>),
-    /// It needs the whole state.
-    Snapshot(Revisioned),
+    /// It needs the whole state (read from the compiler once nothing is unpublished,
+    /// [`Context::snapshot`]).
+    Snapshot,
 }
 
-/// What the controller has published: every node's state at its last broadcast revision, the
-/// recent deltas of each, the revision each node's agent has acked, and the revisions each
-/// FlowPolicy's current version needs. Pure.
+/// What the controller has published: every node's last broadcast revision, the recent deltas
+/// of each, the revision each node's agent has acked, and the revisions each FlowPolicy's
+/// current version needs. Pure. The states themselves live once, in the compiler.
 #[derive(Debug, Default)]
 pub struct Published {
-    nodes: BTreeMap<String, Revisioned>,
+    nodes: BTreeMap<String, u64>,
     history: BTreeMap<String, VecDeque<NodeDelta>>,
     acked: BTreeMap<String, u64>,
     required: BTreeMap<ObjectKey, BTreeMap<String, u64>>,
 }
 
-fn empty(node: &str) -> Revisioned {
+/// A node's state before anything is known about it.
+pub fn empty(node: &str) -> Revisioned {
     Revisioned {
         revision: 0,
         state: NodeState {
@@ -89,18 +91,7 @@ impl Published {
     /// Records deltas about to be broadcast.
     pub fn publish(&mut self, deltas: &[NodeDelta]) {
         for d in deltas {
-            let node = self
-                .nodes
-                .entry(d.node.clone())
-                .or_insert_with(|| empty(&d.node));
-            if d.from_revision == 0 {
-                node.state = NodeState {
-                    node: d.node.clone(),
-                    ..NodeState::default()
-                };
-            }
-            d.diff.apply_to(&mut node.state);
-            node.revision = d.revision;
+            self.nodes.insert(d.node.clone(), d.revision);
             let h = self.history.entry(d.node.clone()).or_default();
             h.push_back(d.clone());
             while h.len() > HISTORY {
@@ -109,40 +100,36 @@ impl Published {
         }
     }
 
-    /// A node's published state (revision 0 and empty when the node is unknown).
-    pub fn state(&self, node: &str) -> Revisioned {
-        self.nodes.get(node).cloned().unwrap_or_else(|| empty(node))
+    /// A node's published revision (0 when the node is unknown).
+    pub fn revision(&self, node: &str) -> u64 {
+        self.nodes.get(node).copied().unwrap_or(0)
     }
 
-    /// Every published node.
-    pub fn nodes(&self) -> impl Iterator<Item = (&String, &Revisioned)> {
-        self.nodes.iter()
+    /// Every published node and its revision.
+    pub fn nodes(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.nodes.iter().map(|(n, r)| (n, *r))
     }
 
     /// How to bring an agent that holds `revision` of this epoch (`same_epoch`) up to date.
     pub fn catch_up(&self, node: &str, same_epoch: bool, revision: u64) -> CatchUp {
-        let current = self.state(node);
-        if same_epoch && revision == current.revision {
+        let current = self.revision(node);
+        if same_epoch && revision == current {
             return CatchUp::Current;
         }
         if same_epoch
             && revision > 0
-            && revision < current.revision
+            && revision < current
             && let Some(h) = self.history.get(node)
             && let Some(start) = h.iter().position(|d| d.from_revision == revision)
         {
             return CatchUp::Deltas(h.iter().skip(start).cloned().collect());
         }
-        CatchUp::Snapshot(current)
+        CatchUp::Snapshot
     }
 
     /// The current version of `policy` needs every node's current revision.
     pub fn require(&mut self, policy: ObjectKey) {
-        let need = self
-            .nodes
-            .iter()
-            .map(|(n, r)| (n.clone(), r.revision))
-            .collect();
+        let need = self.nodes.clone();
         self.required.insert(policy, need);
     }
 
@@ -325,7 +312,7 @@ impl Sender<'_> {
             .await
     }
 
-    async fn catch_up(&mut self, c: CatchUp) -> bool {
+    async fn catch_up(&mut self, node: &str, c: CatchUp) -> bool {
         match c {
             CatchUp::Current => true,
             CatchUp::Deltas(ds) => {
@@ -336,10 +323,12 @@ impl Sender<'_> {
                 }
                 true
             }
-            // Revision 0: the controller knows nothing of this node yet; the agent keeps
-            // what it has until the node's first delta.
-            CatchUp::Snapshot(r) if r.revision == 0 => true,
-            CatchUp::Snapshot(r) => self.snapshot(&r).await,
+            CatchUp::Snapshot => {
+                let r = self.ctx.snapshot(node).await;
+                // Revision 0: the controller knows nothing of this node yet; the agent keeps
+                // what it has until the node's first delta.
+                r.revision == 0 || self.snapshot(&r).await
+            }
         }
     }
 }
@@ -379,7 +368,7 @@ async fn session(
     if first == CatchUp::Current {
         out.sent = hello.revision;
     }
-    if !out.catch_up(first).await {
+    if !out.catch_up(&node, first).await {
         return disconnected(&ctx);
     }
     loop {
@@ -393,7 +382,7 @@ async fn session(
                         let ok = if d.from_revision == out.sent {
                             out.send(&update_of(epoch, d)).await
                         } else {
-                            let current = ctx.published().state(&node);
+                            let current = ctx.snapshot(&node).await;
                             out.snapshot(&current).await
                         };
                         if !ok {
@@ -403,7 +392,7 @@ async fn session(
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     warn!(missed = n, "the stream fell behind; sending a snapshot");
-                    let current = ctx.published().state(&node);
+                    let current = ctx.snapshot(&node).await;
                     if current.revision != out.sent && !out.snapshot(&current).await {
                         return disconnected(&ctx);
                     }
@@ -486,8 +475,7 @@ mod tests {
         for r in 0..40 {
             p.publish(&[delta("a", r, r + 1, &format!("p{r}"))]);
         }
-        assert_eq!(p.state("a").revision, 40);
-        assert_eq!(p.state("a").state.endpoints.len(), 40);
+        assert_eq!(p.revision("a"), 40);
         assert_eq!(p.catch_up("a", true, 40), CatchUp::Current);
         match p.catch_up("a", true, 37) {
             CatchUp::Deltas(ds) => {
@@ -503,12 +491,11 @@ mod tests {
         // Older than the history, another epoch, or ahead of us: a snapshot.
         for (same, rev) in [(true, 2), (false, 40), (false, 37), (true, 41), (true, 0)] {
             assert!(
-                matches!(p.catch_up("a", same, rev), CatchUp::Snapshot(r) if r.revision == 40),
+                p.catch_up("a", same, rev) == CatchUp::Snapshot,
                 "{same} {rev}"
             );
         }
-        // A node nobody has mentioned yet: an empty state at revision 0.
-        assert!(matches!(p.catch_up("z", false, 0), CatchUp::Snapshot(r) if r.revision == 0));
+        assert_eq!(p.revision("z"), 0, "a node nobody has mentioned yet");
     }
 
     #[test]
