@@ -14,9 +14,20 @@
 //!   through netlink inside and outside the pod's namespace.
 //! - [`agent`]: the gRPC client; [`del_queue`]: DELs waiting for an unreachable agent.
 //! - [`commands`]: ADD, DEL, CHECK, GC, STATUS; [`error`]: error codes and the error result.
+//! - [`install`]: putting the binary and its entry in the node's network configuration (the
+//!   agent's `install-cni` step), and taking them out again.
 //!
 //! [`run`] is the whole plugin as a function of its environment and stdin, so the binary is only
 //! I/O around it.
+//!
+//! Installation: `septum-agent install-cni`, run as the agent's init step, copies this binary
+//! into the CNI bin dir and appends `{"type": "septum-cni", "agentSocket": ...}` as the last
+//! plugin of the configuration the runtime uses (the first `*.conflist`, `*.conf` or `*.json` in
+//! byte order, as containerd's go-cni picks it; a single-plugin file is converted to a list and
+//! kept as a backup). It changes nothing when the entry is already right, so it is safe on every
+//! start, and every start is what puts the entry back after Flannel or Calico rewrite their list.
+//! `septum-agent uninstall-cni` removes exactly septum's entry and binary. The rules, and why,
+//! are in [`install`].
 
 pub mod agent;
 pub mod commands;
@@ -24,6 +35,7 @@ pub mod config;
 pub mod del_queue;
 pub mod env;
 pub mod error;
+pub mod install;
 pub mod link;
 pub mod prev_result;
 pub mod version;
