@@ -104,6 +104,23 @@ pub struct AgentConfig {
     /// PEM CA certificate that signs the TCP flow API's client certificates.
     #[arg(long, env = "SEPTUM_FLOWS_TLS_CLIENT_CA", value_name = "PATH")]
     pub flows_tls_client_ca: Option<PathBuf>,
+    /// Keep septum-cni installed as the last plugin of this directory's network configuration:
+    /// installed at start and again whenever the directory changes (Flannel and Calico rewrite
+    /// their configuration when they restart). Unset: the agent does not touch CNI files.
+    #[arg(long, env = "SEPTUM_CNI_CONF_DIR", value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Where the runtime finds plugin binaries (with --cni-conf-dir).
+    #[arg(
+        long,
+        env = "SEPTUM_CNI_BIN_DIR",
+        default_value = "/opt/cni/bin",
+        value_name = "DIR"
+    )]
+    pub cni_bin_dir: PathBuf,
+    /// The septum-cni binary to install (with --cni-conf-dir) [default: septum-cni next to this
+    /// executable].
+    #[arg(long, env = "SEPTUM_CNI_PLUGIN_BINARY", value_name = "PATH")]
+    pub cni_plugin_binary: Option<PathBuf>,
 }
 
 impl AgentConfig {

@@ -53,6 +53,24 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let roots = cfg.manifests.clone();
     let node = cfg.node_name.clone();
     let cluster = cluster::ClientSettings::from_config(&cfg)?;
+    let cni = match &cfg.cni_conf_dir {
+        Some(conf_dir) => Some(CniInstall {
+            dirs: septum_cni::install::NodeDirs {
+                conf_dir: conf_dir.clone(),
+                bin_dir: cfg.cni_bin_dir.clone(),
+            },
+            binary: match &cfg.cni_plugin_binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()
+                    .context("cannot find this executable to locate septum-cni next to it")?
+                    .with_file_name(septum_cni::install::BINARY_NAME),
+            },
+            entry: septum_cni::install::SeptumEntry {
+                agent_socket: cfg.socket.clone(),
+            },
+        }),
+        None => None,
+    };
     let mut started = Agent::start(cfg)?;
     let hub = Arc::new(flows::FlowHub::new(
         &node,
@@ -75,6 +93,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         None => tracing::error!("the ring buffer was already taken; flows are not recorded"),
     }
+
+    // Keep septum-cni installed (before the registry listens, an ADD naming septum-cni fails
+    // and the runtime retries: a pod never starts unenforced).
+    let _cni_watcher = match &cni {
+        Some(k) => Some(keep_cni_installed(k.clone())?),
+        None => None,
+    };
 
     if let Some(settings) = cluster {
         tokio::spawn(cluster::run_client(agent.clone(), settings));
@@ -187,6 +212,61 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     drop(watcher);
     tracing::info!("agent stopped; enforcement stays in the kernel");
     Ok(())
+}
+
+/// What the agent keeps installed in the node's CNI configuration.
+#[derive(Clone, Debug)]
+struct CniInstall {
+    dirs: septum_cni::install::NodeDirs,
+    binary: std::path::PathBuf,
+    entry: septum_cni::install::SeptumEntry,
+}
+
+impl CniInstall {
+    fn run(&self) -> Result<(), septum_cni::install::InstallError> {
+        let report = septum_cni::install::install(&self.dirs, &self.binary, &self.entry)?;
+        if report.changed() {
+            for c in &report.changes {
+                tracing::info!(change = %c, "CNI configuration");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Installs septum-cni now (failing the start if it cannot) and again on every change of the
+/// conf dir, until the returned watcher is dropped. An unchanged configuration is not
+/// rewritten, so the agent's own writes end the loop after one check.
+fn keep_cni_installed(k: CniInstall) -> anyhow::Result<notify::RecommendedWatcher> {
+    k.run()
+        .with_context(|| format!("installing septum-cni in {}", k.dirs.conf_dir.display()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && datastore::is_change(&ev.kind)
+        {
+            let _ = tx.send(());
+        }
+    })
+    .context("starting the CNI conf dir watcher")?;
+    watcher
+        .watch(&k.dirs.conf_dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", k.dirs.conf_dir.display()))?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while rx.try_recv().is_ok() {}
+            let k = k.clone();
+            match tokio::task::spawn_blocking(move || k.run()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot re-install septum-cni; new pods may start without septum")
+                }
+                Err(e) => tracing::error!(error = %e, "the CNI install task failed"),
+            }
+        }
+    });
+    Ok(watcher)
 }
 
 /// The TCP flow API's address and TLS settings, read and checked at start.
