@@ -4,6 +4,8 @@
 //! server-side-apply patches recorded (and, like a real server, echoed as watch events).
 //!
 //! Requests arrive concurrently from every watcher, so they are routed by path, not by order.
+//! Every request is also logged, in arrival order ([`FakeApi::requests`]), for tests that ask
+//! what the controller called (the RBAC test maps each to the verb the API server authorizes).
 
 #![allow(dead_code)]
 
@@ -32,6 +34,20 @@ struct Shared {
     leases: BTreeMap<String, Value>,
     queued: BTreeMap<String, Vec<Value>>,
     pending: BTreeMap<String, Vec<Send>>,
+    requests: Vec<LoggedRequest>,
+}
+
+/// One request as it arrived (before it was answered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// `GET`, `POST`, `PUT`, `PATCH`, `DELETE`.
+    pub method: String,
+    /// The URL path, e.g. `/api/v1/pods`.
+    pub path: String,
+    /// The query parameters (`watch=true`, `fieldManager=...`).
+    pub query: BTreeMap<String, String>,
+    /// The `content-type` header, which tells a server-side apply from other patches.
+    pub content_type: Option<String>,
 }
 
 /// The fake server; clone freely.
@@ -180,6 +196,16 @@ impl FakeApi {
         let uri = request.uri().clone();
         let path = uri.path().to_string();
         let q = query(&uri);
+        let logged = LoggedRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            query: q.clone(),
+            content_type: request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        };
         let body = request
             .into_body()
             .collect_bytes()
@@ -188,6 +214,7 @@ impl FakeApi {
             .unwrap_or_default();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let mut s = self.lock();
+        s.requests.push(logged);
         if path.starts_with("/apis/coordination.k8s.io/v1/") {
             let conflict = |send: Send| {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -355,6 +382,11 @@ impl FakeApi {
             .get(plural)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.lock().requests.clone()
     }
 
     /// The current resourceVersion.
