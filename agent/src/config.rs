@@ -113,7 +113,7 @@ pub struct AgentConfig {
     #[arg(
         long,
         env = "SEPTUM_CNI_BIN_DIR",
-        default_value = "/opt/cni/bin",
+        default_value = septum_cni::install::DEFAULT_BIN_DIR,
         value_name = "DIR"
     )]
     pub cni_bin_dir: PathBuf,

@@ -16,6 +16,8 @@
 
 #[path = "../tests/fake_api/mod.rs"]
 mod fake_api;
+#[path = "../tests/pki/mod.rs"]
+mod pki;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
@@ -25,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fake_api::FakeApi;
+use pki::Pki;
 use septum_controller::{Context, Controller};
 use septum_proto::nodestate::v1 as pb;
 use serde_json::{Value, json};
@@ -112,37 +115,6 @@ fn seed(api: &FakeApi, pods: usize, policies: usize, nodes: usize) {
     }
     for j in 0..policies {
         api.put_silently("networkpolicies", policy(j, 8080));
-    }
-}
-
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "bench CA");
-        let ca = params.self_signed(&ca_key).expect("CA");
-        Self { ca, ca_key }
-    }
-
-    fn issue(&self, cn: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .expect("cert");
-        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -261,11 +233,11 @@ async fn main() {
     let controller = Controller::new(client);
     let ctx = controller.context();
     tokio::spawn(async move { controller.run().await.expect("controller") });
-    let (cert, key) = pki.issue("septum-controller");
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(cert, key))
-        .client_ca_root(tonic::transport::Certificate::from_pem(pki.ca.pem()));
-    tokio::spawn(septum_controller::stream::serve(ctx.clone(), listener, tls));
+    tokio::spawn(septum_controller::stream::serve(
+        ctx.clone(),
+        listener,
+        pki.server_tls(),
+    ));
     let seen: Seen = Arc::default();
     for n in 0..nodes {
         agent(addr, &pki, format!("node{n}"), seen.clone()).await;

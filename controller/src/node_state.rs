@@ -105,41 +105,19 @@ impl NodeStates {
     /// Recomputes every node's state from the model and the compiled state, and returns the
     /// delta of each node whose contents changed (sorted by node; nothing for the others).
     pub fn update(&mut self, cluster: &Cluster, state: &ClusterState) -> Vec<NodeDelta> {
-        let mut names: Vec<String> = cluster.nodes.keys().cloned().collect();
+        self.names(cluster)
+            .into_iter()
+            .filter_map(|name| self.recompute(cluster, state, &name))
+            .collect()
+    }
+
+    /// Every node: the Node objects, the nodes pods are scheduled on, and every node known
+    /// before (sorted).
+    fn names(&self, cluster: &Cluster) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = cluster.nodes.keys().cloned().collect();
         names.extend(cluster.pods.values().filter_map(|p| p.node.clone()));
         names.extend(self.nodes.keys().cloned());
-        names.sort();
-        names.dedup();
-        let mut deltas = Vec::new();
-        for name in names {
-            let new = node_state(cluster, state, &name);
-            let entry = self
-                .nodes
-                .entry(name.clone())
-                .or_insert_with(|| Revisioned {
-                    revision: 0,
-                    state: NodeState {
-                        node: name.clone(),
-                        ..NodeState::default()
-                    },
-                });
-            self.ips
-                .insert(name.clone(), node_ips(cluster, &name).to_vec());
-            let diff = NodeStateDiff::between(&entry.state, &new);
-            if diff.is_empty() && entry.revision > 0 {
-                continue;
-            }
-            let from_revision = entry.revision;
-            entry.revision += 1;
-            entry.state = new;
-            deltas.push(NodeDelta {
-                node: name,
-                from_revision,
-                revision: entry.revision,
-                diff,
-            });
-        }
-        deltas
+        names
     }
 
     /// Applies the engine's cluster-wide diffs (in order, the changes of one observation) to
@@ -159,9 +137,7 @@ impl NodeStates {
                 .chain(&d.identities.deletes)
                 .any(|i| i.get() >= IDENTITY_FIRST_CIDR)
         });
-        let mut names: BTreeSet<String> = cluster.nodes.keys().cloned().collect();
-        names.extend(cluster.pods.values().filter_map(|p| p.node.clone()));
-        names.extend(self.nodes.keys().cloned());
+        let names = self.names(cluster);
         // Nodes whose filter or own addresses may have changed: recomputed whole.
         let mut full: BTreeSet<String> = names
             .iter()

@@ -341,9 +341,7 @@ async fn session(
     mut updates: broadcast::Receiver<Arc<Vec<NodeDelta>>>,
     tx: mpsc::Sender<Result<pb::Update, Status>>,
 ) {
-    ctx.metrics
-        .agents_connected
-        .set(ctx.metrics.agents_connected.get() + 1);
+    ctx.metrics.agents_connected.inc();
     info!(
         epoch = hello.epoch,
         revision = hello.revision,
@@ -423,9 +421,7 @@ async fn session(
 }
 
 fn disconnected(ctx: &Context) {
-    ctx.metrics
-        .agents_connected
-        .set(ctx.metrics.agents_connected.get().saturating_sub(1));
+    ctx.metrics.agents_connected.dec();
     info!("agent disconnected");
 }
 

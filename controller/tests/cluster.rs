@@ -12,6 +12,7 @@
 //! node and cross-node policy through the maps.
 
 mod fake_api;
+mod pki;
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_api::FakeApi;
+use pki::Pki;
 use septum_agent::cluster::{ClientSettings, run_client};
 use septum_agent::reconcile::{MapContents, map_contents};
 use septum_agent::{Agent, AgentConfig};
@@ -31,63 +33,6 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A CA, the controller's serving certificate and client certificates.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "septum test CA");
-        let ca = params.self_signed(&ca_key).expect("CA certificate");
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write CA");
-        Self { dir, ca, ca_key }
-    }
-
-    fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
-    }
-
-    /// A certificate with Common Name `cn` (and DNS name localhost), signed by this CA.
-    fn issue(&self, cn: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .expect("signed certificate");
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// Writes a client certificate for `cn`; returns (cert, key) paths.
-    fn client_files(&self, cn: &str) -> (PathBuf, PathBuf) {
-        let (cert, key) = self.issue(cn);
-        let c = self.dir.path().join(format!("{cn}.crt"));
-        let k = self.dir.path().join(format!("{cn}.key"));
-        std::fs::write(&c, cert).expect("write cert");
-        std::fs::write(&k, key).expect("write key");
-        (c, k)
-    }
-
-    fn server_tls(&self) -> tonic::transport::ServerTlsConfig {
-        let (cert, key) = self.issue("septum-controller");
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(cert, key))
-            .client_ca_root(tonic::transport::Certificate::from_pem(self.ca.pem()))
-    }
-}
 
 /// The controller and its stream server, on a fixed address so a restart reuses it. It runs on
 /// its own runtime, so stopping it ends every task and connection it has, as a process exit
