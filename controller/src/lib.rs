@@ -24,6 +24,7 @@ pub mod context;
 pub mod feed;
 pub mod identities;
 pub mod leader;
+pub mod local;
 pub mod metrics;
 pub mod node_state;
 pub mod status;
