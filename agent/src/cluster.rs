@@ -110,6 +110,8 @@ pub struct ClientSettings {
     pub tls: ClientTlsConfig,
     /// This node.
     pub node: String,
+    /// Where the controller's flow relay reaches this agent (empty: nowhere).
+    pub flow_api_url: String,
 }
 
 impl ClientSettings {
@@ -151,7 +153,31 @@ impl ClientSettings {
             url,
             tls,
             node: cfg.node_name.clone(),
+            flow_api_url: flow_api_url(cfg)?,
         }))
+    }
+}
+
+/// The flow API URL the Hello advertises: `--flows-advertise`, else `--flows-addr` when it names
+/// a specific address (a wildcard address says nothing about where the node is reached).
+fn flow_api_url(cfg: &AgentConfig) -> anyhow::Result<String> {
+    match (&cfg.flows_advertise, cfg.flows_addr) {
+        (Some(_), None) => {
+            anyhow::bail!("--flows-advertise needs --flows-addr (the flow API it advertises)")
+        }
+        (Some(url), Some(_)) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--flows-advertise {url:?} is not a URL: {e}"))?;
+            if uri.scheme_str() != Some("https") || uri.host().is_none() || uri.port().is_none() {
+                anyhow::bail!(
+                    "--flows-advertise {url:?} must be https://HOST:PORT (the flow API is TLS)"
+                );
+            }
+            Ok(url.clone())
+        }
+        (None, Some(addr)) if !addr.ip().is_unspecified() => Ok(format!("https://{addr}")),
+        (None, _) => Ok(String::new()),
     }
 }
 
@@ -208,6 +234,7 @@ async fn session(
             epoch,
             revision,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            flow_api_url: settings.flow_api_url.clone(),
         })),
     };
     tx.send(hello).await.map_err(|e| (0, e.to_string()))?;
@@ -293,6 +320,58 @@ mod tests {
             snapshot: false,
             node: "n".into(),
             diff,
+        }
+    }
+
+    fn advertised(args: &[&str]) -> anyhow::Result<String> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            cfg: AgentConfig,
+        }
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(
+            ["septum-agent", "--controller", "https://c:4240"]
+                .iter()
+                .chain(args),
+        )
+        .expect("flags parse");
+        flow_api_url(&cli.cfg)
+    }
+
+    #[test]
+    fn the_hello_advertises_a_reachable_flow_api_or_none() {
+        assert_eq!(advertised(&[]).unwrap(), "");
+        assert_eq!(
+            advertised(&["--flows-addr", "10.0.0.7:4245"]).unwrap(),
+            "https://10.0.0.7:4245"
+        );
+        // A wildcard address says nothing about where the node is reached.
+        assert_eq!(advertised(&["--flows-addr", "0.0.0.0:4245"]).unwrap(), "");
+        assert_eq!(advertised(&["--flows-addr", "[::]:4245"]).unwrap(), "");
+        assert_eq!(
+            advertised(&[
+                "--flows-addr",
+                "0.0.0.0:4245",
+                "--flows-advertise",
+                "https://node-a.example:4245"
+            ])
+            .unwrap(),
+            "https://node-a.example:4245"
+        );
+        let refused = |args: &[&str], says: &str| {
+            let e = advertised(args).expect_err("refused").to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        refused(
+            &["--flows-advertise", "https://n:4245"],
+            "needs --flows-addr",
+        );
+        for bad in ["http://n:4245", "https://n", "n:4245", "https://"] {
+            refused(
+                &["--flows-addr", "0.0.0.0:4245", "--flows-advertise", bad],
+                "--flows-advertise",
+            );
         }
     }
 

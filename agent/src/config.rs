@@ -104,6 +104,11 @@ pub struct AgentConfig {
     /// PEM CA certificate that signs the TCP flow API's client certificates.
     #[arg(long, env = "SEPTUM_FLOWS_TLS_CLIENT_CA", value_name = "PATH")]
     pub flows_tls_client_ca: Option<PathBuf>,
+    /// Cluster mode: the URL at which the controller's flow relay reaches the TCP flow API
+    /// (`https://NODE-IP:PORT`), sent to the controller in the stream's Hello [default:
+    /// `https://<--flows-addr>` when that names a specific address; none otherwise].
+    #[arg(long, env = "SEPTUM_FLOWS_ADVERTISE", value_name = "URL")]
+    pub flows_advertise: Option<String>,
     /// Keep septum-cni installed as the last plugin of this directory's network configuration:
     /// installed at start and again whenever the directory changes (Flannel and Calico rewrite
     /// their configuration when they restart). Unset: the agent does not touch CNI files.

@@ -83,6 +83,7 @@ impl World {
             flows_tls_cert: None,
             flows_tls_key: None,
             flows_tls_client_ca: None,
+            flows_advertise: None,
             cni_conf_dir: None,
             cni_bin_dir: "/opt/cni/bin".into(),
             cni_plugin_binary: None,

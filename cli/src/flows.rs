@@ -12,6 +12,9 @@
 //! The agent is found on its unix socket (`--socket`, `SEPTUM_AGENT_SOCKET`, the node default
 //! `/run/septum/agent.sock`, else the lab's), or over TCP with TLS (`--server https://HOST:PORT`
 //! with `--tls-ca`, and `--tls-cert`/`--tls-key` when the server asks for a client certificate).
+//! `--server` may also be the controller's flow relay, which answers for every node of the
+//! cluster: a node that could not answer is named on stderr (its flows are missing from the
+//! answer), and `status` shows each node.
 //! Filters are checked here with the server's own rules, so a bad value is refused before any
 //! request, with the flag that carried it.
 
@@ -68,7 +71,8 @@ struct ServerArgs {
     /// The agent's unix socket (default: /run/septum/agent.sock, else the lab's).
     #[arg(long, env = "SEPTUM_AGENT_SOCKET", value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
-    /// A flow API over TCP with TLS instead: https://HOST:PORT.
+    /// A flow API over TCP with TLS instead: https://HOST:PORT (an agent's, or the
+    /// controller's relay for the whole cluster).
     #[arg(long, value_name = "URL", global = true, conflicts_with = "socket")]
     server: Option<String>,
     /// PEM CA certificate that signed the server's certificate.
@@ -417,10 +421,20 @@ async fn connect_unix(socket: &Path) -> Result<Channel> {
         })
 }
 
+/// Names, on stderr, the nodes whose answer is missing (from the controller's relay).
+fn warn_nodes(errors: &[pb::NodeError]) {
+    for e in errors {
+        eprintln!(
+            "septum: node {} did not answer ({}): {}; its flows are missing from this answer",
+            e.node, e.code, e.message
+        );
+    }
+}
+
 fn status_error(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::InvalidArgument => anyhow::anyhow!("{}", s.message()),
-        code => anyhow::anyhow!("the agent answered {code:?}: {}", s.message()),
+        code => anyhow::anyhow!("the server answered {code:?}: {}", s.message()),
     }
 }
 
@@ -491,12 +505,21 @@ async fn list(a: ListArgs) -> Result<ExitCode> {
             }
             Some(pb::get_flows_response::Response::Lost(l)) => {
                 out.flush()?;
+                let from = if next.node.is_empty() {
+                    String::new()
+                } else {
+                    format!(" from node {}", next.node)
+                };
                 eprintln!(
-                    "septum: {} flows were not delivered (this client fell behind)",
+                    "septum: {} flows{from} were not delivered (this client fell behind)",
                     l.count
                 );
             }
-            None => {}
+            Some(pb::get_flows_response::Response::NodeError(e)) => {
+                out.flush()?;
+                warn_nodes(&[e]);
+            }
+            Some(pb::get_flows_response::Response::CaughtUp(_)) | None => {}
         }
         if a.follow {
             out.flush()?;
@@ -578,18 +601,16 @@ async fn top(a: TopArgs) -> Result<ExitCode> {
     let query = a.common.filter.query()?;
     wire::top_number(a.number)?;
     let mut client = a.common.server.connect().await?;
-    let talkers: Vec<Talker> = client
+    let answer = client
         .top_talkers(pb::TopTalkersRequest {
             query: Some(query),
             number: a.number,
         })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .talkers
-        .iter()
-        .map(Talker::from)
-        .collect();
+        .into_inner();
+    warn_nodes(&answer.node_errors);
+    let talkers: Vec<Talker> = answer.talkers.iter().map(Talker::from).collect();
     if a.common.output == Output::Table {
         println!(
             "{:<40} {:<40} {:>8} {:>12}",
@@ -607,15 +628,13 @@ async fn top(a: TopArgs) -> Result<ExitCode> {
 async fn denied(a: CommonArgs) -> Result<ExitCode> {
     let query = a.filter.query()?;
     let mut client = a.server.connect().await?;
-    let rows: Vec<Denied> = client
+    let answer = client
         .denied_by_policy(pb::DeniedByPolicyRequest { query: Some(query) })
         .await
         .map_err(status_error)?
-        .into_inner()
-        .policies
-        .iter()
-        .map(Denied::from)
-        .collect();
+        .into_inner();
+    warn_nodes(&answer.node_errors);
+    let rows: Vec<Denied> = answer.policies.iter().map(Denied::from).collect();
     if a.output == Output::Table {
         println!("{:<60} {:>8} {:>10}", "POLICY", "FLOWS", "EVENTS");
         for d in &rows {
@@ -641,11 +660,13 @@ fn print_json<T: serde::Serialize>(rows: &[T], output: Output) -> Result<()> {
 async fn graph(a: GraphArgs) -> Result<ExitCode> {
     let query = a.filter.query()?;
     let mut client = a.server.connect().await?;
-    let edges = client
+    let answer = client
         .service_map(pb::ServiceMapRequest { query: Some(query) })
         .await
         .map_err(status_error)?
-        .into_inner()
+        .into_inner();
+    warn_nodes(&answer.node_errors);
+    let edges = answer
         .edges
         .iter()
         .map(Edge::try_from)
@@ -659,6 +680,34 @@ async fn graph(a: GraphArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn status_json(s: &pb::ServerStatusResponse) -> serde_json::Value {
+    let losses: serde_json::Map<String, serde_json::Value> = s
+        .losses
+        .iter()
+        .map(|l| (l.source.clone(), l.count.into()))
+        .collect();
+    let mut v = serde_json::json!({
+        "node": s.node,
+        "stored_flows": s.stored_flows,
+        "store_bytes": s.store_bytes,
+        "retention_max_age_ms": s.retention_max_age_ms,
+        "retention_max_bytes": s.retention_max_bytes,
+        "events": s.events,
+        "records_written": s.records_written,
+        "open_records": s.open_records,
+        "losses": losses,
+    });
+    if !s.nodes.is_empty() || !s.node_errors.is_empty() {
+        v["nodes"] = s.nodes.iter().map(status_json).collect();
+        v["node_errors"] = s
+            .node_errors
+            .iter()
+            .map(|e| serde_json::json!({"node": e.node, "code": e.code, "message": e.message}))
+            .collect();
+    }
+    v
+}
+
 async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
     let mut client = server.connect().await?;
     let s = client
@@ -667,23 +716,36 @@ async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
         .map_err(status_error)?
         .into_inner();
     if output != Output::Table {
-        let losses: serde_json::Map<String, serde_json::Value> = s
-            .losses
-            .iter()
-            .map(|l| (l.source.clone(), l.count.into()))
-            .collect();
-        let v = serde_json::json!({
-            "node": s.node,
-            "stored_flows": s.stored_flows,
-            "store_bytes": s.store_bytes,
-            "retention_max_age_ms": s.retention_max_age_ms,
-            "retention_max_bytes": s.retention_max_bytes,
-            "events": s.events,
-            "records_written": s.records_written,
-            "open_records": s.open_records,
-            "losses": losses,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lost = |s: &pb::ServerStatusResponse| s.losses.iter().map(|l| l.count).sum::<u64>();
+    if !s.nodes.is_empty() || !s.node_errors.is_empty() {
+        // The relay: one row per node, then the totals and the nodes that did not answer.
+        println!(
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+            "NODE", "FLOWS", "STORE", "EVENTS", "WRITTEN", "OPEN", "LOST"
+        );
+        for n in s.nodes.iter().chain(std::iter::once(&s)) {
+            let name = if std::ptr::eq(n, &s) {
+                "(all)"
+            } else {
+                &n.node
+            };
+            println!(
+                "{:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+                name,
+                n.stored_flows,
+                human_bytes(n.store_bytes),
+                n.events,
+                n.records_written,
+                n.open_records,
+                lost(n)
+            );
+        }
+        for e in &s.node_errors {
+            println!("{:<24} did not answer ({}): {}", e.node, e.code, e.message);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     println!("node:            {}", s.node);
@@ -706,8 +768,7 @@ async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
     println!("events read:     {}", s.events);
     println!("records written: {}", s.records_written);
     println!("open records:    {}", s.open_records);
-    let lost: u64 = s.losses.iter().map(|l| l.count).sum();
-    println!("lost:            {lost}");
+    println!("lost:            {}", lost(&s));
     for l in &s.losses {
         println!("  {:<22} {}", l.source, l.count);
     }

@@ -66,6 +66,8 @@ pub struct Context {
     pub client: Client,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The agents connected to the node-state stream (for the flow relay).
+    pub agents: crate::relay::Agents,
     compiler: Mutex<Option<Compiler>>,
     flow_policies: Store<FlowPolicy>,
     pub(crate) status_queue: mpsc::UnboundedSender<ObjectKey>,
@@ -231,6 +233,7 @@ impl Controller {
         let ctx = Arc::new(Context {
             client,
             metrics: Arc::new(Metrics::default()),
+            agents: crate::relay::Agents::default(),
             compiler: Mutex::new(None),
             flow_policies: store,
             status_queue,

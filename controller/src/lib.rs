@@ -14,8 +14,7 @@
 //! - [`stream`]: the node-state gRPC stream (mutual TLS, snapshot + revisioned deltas, resume,
 //!   acks) and what has been published to it.
 //! - [`leader`]: leader election on a coordination Lease.
-//!
-//! Not here yet (issue 11, later steps): the flow relay.
+//! - [`relay`]: the flow relay (`FlowService` for the cluster, fanned out to every agent).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +26,7 @@ pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod node_state;
+pub mod relay;
 pub mod status;
 pub mod stream;
 

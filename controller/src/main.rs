@@ -5,6 +5,9 @@
 //! With `--leader-elect` (the default) only the replica holding the Lease
 //! `--lease-namespace`/`--lease-name` watches, writes and serves the stream; the others wait, and
 //! a leader that cannot renew exits so that it never acts on a Lease it may have lost.
+//! With `--relay-addr`, the leader also serves the flow relay: `septum.flow.v1.FlowService` for
+//! the whole cluster (`septum flows --server`), answered by every agent's flow API, which it
+//! reaches with its stream certificate and checks against the node's name.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +47,17 @@ struct Args {
     /// PEM CA that signs the agents' client certificates.
     #[arg(long, env = "SEPTUM_STREAM_TLS_CLIENT_CA", value_name = "PATH")]
     stream_client_ca: PathBuf,
+    /// Serve the flow relay (FlowService for the whole cluster) on this address, with TLS and
+    /// the stream's certificate.
+    #[arg(long, env = "SEPTUM_RELAY_ADDR")]
+    relay_addr: Option<SocketAddr>,
+    /// PEM CA that signs the certificates of the relay's clients (required with
+    /// --relay-addr: flow records say who talks to whom).
+    #[arg(long, env = "SEPTUM_RELAY_CLIENT_CA", value_name = "PATH")]
+    relay_client_ca: Option<PathBuf>,
+    /// How long an agent has to answer a relayed query.
+    #[arg(long, env = "SEPTUM_RELAY_TIMEOUT", default_value = "10s")]
+    relay_timeout: String,
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -69,6 +83,34 @@ async fn main() -> anyhow::Result<()> {
         .client_ca_root(tonic::transport::Certificate::from_pem(read(
             &args.stream_client_ca,
         )?));
+    let relay = match (args.relay_addr, &args.relay_client_ca) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!(
+            "--relay-addr needs --relay-client-ca: the relay serves every node's flow records"
+        ),
+        (Some(addr), Some(ca)) => {
+            let ms = septum_flowlog::wire::parse_duration("relay-timeout", &args.relay_timeout)?;
+            if ms <= 0 {
+                anyhow::bail!("--relay-timeout must be positive");
+            }
+            let identity = tonic::transport::Identity::from_pem(
+                read(&args.stream_tls_cert)?,
+                read(&args.stream_tls_key)?,
+            );
+            let serving = tonic::transport::ServerTlsConfig::new()
+                .identity(identity.clone())
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+            let dialing = septum_controller::relay::RelaySettings {
+                tls: tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                        &args.stream_client_ca,
+                    )?))
+                    .identity(identity),
+                timeout: std::time::Duration::from_millis(ms.unsigned_abs()),
+            };
+            Some((addr, serving, dialing))
+        }
+    };
     let lease = args.leader_elect.then(|| {
         let identity = args.identity.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -101,6 +143,18 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(error = %e, "the node-state stream stopped");
         }
     });
+    if let Some((addr, serving, dialing)) = relay {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let relay = septum_controller::relay::Relay::new(controller.context(), dialing);
+        tracing::info!(%addr, "flow relay listening (TLS)");
+        tokio::spawn(async move {
+            if let Err(e) = septum_controller::relay::serve(relay, listener, serving).await {
+                tracing::error!(error = %e, "the flow relay stopped");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;

@@ -341,17 +341,12 @@ async fn session(
     mut updates: broadcast::Receiver<Arc<Vec<NodeDelta>>>,
     tx: mpsc::Sender<Result<pb::Update, Status>>,
 ) {
-    ctx.metrics.agents_connected.inc();
-    info!(
-        epoch = hello.epoch,
-        revision = hello.revision,
-        "agent connected"
-    );
+    let _connection = Connection::new(&ctx, &node, &hello);
     // An agent must never get a half-listed cluster: wait for the first full sync.
     while !ctx.is_synced() {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            _ = tx.closed() => return disconnected(&ctx),
+            _ = tx.closed() => return,
         }
     }
     let mut out = Sender {
@@ -367,7 +362,7 @@ async fn session(
         out.sent = hello.revision;
     }
     if !out.catch_up(&node, first).await {
-        return disconnected(&ctx);
+        return;
     }
     loop {
         tokio::select! {
@@ -384,7 +379,7 @@ async fn session(
                             out.snapshot(&current).await
                         };
                         if !ok {
-                            return disconnected(&ctx);
+                            return;
                         }
                     }
                 }
@@ -392,10 +387,10 @@ async fn session(
                     warn!(missed = n, "the stream fell behind; sending a snapshot");
                     let current = ctx.snapshot(&node).await;
                     if current.revision != out.sent && !out.snapshot(&current).await {
-                        return disconnected(&ctx);
+                        return;
                     }
                 }
-                Err(broadcast::error::RecvError::Closed) => return disconnected(&ctx),
+                Err(broadcast::error::RecvError::Closed) => return,
             },
             msg = inbound.message() => match msg {
                 Ok(Some(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Ack(a)) })) => {
@@ -412,17 +407,41 @@ async fn session(
                 Ok(Some(_)) => {
                     warn!("unexpected message from the agent; closing the stream");
                     let _ = tx.send(Err(Status::invalid_argument("only Acks follow the Hello"))).await;
-                    return disconnected(&ctx);
+                    return;
                 }
-                Ok(None) | Err(_) => return disconnected(&ctx),
+                Ok(None) | Err(_) => return,
             },
         }
     }
 }
 
-fn disconnected(ctx: &Context) {
-    ctx.metrics.agents_connected.dec();
-    info!("agent disconnected");
+/// One agent's session, counted and registered (with its flow API) while it lasts.
+struct Connection<'a> {
+    ctx: &'a Context,
+    node: &'a str,
+    session: u64,
+}
+
+impl<'a> Connection<'a> {
+    fn new(ctx: &'a Context, node: &'a str, hello: &pb::Hello) -> Self {
+        ctx.metrics.agents_connected.inc();
+        let session = ctx.agents.connected(node, &hello.flow_api_url);
+        info!(
+            epoch = hello.epoch,
+            revision = hello.revision,
+            flow_api = %hello.flow_api_url,
+            "agent connected"
+        );
+        Self { ctx, node, session }
+    }
+}
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        self.ctx.metrics.agents_connected.dec();
+        self.ctx.agents.disconnected(self.node, self.session);
+        info!("agent disconnected");
+    }
 }
 
 /// Serves the node-state stream on `listener` with `tls` until the task is dropped.

@@ -726,20 +726,41 @@ fn selectors_and_services_match_their_pods() {
                 (4240, Some(IntOrString::String("stream".into())))
             ),
             (
+                "relay".to_string(),
+                (4245, Some(IntOrString::String("relay".into())))
+            ),
+            (
                 "metrics".to_string(),
                 (9090, Some(IntOrString::String("metrics".into())))
             ),
         ])
     );
     assert_eq!(ports.get("stream"), Some(&4240));
+    assert_eq!(ports.get("relay"), Some(&4245));
     assert_eq!(ports.get("metrics"), Some(&9090));
     // The agents' controller URL is this Service's stream port.
     let agent_pod = agent.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    let agent_container = container(agent_pod.expect("pod spec"), "agent");
+    let agent_env = env(agent_container);
     assert_eq!(
-        env(container(agent_pod.expect("pod spec"), "agent"))
-            .get("SEPTUM_CONTROLLER")
-            .map(String::as_str),
+        agent_env.get("SEPTUM_CONTROLLER").map(String::as_str),
         Some("https://septum-controller.septum-system.svc:4240")
+    );
+    // The flow API the agent advertises to the relay is the one it serves, on a named port.
+    assert_eq!(
+        agent_env.get("SEPTUM_FLOWS_ADDR").map(String::as_str),
+        Some("0.0.0.0:4245")
+    );
+    assert_eq!(
+        agent_env.get("SEPTUM_FLOWS_ADVERTISE").map(String::as_str),
+        Some("https://$(HOST_IP):4245")
+    );
+    assert!(
+        agent_container
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some("flows") && p.container_port == 4245)
     );
 }
 
@@ -1080,8 +1101,18 @@ fn every_environment_variable_is_one_the_binaries_read() {
     let library: BTreeMap<&str, &str> = LIBRARY_ENV.into_iter().collect();
     for (workload, spec) in m.pods() {
         for c in all_containers(spec) {
+            let referenced: BTreeSet<String> = c
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| e.value.as_deref())
+                .flat_map(|v| v.split("$(").skip(1).filter_map(|r| r.split_once(')')))
+                .map(|(name, _)| name.to_string())
+                .collect();
             for e in c.env.iter().flatten() {
-                let known = library.contains_key(e.name.as_str())
+                // Kubernetes reads a variable another one expands (`$(HOST_IP)`).
+                let known = referenced.contains(&e.name)
+                    || library.contains_key(e.name.as_str())
                     || match c.name.as_str() {
                         "controller" => help.contains(&format!("[env: {}=", e.name)),
                         "agent" => agent.contains_key(&e.name),

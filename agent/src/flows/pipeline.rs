@@ -255,8 +255,9 @@ impl FlowHub {
     }
 }
 
-/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
-fn mono_ns() -> u64 {
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns` (and of the events a test or a
+/// benchmark feeds to [`Ingest`]).
+pub fn mono_ns() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

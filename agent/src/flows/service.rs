@@ -1,7 +1,8 @@
 //! `septum.flow.v1.FlowService` over the agent's store and live pipeline. Requests are
 //! validated at this edge (a bad filter is INVALID_ARGUMENT naming the flag); store work runs
 //! on blocking threads; a follower receives the stored records, then every new and updated one
-//! matching its query, with a `LostFlows` message whenever it fell behind.
+//! matching its query (after a `CaughtUp` marker), with a `LostFlows` message whenever it fell
+//! behind.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -93,6 +94,13 @@ impl FlowService for FlowApi {
                 }
             }
             let Some(sub) = sub.as_mut() else { return };
+            let caught_up = pb::GetFlowsResponse {
+                response: Some(pb::get_flows_response::Response::CaughtUp(pb::CaughtUp {})),
+                node: node.clone(),
+            };
+            if tx.send(Ok(caught_up)).await.is_err() {
+                return;
+            }
             let live = Query {
                 limit: None,
                 ..query
@@ -139,6 +147,7 @@ impl FlowService for FlowApi {
             .await?;
         Ok(Response::new(pb::TopTalkersResponse {
             talkers: talkers.iter().map(pb::Talker::from).collect(),
+            node_errors: Vec::new(),
         }))
     }
 
@@ -152,6 +161,7 @@ impl FlowService for FlowApi {
             .await?;
         Ok(Response::new(pb::DeniedByPolicyResponse {
             policies: rows.iter().map(pb::DeniedPolicy::from).collect(),
+            node_errors: Vec::new(),
         }))
     }
 
@@ -165,6 +175,7 @@ impl FlowService for FlowApi {
             .await?;
         Ok(Response::new(pb::ServiceMapResponse {
             edges: edges.iter().map(pb::Edge::from).collect(),
+            node_errors: Vec::new(),
         }))
     }
 
@@ -196,6 +207,8 @@ impl FlowService for FlowApi {
                 })
                 .collect(),
             open_records: h.stats.open.load(std::sync::atomic::Ordering::Relaxed),
+            nodes: Vec::new(),
+            node_errors: Vec::new(),
         }))
     }
 }

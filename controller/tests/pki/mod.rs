@@ -30,11 +30,13 @@ impl Pki {
         self.dir.path().join("ca.crt")
     }
 
-    /// A certificate with Common Name `cn` (and DNS name localhost), signed by this CA.
+    /// A certificate with Common Name `cn` (and DNS names localhost and `cn`), signed by this
+    /// CA.
     pub fn issue(&self, cn: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), cn.to_string()])
+                .expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
@@ -55,9 +57,33 @@ impl Pki {
     }
 
     pub fn server_tls(&self) -> tonic::transport::ServerTlsConfig {
-        let (cert, key) = self.issue("septum-controller");
+        self.server_tls_for("septum-controller")
+    }
+
+    /// A server identity for `cn` that asks clients for a certificate of this CA.
+    pub fn server_tls_for(&self, cn: &str) -> tonic::transport::ServerTlsConfig {
+        let (cert, key) = self.issue(cn);
         tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(cert, key))
             .client_ca_root(tonic::transport::Certificate::from_pem(self.ca.pem()))
+    }
+}
+
+impl Pki {
+    /// A client configuration trusting this CA, presenting a certificate for `cn` if given,
+    /// checking the server's certificate against `server_name`.
+    pub fn client_tls(
+        &self,
+        cn: Option<&str>,
+        server_name: &str,
+    ) -> tonic::transport::ClientTlsConfig {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(self.ca.pem()))
+            .domain_name(server_name);
+        if let Some(cn) = cn {
+            let (c, k) = self.issue(cn);
+            tls = tls.identity(tonic::transport::Identity::from_pem(c, k));
+        }
+        tls
     }
 }

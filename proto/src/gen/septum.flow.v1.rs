@@ -194,13 +194,31 @@ pub struct LostFlows {
     #[prost(uint64, tag = "1")]
     pub count: u64,
 }
+/// A node the relay could not get an answer from (or whose stream ended early): its records
+/// are missing from the answer.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeError {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// The gRPC status code name ("Unavailable", "DeadlineExceeded", ...) or "NotConnected" for a
+    /// node whose agent is not connected to the controller.
+    #[prost(string, tag = "2")]
+    pub code: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+}
+/// With follow: the stored records have all been sent; what follows is live.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CaughtUp {}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetFlowsResponse {
     /// The node that produced this response.
     #[prost(string, tag = "3")]
     pub node: ::prost::alloc::string::String,
-    #[prost(oneof = "get_flows_response::Response", tags = "1, 2")]
+    #[prost(oneof = "get_flows_response::Response", tags = "1, 2, 4, 5")]
     pub response: ::core::option::Option<get_flows_response::Response>,
 }
 /// Nested message and enum types in `GetFlowsResponse`.
@@ -212,6 +230,10 @@ pub mod get_flows_response {
         Flow(super::Flow),
         #[prost(message, tag = "2")]
         Lost(super::LostFlows),
+        #[prost(message, tag = "4")]
+        NodeError(super::NodeError),
+        #[prost(message, tag = "5")]
+        CaughtUp(super::CaughtUp),
     }
 }
 #[allow(clippy::all)]
@@ -242,6 +264,9 @@ pub struct Talker {
 pub struct TopTalkersResponse {
     #[prost(message, repeated, tag = "1")]
     pub talkers: ::prost::alloc::vec::Vec<Talker>,
+    /// Relay: the nodes that did not answer.
+    #[prost(message, repeated, tag = "2")]
+    pub node_errors: ::prost::alloc::vec::Vec<NodeError>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -267,6 +292,9 @@ pub struct DeniedPolicy {
 pub struct DeniedByPolicyResponse {
     #[prost(message, repeated, tag = "1")]
     pub policies: ::prost::alloc::vec::Vec<DeniedPolicy>,
+    /// Relay: the nodes that did not answer.
+    #[prost(message, repeated, tag = "2")]
+    pub node_errors: ::prost::alloc::vec::Vec<NodeError>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -301,6 +329,9 @@ pub struct Edge {
 pub struct ServiceMapResponse {
     #[prost(message, repeated, tag = "1")]
     pub edges: ::prost::alloc::vec::Vec<Edge>,
+    /// Relay: the nodes that did not answer.
+    #[prost(message, repeated, tag = "2")]
+    pub node_errors: ::prost::alloc::vec::Vec<NodeError>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -345,6 +376,12 @@ pub struct ServerStatusResponse {
     /// Open (not yet ended) records in the aggregator.
     #[prost(uint64, tag = "9")]
     pub open_records: u64,
+    /// Relay: each node's own status (the fields above are then their sums; retention is per
+    /// node and left 0), and the nodes that did not answer.
+    #[prost(message, repeated, tag = "10")]
+    pub nodes: ::prost::alloc::vec::Vec<ServerStatusResponse>,
+    #[prost(message, repeated, tag = "11")]
+    pub node_errors: ::prost::alloc::vec::Vec<NodeError>,
 }
 /// What happened to a flow.
 #[allow(clippy::all)]
@@ -497,9 +534,10 @@ pub mod flow_service_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// Flows matching the query, oldest first. With follow, the stream then carries every new and
-        /// updated record matching the query, as it is produced, until the client cancels; a subscriber
-        /// too slow to keep up gets a LostFlows message saying how many records it missed.
+        /// Flows matching the query, oldest first. With follow, a CaughtUp message then marks the end
+        /// of the stored records, and the stream carries every new and updated record matching the
+        /// query, as it is produced, until the client cancels; a subscriber too slow to keep up gets a
+        /// LostFlows message saying how many records it missed.
         pub async fn get_flows(
             &mut self,
             request: impl tonic::IntoRequest<super::GetFlowsRequest>,
@@ -645,9 +683,10 @@ pub mod flow_service_server {
             >
             + std::marker::Send
             + 'static;
-        /// Flows matching the query, oldest first. With follow, the stream then carries every new and
-        /// updated record matching the query, as it is produced, until the client cancels; a subscriber
-        /// too slow to keep up gets a LostFlows message saying how many records it missed.
+        /// Flows matching the query, oldest first. With follow, a CaughtUp message then marks the end
+        /// of the stored records, and the stream carries every new and updated record matching the
+        /// query, as it is produced, until the client cancels; a subscriber too slow to keep up gets a
+        /// LostFlows message saying how many records it missed.
         async fn get_flows(
             &self,
             request: tonic::Request<super::GetFlowsRequest>,

@@ -33,6 +33,11 @@ pub struct Hello {
     /// The agent's version, for logs.
     #[prost(string, tag = "4")]
     pub agent_version: ::prost::alloc::string::String,
+    /// Where the controller's flow relay reaches this agent's FlowService (<https://HOST:PORT>);
+    /// empty when the agent serves no TCP flow API. The relay checks the agent's certificate
+    /// against the node name, so this address cannot be used to impersonate another node.
+    #[prost(string, tag = "5")]
+    pub flow_api_url: ::prost::alloc::string::String,
 }
 /// An Update the agent has written into the kernel (or failed to).
 #[allow(clippy::all)]

@@ -1,0 +1,674 @@
+//! The flow relay end to end: the controller (fed by the scripted API server) serves
+//! `FlowService` for the cluster and answers it by asking each node's agent. Each "agent" here
+//! is the agent's real flow side (its pipeline from flow events to a SQLite store, and its
+//! `FlowService` over TLS with the node's certificate); each is connected to the real
+//! node-state stream and advertises its flow API in the Hello, as a cluster-mode agent does.
+//!
+//! Checked: records of every node merged by time (newest or oldest `number`), aggregates summed
+//! over nodes, queries naming nodes sent to those only, following (stored, `CaughtUp`, live),
+//! and every node that cannot answer reported by name and reason (not connected, no flow API,
+//! a certificate that is not the node's, a stopped agent), never hidden.
+
+mod fake_api;
+mod pki;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use fake_api::FakeApi;
+use pki::Pki;
+use septum_agent::flows::Enricher;
+use septum_agent::flows::pipeline::{FlowHub, FlowSettings, Ingest, mono_ns};
+use septum_agent::flows::service::FlowApi;
+use septum_controller::relay::{Relay, RelaySettings};
+use septum_controller::{Context, Controller};
+use septum_datapath_common::{FAMILY_IPV4, FlowEvent, POINT_FROM_POD, POINT_TO_POD, proto};
+use septum_flowlog::Retention;
+use septum_policy::model::{Cluster, Pod};
+use septum_policy::state::ClusterState;
+use septum_proto::flow::v1 as fpb;
+use septum_proto::flow::v1::flow_service_client::FlowServiceClient;
+use septum_proto::flow::v1::get_flows_response::Response as Msg;
+use septum_proto::nodestate::v1 as pb;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt as _;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn free_port() -> SocketAddr {
+    let l = StdListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("address")
+}
+
+fn meta(ns: Option<&str>, name: &str, labels: Value) -> Value {
+    let mut m = json!({"name": name, "labels": labels, "uid": format!("uid-{name}")});
+    if let Some(ns) = ns {
+        m["namespace"] = json!(ns);
+    }
+    m
+}
+
+/// client on node-a; web and db on node-b; cache on node-c (whose agent never connects).
+const PODS: [(&str, &str, &str, &str); 4] = [
+    ("shop", "client", "10.200.1.2", "node-a"),
+    ("shop", "web", "10.200.0.2", "node-b"),
+    ("team", "db", "10.200.3.2", "node-b"),
+    ("shop", "cache", "10.200.2.2", "node-c"),
+];
+
+fn seed(api: &FakeApi) {
+    for ns in ["shop", "team"] {
+        api.put_silently(
+            "namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": meta(None, ns, json!({"kubernetes.io/metadata.name": ns}))}),
+        );
+    }
+    for (ns, name, ip, node) in PODS {
+        api.put_silently(
+            "pods",
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta(Some(ns), name, json!({"app": name})),
+                "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+                "status": {"podIP": ip, "podIPs": [{"ip": ip}], "phase": "Running"}}),
+        );
+    }
+}
+
+fn ip4(s: &str) -> [u8; 16] {
+    let a: std::net::Ipv4Addr = s.parse().expect("address");
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&a.octets());
+    b
+}
+
+/// A flow event `ms_ago` milliseconds ago from pod `from` to pod `to` on `port`.
+fn event(point: u8, from: &str, to: &str, port: u16, dropped: bool, ms_ago: u64) -> FlowEvent {
+    let ip = |name: &str| {
+        PODS.iter()
+            .find(|p| p.1 == name)
+            .map(|p| ip4(p.2))
+            .expect("a pod of PODS")
+    };
+    FlowEvent {
+        timestamp_ns: mono_ns() - ms_ago * 1_000_000,
+        saddr: ip(from),
+        daddr: ip(to),
+        sport: 40_000 + port,
+        dport: port,
+        family: FAMILY_IPV4,
+        protocol: proto::TCP,
+        point,
+        verdict: if dropped { 2 } else { 1 },
+        drop_reason: u8::from(dropped),
+        packet_len: 100,
+        tcp_flags: 0x02,
+        ..FlowEvent::default()
+    }
+}
+
+/// One node's flow side: the pipeline into its store, and its TLS flow API.
+struct FlowNode {
+    name: String,
+    hub: Arc<FlowHub>,
+    ingest: Option<Ingest>,
+    url: String,
+    /// The flow API's own runtime: shutting it down ends the server and every connection, as
+    /// the agent's exit would.
+    server: Option<tokio::runtime::Runtime>,
+    _dir: tempfile::TempDir,
+}
+
+impl FlowNode {
+    async fn start(name: &str, pki: &Pki) -> Self {
+        let mut cluster = Cluster::default();
+        for (ns, pod, ip, _) in PODS {
+            let p = Pod {
+                namespace: ns.into(),
+                name: pod.into(),
+                labels: [("app".to_string(), pod.to_string())].into(),
+                ips: vec![ip.parse().expect("address")],
+                service_account: "default".into(),
+                workload: Some(format!("Deployment/{pod}")),
+                ..Pod::default()
+            };
+            cluster.pods.insert(p.key(), p);
+        }
+        let enricher = Enricher::build(name, &cluster, &ClusterState::default(), None);
+        let dir = tempfile::tempdir().expect("store dir");
+        let store = dir.path().join("flows.db");
+        let retention = Retention {
+            max_age_ms: None,
+            max_bytes: None,
+        };
+        let hub = Arc::new(FlowHub::new(
+            name,
+            store.clone(),
+            retention,
+            Arc::new(RwLock::new(Arc::new(enricher))),
+        ));
+        let settings = FlowSettings {
+            store,
+            retention,
+            jsonl: None,
+            otlp: None,
+            aggregation: Default::default(),
+        };
+        let ingest = Ingest::start(hub.clone(), &settings, None).expect("pipeline");
+        let addr = free_port();
+        let listener = std::net::TcpListener::bind(addr).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("flow API runtime");
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let server = tonic::transport::Server::builder()
+            .tls_config(pki.server_tls_for(name))
+            .expect("TLS")
+            .add_service(fpb::flow_service_server::FlowServiceServer::new(
+                FlowApi::new(hub.clone()),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        runtime.spawn(async move {
+            let _ = server.await;
+        });
+        drop(_guard);
+        Self {
+            name: name.into(),
+            hub,
+            ingest: Some(ingest),
+            url: format!("https://{addr}"),
+            server: Some(runtime),
+            _dir: dir,
+        }
+    }
+
+    /// Feeds events through the pipeline and waits until the store holds `stored` records.
+    async fn record(&mut self, events: &[FlowEvent], stored: u64) {
+        let ingest = self.ingest.as_mut().expect("running");
+        ingest.take(events);
+        ingest.flush();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let hub = self.hub.clone();
+            let n = tokio::task::spawn_blocking(move || hub.with_reader(|s| s.len()))
+                .await
+                .expect("store task")
+                .unwrap_or(0);
+            if n == stored {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {n} records stored, want {stored}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl FlowNode {
+    /// Ends the flow API and its connections.
+    fn stop(&mut self) {
+        if let Some(r) = self.server.take() {
+            r.shutdown_background();
+        }
+    }
+}
+
+impl Drop for FlowNode {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(i) = self.ingest.take() {
+            i.finish();
+        }
+    }
+}
+
+/// A node-state stream session with `node`'s certificate, advertising `flow_api`. It runs on
+/// its own runtime: dropping the session closes its connection, as the agent's exit would.
+fn connect_agent(stream: SocketAddr, pki: &Pki, node: &str, flow_api: &str) -> Session {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("session runtime");
+    let tls = pki.client_tls(Some(node), "localhost");
+    let hello = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            node: node.into(),
+            flow_api_url: flow_api.into(),
+            ..pb::Hello::default()
+        })),
+    };
+    runtime.spawn(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{stream}"))
+            .expect("URL")
+            .tls_config(tls)
+            .expect("TLS")
+            .connect()
+            .await
+            .expect("connecting to the stream");
+        let mut client = pb::node_state_service_client::NodeStateServiceClient::new(channel);
+        let mut updates = client
+            .subscribe(tokio_stream::iter(vec![hello]).chain(tokio_stream::pending()))
+            .await
+            .expect("subscribed")
+            .into_inner();
+        while let Ok(Some(_)) = updates.message().await {}
+    });
+    Session(Some(runtime))
+}
+
+struct Session(Option<tokio::runtime::Runtime>);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.shutdown_background();
+        }
+    }
+}
+
+async fn wait_connected(ctx: &Context, nodes: &[&str]) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = ctx.agents.snapshot();
+        if nodes.iter().all(|n| now.contains_key(*n)) && now.len() == nodes.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connected: {now:?}, want {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn relay_client(
+    addr: SocketAddr,
+    pki: &Pki,
+    cn: Option<&str>,
+) -> FlowServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .expect("URL")
+        .tls_config(pki.client_tls(cn, "localhost"))
+        .expect("TLS")
+        .connect_lazy();
+    FlowServiceClient::new(channel)
+}
+
+fn query_nodes(nodes: &[&str]) -> fpb::Query {
+    fpb::Query {
+        include: vec![fpb::FlowFilter {
+            node: nodes.iter().map(|n| n.to_string()).collect(),
+            ..fpb::FlowFilter::default()
+        }],
+        ..fpb::Query::default()
+    }
+}
+
+/// (node, source pod, destination pod, destination port) of every record, in order, and the
+/// node errors as (node, code).
+type Seen = (Vec<(String, String, String, u32)>, Vec<(String, String)>);
+
+async fn get_flows(
+    c: &mut FlowServiceClient<tonic::transport::Channel>,
+    req: fpb::GetFlowsRequest,
+) -> Seen {
+    let mut stream = c.get_flows(req).await.expect("GetFlows").into_inner();
+    let mut seen: Seen = Default::default();
+    while let Some(m) = stream.message().await.expect("relay stream") {
+        match m.response {
+            Some(Msg::Flow(f)) => {
+                assert_eq!(m.node, f.node, "a record is labelled with its node");
+                let end = |e: &Option<fpb::Endpoint>| {
+                    e.as_ref().map(|e| e.pod.clone()).unwrap_or_default()
+                };
+                let port = f.destination.as_ref().map_or(0, |e| e.port);
+                seen.0
+                    .push((f.node.clone(), end(&f.source), end(&f.destination), port));
+            }
+            Some(Msg::NodeError(e)) => seen.1.push((e.node, e.code)),
+            other => panic!("unexpected response without follow: {other:?}"),
+        }
+    }
+    seen
+}
+
+fn rec(node: &str, from: &str, to: &str, port: u32) -> (String, String, String, u32) {
+    (node.into(), from.into(), to.into(), port)
+}
+
+fn errs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(n, c)| (n.to_string(), c.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_relay_merges_every_nodes_flows_and_reports_the_nodes_that_cannot_answer() {
+    let pki = Pki::new();
+    let (api, client) = FakeApi::start(&["clusternetworkpolicies"]);
+    seed(&api);
+    let controller = Controller::new(client);
+    let ctx = controller.context();
+    let run = tokio::spawn(async move {
+        let _ = controller.run().await;
+    });
+    let stream_addr = free_port();
+    let listener = tokio::net::TcpListener::bind(stream_addr)
+        .await
+        .expect("bind");
+    let server = tokio::spawn(septum_controller::stream::serve(
+        ctx.clone(),
+        listener,
+        pki.server_tls(),
+    ));
+    let relay_addr = free_port();
+    let listener = tokio::net::TcpListener::bind(relay_addr)
+        .await
+        .expect("bind");
+    let relay = Relay::new(
+        ctx.clone(),
+        RelaySettings {
+            tls: pki.client_tls(Some("septum-controller"), "unused"),
+            timeout: Duration::from_secs(2),
+        },
+    );
+    let relay_server = tokio::spawn(septum_controller::relay::serve(
+        relay,
+        listener,
+        pki.server_tls(),
+    ));
+
+    // node-a and node-b serve flows; node-d is connected but serves no flow API; node-c has a
+    // pod but its agent never connects.
+    let mut a = FlowNode::start("node-a", &pki).await;
+    let mut b = FlowNode::start("node-b", &pki).await;
+    let _sa = connect_agent(stream_addr, &pki, "node-a", &a.url);
+    let sb = connect_agent(stream_addr, &pki, "node-b", &b.url);
+    let _sd = connect_agent(stream_addr, &pki, "node-d", "");
+    wait_connected(&ctx, &["node-a", "node-b", "node-d"]).await;
+
+    // client -> web:80 is seen leaving client (node-a) and arriving at web (node-b); client ->
+    // db:5432 is refused leaving client.
+    a.record(
+        &[
+            event(POINT_FROM_POD, "client", "web", 80, false, 300),
+            event(POINT_FROM_POD, "client", "db", 5432, true, 100),
+        ],
+        2,
+    )
+    .await;
+    b.record(&[event(POINT_TO_POD, "client", "web", 80, false, 200)], 1)
+        .await;
+
+    let mut c = relay_client(relay_addr, &pki, Some("operator")).await;
+    let unanswered = errs(&[("node-c", "NotConnected"), ("node-d", "NoFlowApi")]);
+    let all = get_flows(&mut c, fpb::GetFlowsRequest::default()).await;
+    assert_eq!(
+        all.0,
+        [
+            rec("node-a", "client", "web", 80),
+            rec("node-b", "client", "web", 80),
+            rec("node-a", "client", "db", 5432),
+        ],
+        "every node's records, oldest first"
+    );
+    assert_eq!(all.1, unanswered);
+    let newest = get_flows(
+        &mut c,
+        fpb::GetFlowsRequest {
+            number: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        newest.0,
+        [
+            rec("node-b", "client", "web", 80),
+            rec("node-a", "client", "db", 5432)
+        ]
+    );
+    let oldest = get_flows(
+        &mut c,
+        fpb::GetFlowsRequest {
+            number: 2,
+            first: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        oldest.0,
+        [
+            rec("node-a", "client", "web", 80),
+            rec("node-b", "client", "web", 80)
+        ]
+    );
+    // A query naming nodes asks those only (and names an unknown one rather than hiding it).
+    let scoped = get_flows(
+        &mut c,
+        fpb::GetFlowsRequest {
+            query: Some(query_nodes(&["node-b", "node-x"])),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(scoped.0, [rec("node-b", "client", "web", 80)]);
+    assert_eq!(scoped.1, errs(&[("node-x", "NotConnected")]));
+
+    // Aggregates are the sums of the nodes'.
+    let top = c
+        .top_talkers(fpb::TopTalkersRequest::default())
+        .await
+        .expect("TopTalkers")
+        .into_inner();
+    let pair = |t: &fpb::Talker| (t.source.clone(), t.destination.clone(), t.flows);
+    assert_eq!(
+        top.talkers.iter().map(pair).collect::<Vec<_>>(),
+        [
+            ("shop/client".to_string(), "shop/web".to_string(), 2),
+            ("shop/client".to_string(), "team/db".to_string(), 1),
+        ]
+    );
+    assert_eq!(top.talkers[0].bytes, 200, "both nodes' bytes");
+    let names = |v: &[fpb::NodeError]| {
+        v.iter()
+            .map(|e| (e.node.clone(), e.code.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&top.node_errors), unanswered);
+    let map = c
+        .service_map(fpb::ServiceMapRequest::default())
+        .await
+        .expect("ServiceMap")
+        .into_inner();
+    let edge = |e: &fpb::Edge| {
+        (
+            e.source.clone(),
+            e.destination.clone(),
+            e.port,
+            e.forwarded,
+            e.dropped,
+        )
+    };
+    assert_eq!(
+        map.edges.iter().map(edge).collect::<Vec<_>>(),
+        [
+            (
+                "shop/Deployment/client".to_string(),
+                "shop/Deployment/web".to_string(),
+                80,
+                1,
+                0
+            ),
+            (
+                "shop/Deployment/client".to_string(),
+                "team/Deployment/db".to_string(),
+                5432,
+                0,
+                1
+            ),
+        ],
+        "a connection between pods on two nodes is one edge, counted at its destination"
+    );
+    let denied = c
+        .denied_by_policy(fpb::DeniedByPolicyRequest::default())
+        .await
+        .expect("DeniedByPolicy")
+        .into_inner();
+    assert_eq!(denied.policies.iter().map(|p| p.flows).sum::<u64>(), 1);
+    assert_eq!(names(&denied.node_errors), unanswered);
+    let status = c
+        .server_status(fpb::ServerStatusRequest {})
+        .await
+        .expect("ServerStatus")
+        .into_inner();
+    assert_eq!(
+        status
+            .nodes
+            .iter()
+            .map(|n| (n.node.clone(), n.stored_flows))
+            .collect::<Vec<_>>(),
+        [("node-a".to_string(), 2), ("node-b".to_string(), 1)]
+    );
+    assert_eq!(status.stored_flows, 3);
+    assert_eq!(names(&status.node_errors), unanswered);
+
+    // Following: the stored records, CaughtUp, then live records from any node.
+    let mut follow = c
+        .get_flows(fpb::GetFlowsRequest {
+            follow: true,
+            query: Some(query_nodes(&["node-a", "node-b"])),
+            ..Default::default()
+        })
+        .await
+        .expect("GetFlows follow")
+        .into_inner();
+    let mut stored = 0;
+    loop {
+        let m = tokio::time::timeout(TIMEOUT, follow.message())
+            .await
+            .expect("caught up in time")
+            .expect("stream")
+            .expect("open");
+        match m.response {
+            Some(Msg::Flow(_)) => stored += 1,
+            Some(Msg::CaughtUp(_)) => break,
+            other => panic!("before CaughtUp: {other:?}"),
+        }
+    }
+    assert_eq!(stored, 3);
+    b.record(&[event(POINT_TO_POD, "client", "db", 5432, false, 0)], 2)
+        .await;
+    let live = loop {
+        let m = tokio::time::timeout(TIMEOUT, follow.message())
+            .await
+            .expect("a live record in time")
+            .expect("stream")
+            .expect("open");
+        if let Some(Msg::Flow(f)) = m.response {
+            break f;
+        }
+    };
+    assert_eq!(live.node, "node-b");
+    assert_eq!(live.destination.map(|d| d.pod).as_deref(), Some("db"));
+
+    // node-b stops answering (its agent is gone but still registered): reported, and node-a
+    // still answers. Its stream session ends too: it is then not connected.
+    b.stop();
+    let down = get_flows(&mut c, fpb::GetFlowsRequest::default()).await;
+    assert!(down.0.iter().all(|r| r.0 == "node-a"), "{:?}", down.0);
+    assert_eq!(down.0.len(), 2);
+    assert!(
+        down.1
+            .contains(&("node-b".to_string(), "Unavailable".to_string())),
+        "{:?}",
+        down.1
+    );
+    drop(sb);
+    wait_connected(&ctx, &["node-a", "node-d"]).await;
+    let gone = get_flows(&mut c, fpb::GetFlowsRequest::default()).await;
+    assert!(
+        gone.1
+            .contains(&("node-b".to_string(), "NotConnected".to_string())),
+        "{:?}",
+        gone.1
+    );
+
+    // An agent advertising another node's flow API gets nothing: the relay checks the
+    // certificate against the node it asks for.
+    let _se = connect_agent(stream_addr, &pki, "node-e", &a.url);
+    wait_connected(&ctx, &["node-a", "node-d", "node-e"]).await;
+    let spoofed = get_flows(&mut c, fpb::GetFlowsRequest::default()).await;
+    assert!(spoofed.0.iter().all(|r| r.0 == "node-a"));
+    assert_eq!(spoofed.0.len(), 2, "node-a's records once, under node-a");
+    assert!(
+        spoofed
+            .1
+            .contains(&("node-e".to_string(), "Unavailable".to_string())),
+        "{:?}",
+        spoofed.1
+    );
+
+    // A node that accepts connections but never answers is reported once the timeout passes,
+    // and the others' answer still arrives.
+    let silent = StdListener::bind("127.0.0.1:0").expect("a silent listener");
+    let silent_url = format!("https://{}", silent.local_addr().expect("address"));
+    let _sf = connect_agent(stream_addr, &pki, "node-f", &silent_url);
+    wait_connected(&ctx, &["node-a", "node-d", "node-e", "node-f"]).await;
+    let slow = get_flows(&mut c, fpb::GetFlowsRequest::default()).await;
+    assert_eq!(slow.0.len(), 2);
+    assert!(
+        slow.1
+            .contains(&("node-f".to_string(), "DeadlineExceeded".to_string())),
+        "{:?}",
+        slow.1
+    );
+    let slow_top = c
+        .top_talkers(fpb::TopTalkersRequest::default())
+        .await
+        .expect("TopTalkers")
+        .into_inner();
+    assert!(
+        names(&slow_top.node_errors)
+            .contains(&("node-f".to_string(), "DeadlineExceeded".to_string()))
+    );
+    drop(silent);
+
+    // Bad input is refused before anyone is asked; a client without a certificate is refused.
+    let bad = c
+        .get_flows(fpb::GetFlowsRequest {
+            query: Some(fpb::Query {
+                include: vec![fpb::FlowFilter {
+                    source_ip: vec!["10.0.0.0/33".into()],
+                    ..fpb::FlowFilter::default()
+                }],
+                ..fpb::Query::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a malformed CIDR");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("from-ip"), "{}", bad.message());
+    let mut anonymous = relay_client(relay_addr, &pki, None).await;
+    assert!(
+        anonymous
+            .server_status(fpb::ServerStatusRequest {})
+            .await
+            .is_err(),
+        "the relay serves only clients with a certificate of its CA"
+    );
+
+    relay_server.abort();
+    server.abort();
+    run.abort();
+}
