@@ -1,8 +1,8 @@
 //! The flow relay: `septum.flow.v1.FlowService` for the whole cluster, answered by asking every
 //! node's agent and merging what they say.
 //!
-//! - Which agents: every node the controller streams state to, and every agent connected to the
-//!   stream. A connected agent's Hello says where its TCP flow API listens ([`Agents`]); the
+//! - Which agents: every node of the cluster (its Node objects and the nodes pods are scheduled
+//!   on), and every agent connected to the stream. A connected agent's Hello says where its TCP flow API listens ([`Agents`]); the
 //!   relay dials it with the controller's certificate and checks the agent's certificate
 //!   against the *node name* (not the advertised host), so an agent can only ever answer for
 //!   its own node. A query whose every include filter names nodes goes to those nodes only.
@@ -186,16 +186,23 @@ impl Relay {
         Ok(channel)
     }
 
-    /// The nodes to ask: every node with published state and every connected agent, within
-    /// `scope`.
+    /// The nodes to ask: every Node object, every node a pod is scheduled on, and every
+    /// connected agent, within `scope`.
     fn targets(&self, scope: Option<BTreeSet<String>>) -> Vec<Target> {
         let connected = self.ctx.agents.snapshot();
         let mut nodes: BTreeSet<String> = self
             .ctx
-            .published()
-            .nodes()
-            .map(|(n, _)| n.clone())
-            .collect();
+            .with_compiler(|c| {
+                c.engine()
+                    .map(|e| {
+                        let cluster = e.cluster();
+                        let mut n: BTreeSet<String> = cluster.nodes.keys().cloned().collect();
+                        n.extend(cluster.pods.values().filter_map(|p| p.node.clone()));
+                        n
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
         nodes.extend(connected.keys().cloned());
         if let Some(s) = &scope {
             nodes.retain(|n| s.contains(n));

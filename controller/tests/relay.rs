@@ -643,6 +643,18 @@ async fn the_relay_merges_every_nodes_flows_and_reports_the_nodes_that_cannot_an
     );
     drop(silent);
 
+    // A node that leaves the cluster (its last pod gone, no Node object) is no longer asked.
+    api.delete("pods", "shop/cache");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = get_flows(&mut c, fpb::GetFlowsRequest::default()).await;
+        if !now.1.iter().any(|(n, _)| n == "node-c") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-c still asked: {:?}", now.1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Bad input is refused before anyone is asked; a client without a certificate is refused.
     let bad = c
         .get_flows(fpb::GetFlowsRequest {
