@@ -30,6 +30,12 @@ pub enum LabCommand {
         /// Manifest files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Node namespaces: 1 (a standalone agent) or 2 (`node-a`, `node-b` joined by a link,
+        /// an agent in cluster mode on each, fed by a local controller over the node-state
+        /// stream). Pods go to the node their `spec.nodeName` names, else to the node with the
+        /// fewest pods.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
     },
     /// Creates or updates objects in the running lab; returns once the change is enforced.
     Apply {
@@ -92,6 +98,14 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 50)]
         adds: usize,
     },
+    /// (internal) The local controller of a multi-node lab, run inside its first node's
+    /// network namespace.
+    #[command(hide = true)]
+    Controller {
+        /// The lab directory.
+        #[arg(long)]
+        lab_dir: PathBuf,
+    },
     /// (internal) The servers of one pod, run inside its network namespace.
     #[command(hide = true)]
     Serve {
@@ -120,15 +134,23 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
     let dir = LabDir::from_env();
     let programs = Programs::discover()?;
     match cmd {
-        LabCommand::Up { paths } => {
+        LabCommand::Up { paths, nodes } => {
             let started = std::time::Instant::now();
-            let lab = Lab::up(dir, programs, &paths)?;
+            let lab = Lab::up_nodes(dir, programs, &paths, nodes)?;
+            let on = if lab.is_cluster() {
+                format!(" on {} nodes", lab.state().nodes.len())
+            } else {
+                String::new()
+            };
             println!(
-                "lab up: {} pod(s), {} Service(s) in {:.2}s",
+                "lab up: {} pod(s), {} Service(s){on} in {:.2}s",
                 lab.state().pods.len(),
                 lab.state().services.len(),
                 started.elapsed().as_secs_f64()
             );
+        }
+        LabCommand::Controller { lab_dir } => {
+            septum_lab::cluster::run_controller(&LabDir::at(&lab_dir))?;
         }
         LabCommand::Apply { paths } => {
             let mut lab = Lab::open(dir, programs)?;
@@ -157,8 +179,13 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                             .iter()
                             .map(|x| format!("{}/{}", x.port, x.protocol.as_str()))
                             .collect();
+                        let node = p
+                            .node
+                            .as_deref()
+                            .map(|n| format!("\t{n}"))
+                            .unwrap_or_default();
                         println!(
-                            "pod {}/{}\t{}\t{}",
+                            "pod {}/{}\t{}\t{}{node}",
                             p.namespace,
                             p.name,
                             ips.join(","),
@@ -169,6 +196,15 @@ pub fn run(cmd: LabCommand) -> Result<ExitCode> {
                         let ips: Vec<String> =
                             s.cluster_ips.iter().map(ToString::to_string).collect();
                         println!("service {}/{}\t{}", s.namespace, s.name, ips.join(","));
+                    }
+                    for n in &lab.state().nodes {
+                        println!(
+                            "node {}\t{}\t{}\tagent pid {}",
+                            n.name,
+                            n.netns,
+                            n.pod_subnet,
+                            n.agent_pid.map_or("-".to_string(), |p| p.to_string())
+                        );
                     }
                 }
             }

@@ -40,7 +40,7 @@ pub const SERVICE_PREFIX: u8 = 16;
 /// The node name the lab's agent uses.
 pub const NODE_NAME: &str = "lab-node";
 /// How long `up`/`apply`/`delete` wait for the agent to enforce a change.
-const ENFORCE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ENFORCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the lab finds its programs.
 #[derive(Clone, Debug)]
@@ -70,16 +70,35 @@ impl Programs {
 /// The running (or half-built) lab.
 #[derive(Debug)]
 pub struct Lab {
-    dir: LabDir,
-    programs: Programs,
-    state: LabState,
+    pub(crate) dir: LabDir,
+    pub(crate) programs: Programs,
+    pub(crate) state: LabState,
+}
+
+/// Where one node keeps its agent and CNI files: the single node of the standalone lab, or
+/// one node of a multi-node lab.
+#[derive(Clone, Debug)]
+pub(crate) struct Site {
+    /// The Kubernetes node name.
+    pub(crate) node: String,
+    /// Its network namespace.
+    pub(crate) netns: String,
+    /// Its agent's socket, state directory, log and pin root.
+    pub(crate) socket: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) pins: PathBuf,
+    /// CNI cache, IPAM data and DEL queue.
+    pub(crate) cni: PathBuf,
+    /// Its pods' subnet.
+    pub(crate) subnet: String,
 }
 
 fn node_netns_name(dir: &LabDir) -> String {
     format!("{}node", dir.netns_prefix())
 }
 
-fn protocol_of(p: ModelProtocol) -> Protocol {
+pub(crate) fn protocol_of(p: ModelProtocol) -> Protocol {
     match p {
         ModelProtocol::Tcp => Protocol::Tcp,
         ModelProtocol::Udp => Protocol::Udp,
@@ -105,7 +124,7 @@ fn model_of(o: &Object) -> Result<septum_policy::Cluster> {
     Ok(m.cluster)
 }
 
-fn model_pod(o: &Object) -> Result<Pod> {
+pub(crate) fn model_pod(o: &Object) -> Result<Pod> {
     model_of(o)?
         .pods
         .into_values()
@@ -140,14 +159,65 @@ impl Lab {
         self.dir.save(&self.state)
     }
 
-    fn node(&self) -> Result<NetNs> {
-        NetNs::open(&self.state.node_netns).map_err(Into::into)
+    /// Whether this is a multi-node lab (agents in cluster mode, the local controller).
+    pub fn is_cluster(&self) -> bool {
+        !self.state.nodes.is_empty()
+    }
+
+    /// The single node of the standalone lab.
+    fn single_site(&self) -> Site {
+        Site {
+            node: NODE_NAME.to_string(),
+            netns: self.state.node_netns.clone(),
+            socket: self.dir.agent_socket(),
+            state: self.dir.agent_state(),
+            log: self.dir.agent_log(),
+            pins: self.dir.pin_root(),
+            cni: self.dir.cni(),
+            subnet: POD_SUBNET.to_string(),
+        }
+    }
+
+    /// The site of `node` (`None`: the standalone lab's node).
+    pub(crate) fn site(&self, node: Option<&str>) -> Result<Site> {
+        let Some(name) = node else {
+            return Ok(self.single_site());
+        };
+        let n = self
+            .state
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .with_context(|| format!("the lab has no node {name:?}"))?;
+        let d = self.dir.node_dir(&n.name);
+        Ok(Site {
+            node: n.name.clone(),
+            netns: n.netns.clone(),
+            socket: d.join("run").join("agent.sock"),
+            state: d.join("agent"),
+            log: d.join("agent.log"),
+            pins: self.dir.node_pin_root(&n.name),
+            cni: d.join("cni"),
+            subnet: n.pod_subnet.clone(),
+        })
+    }
+
+    /// Every node's site.
+    pub(crate) fn sites(&self) -> Result<Vec<Site>> {
+        if self.state.nodes.is_empty() {
+            return Ok(vec![self.single_site()]);
+        }
+        self.state
+            .nodes
+            .iter()
+            .map(|n| self.site(Some(&n.name)))
+            .collect()
     }
 
     /// `lab up`.
     pub fn up(dir: LabDir, programs: Programs, paths: &[PathBuf]) -> Result<Self> {
         let node_name = node_netns_name(&dir);
-        if dir.load()?.is_some() || NetNs::open(&node_name).is_ok() {
+        if dir.load()?.is_some() || !NetNs::list_with_prefix(&node_name).is_empty() {
             bail!(
                 "a lab is already up (its files are in {}); `septum lab down` removes it",
                 dir.root().display()
@@ -181,21 +251,48 @@ impl Lab {
     }
 
     fn start_agent(&mut self) -> Result<()> {
-        let node = self.node()?;
-        std::fs::create_dir_all(self.dir.root())?;
-        let log = std::fs::File::create(self.dir.agent_log())?;
+        let site = self.single_site();
+        let pid = self.start_agent_at(&site)?;
+        self.state.agent_pid = Some(pid);
+        self.save()
+    }
+
+    /// Starts the agent of `site` (standalone on the lab's datastore, or in cluster mode on
+    /// the local controller) and waits for its socket.
+    pub(crate) fn start_agent_at(&mut self, site: &Site) -> Result<u32> {
+        let node = NetNs::open(&site.netns)?;
+        if let Some(parent) = site.log.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let log = std::fs::File::create(&site.log)?;
         let mut cmd = node.command(&self.programs.septum);
-        cmd.arg("agent")
-            .arg("--manifests")
-            .arg(self.dir.datastore())
-            .arg("--state-dir")
-            .arg(self.dir.agent_state())
+        cmd.arg("agent");
+        if self.is_cluster() {
+            let addr = crate::cluster::controller_addr(&self.state.nodes)
+                .context("the lab has no nodes")?;
+            let pki = crate::pki::PkiFiles::at(&self.dir.pki());
+            let (cert, key) = pki.pair(&site.node);
+            cmd.arg("--controller")
+                .arg(format!("https://{addr}"))
+                .arg("--controller-ca")
+                .arg(pki.ca())
+                .arg("--controller-tls-cert")
+                .arg(cert)
+                .arg("--controller-tls-key")
+                .arg(key)
+                .arg("--controller-server-name")
+                .arg(crate::pki::CONTROLLER_NAME);
+        } else {
+            cmd.arg("--manifests").arg(self.dir.datastore());
+        }
+        cmd.arg("--state-dir")
+            .arg(&site.state)
             .arg("--socket")
-            .arg(self.dir.agent_socket())
+            .arg(&site.socket)
             .arg("--pin-root")
-            .arg(self.dir.pin_root())
+            .arg(&site.pins)
             .arg("--node-name")
-            .arg(NODE_NAME)
+            .arg(&site.node)
             .arg("--health-addr")
             .arg("127.0.0.1:9878")
             .arg("--migrate")
@@ -208,24 +305,26 @@ impl Lab {
             .stderr(log);
         detach_session(&mut cmd);
         let child = cmd.spawn().context("starting the agent")?;
-        self.state.agent_pid = Some(child.id());
-        self.save()?;
         let deadline = Instant::now() + ENFORCE_TIMEOUT;
-        while !self.dir.agent_socket().exists() {
+        while !site.socket.exists() {
             if Instant::now() > deadline || !pid_alive(child.id()) {
                 bail!(
-                    "the agent did not start; its log ({}):\n{}",
-                    self.dir.agent_log().display(),
-                    tail(&self.dir.agent_log())
+                    "the agent of {} did not start; its log ({}):\n{}",
+                    site.node,
+                    site.log.display(),
+                    tail(&site.log)
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(())
+        Ok(child.id())
     }
 
     /// Restarts the agent (kill -9 included when `kill` is true), for restart tests.
     pub fn restart_agent(&mut self, kill: bool) -> Result<()> {
+        if self.is_cluster() {
+            bail!("restart-agent restarts the single-node lab's agent; this lab has several nodes");
+        }
         if let Some(pid) = self.state.agent_pid.take() {
             stop_process(pid, kill);
         }
@@ -249,6 +348,9 @@ impl Lab {
     }
 
     fn apply_objects(&mut self, objs: Vec<Object>) -> Result<()> {
+        if self.is_cluster() {
+            return self.apply_objects_cluster(objs);
+        }
         let store = Datastore::open(&self.dir.datastore())?;
         let mut written = Vec::new();
         // Namespaces and policies first, then Services, then Pods: a new pod meets its policy.
@@ -278,15 +380,15 @@ impl Lab {
                     // result is in, its addresses (so `septum explain` over the datastore
                     // knows them too).
                     if let Some(rec) = self.state.pods.get(&o.key()) {
-                        set_pod_status(&mut o, &rec.ips);
+                        set_pod_status(&mut o, NODE_NAME, &rec.ips);
                     } else {
-                        set_pod_status(&mut o, &[]);
+                        set_pod_status(&mut o, NODE_NAME, &[]);
                     }
                     written.push(store.write(&o)?);
                     let created = !self.state.pods.contains_key(&o.key());
-                    self.ensure_pod(&o, pod.labels.clone(), ports)?;
+                    self.ensure_pod(&o, pod.labels.clone(), ports, None)?;
                     if created && let Some(rec) = self.state.pods.get(&o.key()) {
-                        set_pod_status(&mut o, &rec.ips.clone());
+                        set_pod_status(&mut o, NODE_NAME, &rec.ips.clone());
                         written.pop();
                         written.push(store.write(&o)?);
                     }
@@ -301,7 +403,7 @@ impl Lab {
         self.wait_enforced(&written, &[])
     }
 
-    fn prepare_service(&mut self, o: &mut Object) -> Result<()> {
+    pub(crate) fn prepare_service(&mut self, o: &mut Object) -> Result<()> {
         let key = o.key();
         let given = o.value["spec"]["clusterIP"].as_str().map(str::to_string);
         let ip: IpAddr = match given.as_deref() {
@@ -370,11 +472,12 @@ impl Lab {
 
     /// Creates a pod (namespace, CNI ADD, server), or updates the record of an existing one
     /// (a relabelled pod keeps its namespace and address; changed ports restart its server).
-    fn ensure_pod(
+    pub(crate) fn ensure_pod(
         &mut self,
         o: &Object,
         labels: BTreeMap<String, String>,
         ports: Vec<PortRecord>,
+        node: Option<String>,
     ) -> Result<()> {
         let key = o.key();
         if let Some(rec) = self.state.pods.get_mut(&key) {
@@ -409,6 +512,7 @@ impl Lab {
             ports,
             server_pid: None,
             attached: false,
+            node,
         };
         self.state.pods.insert(key.clone(), rec.clone());
         self.save()?;
@@ -422,17 +526,23 @@ impl Lab {
         self.save()
     }
 
+    /// The CNI configuration of the standalone lab's node.
     pub fn conflist(&self) -> Value {
-        let cni = self.dir.cni();
+        Self::conflist_at(&self.single_site())
+    }
+
+    /// The CNI configuration of a node: bridge + host-local on its subnet, septum-cni talking
+    /// to its agent.
+    pub(crate) fn conflist_at(site: &Site) -> Value {
         cni::lab_conflist(
             NETWORK,
             BRIDGE,
-            POD_SUBNET,
-            &cni.join("ipam"),
+            &site.subnet,
+            &site.cni.join("ipam"),
             vec![json!({
                 "type": "septum-cni",
-                "agentSocket": self.dir.agent_socket(),
-                "delQueueDir": cni.join("del-queue"),
+                "agentSocket": site.socket,
+                "delQueueDir": site.cni.join("del-queue"),
                 "addTimeout": "10s",
             })],
         )
@@ -451,18 +561,24 @@ impl Lab {
         }
     }
 
+    /// The CNI runner of the standalone lab's node.
     pub fn cni(&self) -> Result<cni::CniRunner> {
+        self.cni_at(&self.single_site())
+    }
+
+    fn cni_at(&self, site: &Site) -> Result<cni::CniRunner> {
         Ok(cni::CniRunner::new(
             self.programs.cni_path.clone(),
-            self.dir.cni().join("cache"),
-            Some(self.node()?),
+            site.cni.join("cache"),
+            Some(NetNs::open(&site.netns)?),
         ))
     }
 
     fn cni_add(&self, rec: &PodRecord) -> Result<Vec<IpAddr>> {
+        let site = self.site(rec.node.as_deref())?;
         let result = self
-            .cni()?
-            .add(&self.conflist(), &self.runtime_conf(rec))
+            .cni_at(&site)?
+            .add(&Self::conflist_at(&site), &self.runtime_conf(rec))
             .with_context(|| format!("CNI ADD of pod {}/{}", rec.namespace, rec.name))?;
         let ips = result["ips"]
             .as_array()
@@ -481,9 +597,10 @@ impl Lab {
         Ok(ips)
     }
 
-    fn cni_del(&self, rec: &PodRecord) -> Result<()> {
-        self.cni()?
-            .del(&self.conflist(), &self.runtime_conf(rec))
+    pub(crate) fn cni_del(&self, rec: &PodRecord) -> Result<()> {
+        let site = self.site(rec.node.as_deref())?;
+        self.cni_at(&site)?
+            .del(&Self::conflist_at(&site), &self.runtime_conf(rec))
             .with_context(|| format!("CNI DEL of pod {}/{}", rec.namespace, rec.name))
     }
 
@@ -514,7 +631,7 @@ impl Lab {
     }
 
     /// Rewrites the Service DNAT rules from the recorded Services and pods.
-    fn sync_services(&self) -> Result<()> {
+    pub(crate) fn sync_services(&self) -> Result<()> {
         let cluster = self.model();
         let mut rules = Vec::new();
         for svc in cluster.services.values() {
@@ -546,7 +663,13 @@ impl Lab {
                 }
             }
         }
-        proxy::apply(&self.node()?, &proxy::render(&rules)).context("programming Service rules")?;
+        // Every node DNATs its own pods' Service traffic (kube-proxy runs on every node), so
+        // each node holds the rules of every Service.
+        let script = proxy::render(&rules);
+        for site in self.sites()? {
+            proxy::apply(&NetNs::open(&site.netns)?, &script)
+                .with_context(|| format!("programming Service rules on {}", site.node))?;
+        }
         Ok(())
     }
 
@@ -591,6 +714,9 @@ impl Lab {
     /// `lab delete`.
     pub fn delete(&mut self, paths: &[PathBuf]) -> Result<()> {
         let objs = objects::read(paths)?;
+        if self.is_cluster() {
+            return self.delete_cluster(objs);
+        }
         let store = Datastore::open(&self.dir.datastore())?;
         let mut removed = Vec::new();
         for o in &objs {
@@ -612,7 +738,7 @@ impl Lab {
         self.wait_enforced(&[], &removed)
     }
 
-    fn remove_pod(&self, rec: &PodRecord) -> Result<()> {
+    pub(crate) fn remove_pod(&self, rec: &PodRecord) -> Result<()> {
         if let Some(pid) = rec.server_pid {
             stop_process(pid, true);
         }
@@ -628,7 +754,7 @@ impl Lab {
             .pods
             .values()
             .map(|p| {
-                json!({
+                let mut v = json!({
                     "namespace": p.namespace,
                     "name": p.name,
                     "labels": p.labels,
@@ -637,7 +763,11 @@ impl Lab {
                         "name": pp.name, "port": pp.port, "protocol": pp.protocol.as_str(),
                     })).collect::<Vec<_>>(),
                     "netns": p.netns,
-                })
+                });
+                if let Some(node) = &p.node {
+                    v["node"] = json!(node);
+                }
+                v
             })
             .collect();
         let services: Vec<Value> = self
@@ -658,7 +788,20 @@ impl Lab {
                 })
             })
             .collect();
-        json!({"pods": pods, "services": services})
+        let mut out = json!({"pods": pods, "services": services});
+        if self.is_cluster() {
+            out["nodes"] = self
+                .state
+                .nodes
+                .iter()
+                .map(|n| {
+                    json!({"name": n.name, "netns": n.netns, "podSubnet": n.pod_subnet,
+                        "linkIP": n.link_ip.to_string(), "agentPid": n.agent_pid})
+                })
+                .collect();
+            out["controllerPid"] = json!(self.state.controller_pid);
+        }
+        out
     }
 
     /// The model pods of the lab with their addresses (for probes via Services).
@@ -690,8 +833,8 @@ impl Lab {
 }
 
 /// Sets `spec.nodeName` and, when known, `status.podIP(s)` of a Pod object.
-fn set_pod_status(o: &mut Object, ips: &[IpAddr]) {
-    o.value["spec"]["nodeName"] = json!(NODE_NAME);
+pub(crate) fn set_pod_status(o: &mut Object, node: &str, ips: &[IpAddr]) {
+    o.value["spec"]["nodeName"] = json!(node);
     if !ips.is_empty() {
         o.value["status"]["podIP"] = json!(ips[0].to_string());
         o.value["status"]["podIPs"] = json!(
@@ -765,6 +908,16 @@ pub fn down(dir: &LabDir, programs: &Programs) -> Result<Vec<String>> {
             stop_process(pid, false);
             done.push(format!("stopped the agent (pid {pid})"));
         }
+        for n in &state.nodes {
+            if let Some(pid) = n.agent_pid {
+                stop_process(pid, false);
+                done.push(format!("stopped the agent of {} (pid {pid})", n.name));
+            }
+        }
+        if let Some(pid) = state.controller_pid {
+            stop_process(pid, false);
+            done.push(format!("stopped the controller (pid {pid})"));
+        }
     }
     // Processes the record may not know (a killed `up`): every one started with this lab dir.
     for pid in processes_mentioning(dir.root()) {
@@ -791,7 +944,7 @@ pub fn down(dir: &LabDir, programs: &Programs) -> Result<Vec<String>> {
 
 /// Starts `cmd` in a session of its own, so it outlives the command that started it and a
 /// terminal's signals do not reach it.
-fn detach_session(cmd: &mut Command) {
+pub(crate) fn detach_session(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -802,7 +955,7 @@ fn detach_session(cmd: &mut Command) {
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };
@@ -866,7 +1019,7 @@ fn processes_mentioning(dir: &Path) -> Vec<u32> {
     out
 }
 
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")

@@ -12,9 +12,13 @@
 //! - [`objects`]: the manifests' objects and the agent's datastore directory.
 //! - [`state`]: the lab's record of what it created; [`control`]: up, apply, delete, status,
 //!   down; [`probe`]: the reachability matrix.
+//! - [`cluster`]: the multi-node lab (two node namespaces joined by a link, agents in cluster
+//!   mode, the local controller); [`pki`]: its throwaway certificates.
 
 #[cfg(feature = "control")]
 pub mod bench;
+#[cfg(feature = "control")]
+pub mod cluster;
 pub mod cni;
 pub mod connect;
 #[cfg(feature = "control")]
@@ -22,6 +26,8 @@ pub mod control;
 pub mod ns;
 #[cfg(feature = "control")]
 pub mod objects;
+#[cfg(feature = "control")]
+pub mod pki;
 #[cfg(feature = "control")]
 pub mod probe;
 pub mod proxy;

@@ -73,6 +73,12 @@ pub struct ProbeCell {
     pub protocol: &'static str,
     /// The outcome.
     pub result: ProbeResult,
+    /// The source's node (multi-node labs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_node: Option<String>,
+    /// The destination's node (multi-node labs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_node: Option<String>,
     /// Why, for errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -203,6 +209,8 @@ pub fn run(lab: &Lab, spec: &ProbeSpec) -> Result<Vec<ProbeCell>> {
                         port,
                         protocol: protocol.as_str(),
                         result,
+                        from_node: None,
+                        to_node: None,
                         detail,
                     })
                     .collect::<Vec<_>>()
@@ -216,6 +224,11 @@ pub fn run(lab: &Lab, spec: &ProbeSpec) -> Result<Vec<ProbeCell>> {
             h.join()
                 .map_err(|_| anyhow::anyhow!("a probe thread panicked"))?,
         );
+    }
+    let node_of = |p: &str| lab.state().pods.get(p).and_then(|r| r.node.clone());
+    for c in &mut cells {
+        c.from_node = node_of(&c.from);
+        c.to_node = node_of(&c.to);
     }
     Ok(cells)
 }

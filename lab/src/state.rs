@@ -49,6 +49,9 @@ pub struct PodRecord {
     pub server_pid: Option<u32>,
     /// Whether CNI ADD completed.
     pub attached: bool,
+    /// The lab node it runs on (multi-node labs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A Service port.
@@ -77,6 +80,21 @@ pub struct ServiceRecord {
     pub ports: Vec<ServicePortRecord>,
 }
 
+/// One node of a multi-node lab (`lab up --nodes N`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The Kubernetes node name (its agent's certificate Common Name).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its pods' subnet.
+    pub pod_subnet: String,
+    /// Its address on the link between the nodes.
+    pub link_ip: std::net::Ipv4Addr,
+    /// Its agent process.
+    pub agent_pid: Option<u32>,
+}
+
 /// Everything the lab created.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabState {
@@ -90,6 +108,13 @@ pub struct LabState {
     pub services: BTreeMap<String, ServiceRecord>,
     /// Whether `up` finished.
     pub up: bool,
+    /// Multi-node labs: the nodes (empty for the single-node lab, whose node is
+    /// [`LabState::node_netns`] with a standalone agent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeRecord>,
+    /// Multi-node labs: the controller process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_pid: Option<u32>,
 }
 
 /// The lab directory and its files.
@@ -137,6 +162,27 @@ impl LabDir {
     /// The agent's log.
     pub fn agent_log(&self) -> PathBuf {
         self.root.join("agent.log")
+    }
+    /// A node's directory in a multi-node lab: its agent's state, socket and log, its CNI
+    /// files.
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.root.join("nodes").join(node)
+    }
+    /// A node's pin root in a multi-node lab.
+    pub fn node_pin_root(&self, node: &str) -> PathBuf {
+        self.pin_root().join(node)
+    }
+    /// The lab's throwaway PKI (multi-node labs).
+    pub fn pki(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+    /// The local controller's request socket (multi-node labs).
+    pub fn controller_socket(&self) -> PathBuf {
+        self.root.join("run").join("controller.sock")
+    }
+    /// The local controller's log.
+    pub fn controller_log(&self) -> PathBuf {
+        self.root.join("controller.log")
     }
     /// CNI cache, IPAM data and DEL queue.
     pub fn cni(&self) -> PathBuf {
