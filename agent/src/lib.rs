@@ -174,7 +174,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             .tls_config(tls)
             .context("the flow API's TLS configuration")?
             .add_service(septum_proto::flow::v1::flow_service_server::FlowServiceServer::new(api))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(incoming));
+            // TCP_NODELAY: small gRPC frames must not wait for delayed ACKs.
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(incoming).with_nodelay(Some(true)),
+            );
         tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "the TCP flow API stopped");

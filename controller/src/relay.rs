@@ -661,7 +661,11 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(relay.service())
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        // Small gRPC frames must not wait for delayed ACKs (Nagle), as they do on a socket
+        // accepted without TCP_NODELAY.
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await
 }
 

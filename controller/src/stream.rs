@@ -455,7 +455,11 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(NodeStateServer::new(ctx))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        // Small gRPC frames must not wait for delayed ACKs (Nagle), as they do on a socket
+        // accepted without TCP_NODELAY.
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await
 }
 
