@@ -8,6 +8,10 @@
 //! - the agent in standalone mode (`septum agent`), its datastore a directory with one file per
 //!   object, its pins under the lab's own bpffs root;
 //! - the lab directory (`/run/septum-lab`): `lab.json`, datastore, agent state, CNI cache.
+//!
+//! `lab up --nodes 2` builds two node namespaces instead, with agents in cluster mode and the
+//! local controller (see [`crate::cluster`]); the pod, Service and CNI code here serves both,
+//! each pod on its node's [`Site`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
