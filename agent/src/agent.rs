@@ -398,12 +398,15 @@ impl Agent {
                     });
             }
         }
+        let previous = self.enricher.read().ok().map(|g| g.clone());
         let enricher = Enricher::from_endpoints(
             &self.cfg.node_name,
             self.registry
                 .endpoints
                 .values()
                 .filter_map(|ep| ep.pod.as_ref().map(|p| (ep.ips.as_slice(), p))),
+            &held.state,
+            previous.as_deref(),
         );
         if let Ok(mut g) = self.enricher.write() {
             *g = Arc::new(enricher);

@@ -229,6 +229,8 @@ impl NodeStates {
         let mut policy = Journal::default();
         let mut ipcache = Journal::default();
         let mut services = Journal::default();
+        let mut rules = Journal::default();
+        let mut identities = Journal::default();
         let s = &mut entry.state;
         for d in diffs {
             for (k, v) in d.policy.upserts.iter().filter(|(k, _)| filter.keeps(k)) {
@@ -255,12 +257,39 @@ impl NodeStates {
             for k in &d.services.deletes {
                 services.set(&mut s.services, *k, None);
             }
+            // The identity table goes to every node whole.
+            for (k, v) in &d.identities.upserts {
+                identities.set(&mut s.identities, *k, Some(v.clone()));
+            }
+            for k in &d.identities.deletes {
+                identities.set(&mut s.identities, *k, None);
+            }
         }
         let diff = NodeStateDiff {
             endpoints: Default::default(),
             policy: policy.diff(&s.policy),
             ipcache: ipcache.diff(&s.ipcache),
             services: services.diff(&s.services),
+            rules: {
+                // The rules its policy entries name, as they now are.
+                let wanted = septum_policy::node::rules_of(&s.policy, state);
+                let gone: Vec<_> = s
+                    .rules
+                    .keys()
+                    .filter(|c| !wanted.contains_key(c))
+                    .copied()
+                    .collect();
+                for c in gone {
+                    rules.set(&mut s.rules, c, None);
+                }
+                for (c, d) in wanted {
+                    if s.rules.get(&c) != Some(&d) {
+                        rules.set(&mut s.rules, c, Some(d));
+                    }
+                }
+                rules.diff(&s.rules)
+            },
+            identities: identities.diff(&s.identities),
         };
         if diff.is_empty() {
             return None;

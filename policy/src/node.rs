@@ -2,16 +2,18 @@
 //! entries of the identities of its own pods (both directions) and the egress entries of every
 //! other identity that can concern its pods (egress is also checked at the destination's
 //! `to_pod`, after Service DNAT), the full ipcache with the node's own addresses marked as the
-//! host, and every Service VIP.
+//! host, every Service VIP, and for its flow logs what the numbers mean: the rules its policy
+//! entries name and the cluster's identity table.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use septum_datapath_common::{
-    Direction, IPCACHE_KIND_HOST, Identity, IpCacheEntry, PolicyEntry, ServiceEntry,
+    Cookie, Direction, IPCACHE_KIND_HOST, Identity, IpCacheEntry, PolicyEntry, ServiceEntry,
 };
 
 use crate::cidr::Cidr;
 use crate::model::{Cluster, ObjectKey};
+use crate::rules::RuleDescription;
 use crate::state::{
     ClusterState, EndpointState, IdentityDescription, MapDiff, PolicyKey, ServiceVip,
 };
@@ -29,6 +31,10 @@ pub struct NodeState {
     pub policy: BTreeMap<PolicyKey, PolicyEntry>,
     /// Service VIPs.
     pub services: BTreeMap<ServiceVip, ServiceEntry>,
+    /// Cookie -> rule, for flow logs (the rules its policy entries name).
+    pub rules: BTreeMap<Cookie, RuleDescription>,
+    /// Identity -> what it stands for, for flow logs (the whole cluster's table).
+    pub identities: BTreeMap<Identity, IdentityDescription>,
 }
 
 /// The difference between two states of one node, map by map (upserts, then deletes).
@@ -42,6 +48,10 @@ pub struct NodeStateDiff {
     pub policy: MapDiff<PolicyKey, PolicyEntry>,
     /// Service VIPs.
     pub services: MapDiff<ServiceVip, ServiceEntry>,
+    /// Cookie table.
+    pub rules: MapDiff<Cookie, RuleDescription>,
+    /// Identity table.
+    pub identities: MapDiff<Identity, IdentityDescription>,
 }
 
 impl NodeStateDiff {
@@ -52,6 +62,8 @@ impl NodeStateDiff {
             ipcache: MapDiff::between(&old.ipcache, &new.ipcache),
             policy: MapDiff::between(&old.policy, &new.policy),
             services: MapDiff::between(&old.services, &new.services),
+            rules: MapDiff::between(&old.rules, &new.rules),
+            identities: MapDiff::between(&old.identities, &new.identities),
         }
     }
 
@@ -62,7 +74,12 @@ impl NodeStateDiff {
 
     /// Number of operations.
     pub fn len(&self) -> usize {
-        self.endpoints.len() + self.ipcache.len() + self.policy.len() + self.services.len()
+        self.endpoints.len()
+            + self.ipcache.len()
+            + self.policy.len()
+            + self.services.len()
+            + self.rules.len()
+            + self.identities.len()
     }
 
     /// Applies the diff to a node's state (what an agent does with a delta).
@@ -71,6 +88,8 @@ impl NodeStateDiff {
         self.ipcache.apply_to(&mut state.ipcache);
         self.policy.apply_to(&mut state.policy);
         self.services.apply_to(&mut state.services);
+        self.rules.apply_to(&mut state.rules);
+        self.identities.apply_to(&mut state.identities);
     }
 }
 
@@ -130,6 +149,20 @@ pub fn host_entry(cidr_identity: u32) -> IpCacheEntry {
     }
 }
 
+/// The descriptions of the rules `policy` names (what a node's flow events can carry).
+pub fn rules_of(
+    policy: &BTreeMap<PolicyKey, PolicyEntry>,
+    state: &ClusterState,
+) -> BTreeMap<Cookie, RuleDescription> {
+    policy
+        .values()
+        .filter_map(|e| {
+            let c = Cookie::new(e.cookie);
+            state.rules.get(&c).map(|d| (c, d.clone()))
+        })
+        .collect()
+}
+
 /// The slice of `state` for `node`.
 pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeState {
     let mut endpoints = BTreeMap::new();
@@ -139,7 +172,7 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
         }
     }
     let filter = PolicyFilter::new(state, endpoints.values());
-    let policy = state
+    let policy: BTreeMap<PolicyKey, PolicyEntry> = state
         .policy
         .iter()
         .filter(|(k, _)| filter.keeps(k))
@@ -153,11 +186,14 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
             ipcache.insert(c, host_entry(cidr_identity));
         }
     }
+    let rules = rules_of(&policy, state);
     NodeState {
         node: node.to_string(),
         endpoints,
         ipcache,
         policy,
         services: state.services.clone(),
+        rules,
+        identities: state.identities.clone(),
     }
 }

@@ -12,14 +12,17 @@ use std::fmt;
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    Identity, IpCacheEntry, LpmData, PolicyEntry, PolicyKeyData, ServiceEntry,
+    Cookie, Identity, IpCacheEntry, LpmData, PolicyEntry, PolicyKeyData, ServiceEntry,
 };
 use septum_proto::nodestate::v1 as pb;
 
+use crate::allocation::{PolicyKind, Section};
 use crate::cidr::Cidr;
+use crate::identity::IdentityKey;
 use crate::model::{ObjectKey, Protocol};
 use crate::node::{NodeState, NodeStateDiff};
-use crate::state::{EndpointState, PolicyKey, ServiceVip};
+use crate::rules::{PolicyRef, RuleDescription, Tier};
+use crate::state::{EndpointState, IdentityDescription, PolicyKey, ServiceVip};
 
 /// One update of a node's state, typed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -126,6 +129,48 @@ fn vip(v: &ServiceVip) -> pb::ServiceVip {
     }
 }
 
+fn rule(c: &Cookie, d: &RuleDescription) -> pb::RuleDescription {
+    pb::RuleDescription {
+        cookie: c.get(),
+        tier: d.tier.as_str().to_string(),
+        kind: d.policy.kind.as_str().to_string(),
+        namespace: d.policy.object.namespace.clone(),
+        name: d.policy.object.name.clone(),
+        section: d.section.as_str().to_string(),
+        index: d.index,
+        text: d.text.clone(),
+    }
+}
+
+fn identity(i: &Identity, d: &IdentityDescription) -> pb::IdentityDescription {
+    use pb::identity_description::Kind;
+    let kind = match d {
+        IdentityDescription::Pod(k) => Kind::Pod(pb::PodIdentity {
+            namespace: k.namespace.clone(),
+            labels: k.labels.clone().into_iter().collect(),
+            service_account: k.service_account.clone(),
+            named_ports: k
+                .named_ports
+                .iter()
+                .map(|(name, p, port)| pb::NamedPort {
+                    name: name.clone(),
+                    protocol: u32::from(p.number()),
+                    port: u32::from(*port),
+                })
+                .collect(),
+        }),
+        IdentityDescription::Cidr(c) => Kind::Cidr(prefix(c)),
+        IdentityDescription::PodInCidr { identity, cidr } => Kind::PodInCidr(pb::PodInCidr {
+            identity: identity.get(),
+            cidr: Some(prefix(cidr)),
+        }),
+    };
+    pb::IdentityDescription {
+        identity: i.get(),
+        kind: Some(kind),
+    }
+}
+
 /// The wire form of an update.
 pub fn encode(u: &Update) -> pb::Update {
     let d = &u.diff;
@@ -181,6 +226,15 @@ pub fn encode(u: &Update) -> pb::Update {
             })
             .collect(),
         service_deletes: d.services.deletes.iter().map(vip).collect(),
+        rule_upserts: d.rules.upserts.iter().map(|(c, r)| rule(c, r)).collect(),
+        rule_deletes: d.rules.deletes.iter().map(|c| c.get()).collect(),
+        identity_upserts: d
+            .identities
+            .upserts
+            .iter()
+            .map(|(i, r)| identity(i, r))
+            .collect(),
+        identity_deletes: d.identities.deletes.iter().map(|i| i.get()).collect(),
     }
 }
 
@@ -294,6 +348,96 @@ fn unique_keys<K: Ord + Clone + fmt::Debug>(
 }
 
 /// The typed form of a wire update, or the first thing wrong with it.
+fn decode_rule(r: &pb::RuleDescription, f: &str) -> Result<(Cookie, RuleDescription), WireError> {
+    if r.cookie == 0 {
+        return Err(err(format!("{f}.cookie"), "cookie 0 is no rule"));
+    }
+    let tier = [Tier::Admin, Tier::Namespaced, Tier::Baseline, Tier::Builtin]
+        .into_iter()
+        .find(|t| t.as_str() == r.tier)
+        .ok_or_else(|| err(format!("{f}.tier"), format!("{:?}: no tier", r.tier)))?;
+    let kind: PolicyKind = r
+        .kind
+        .parse()
+        .map_err(|_| err(format!("{f}.kind"), format!("{:?}: no policy kind", r.kind)))?;
+    let section: Section = r.section.parse().map_err(|_| {
+        err(
+            format!("{f}.section"),
+            format!("{:?}: no section", r.section),
+        )
+    })?;
+    if r.name.is_empty() {
+        return Err(err(format!("{f}.name"), "missing"));
+    }
+    Ok((
+        Cookie::new(r.cookie),
+        RuleDescription {
+            tier,
+            policy: PolicyRef {
+                kind,
+                object: ObjectKey::new(&r.namespace, &r.name),
+            },
+            section,
+            index: r.index,
+            text: r.text.clone(),
+        },
+    ))
+}
+
+fn decode_identity(
+    d: &pb::IdentityDescription,
+    f: &str,
+) -> Result<(Identity, IdentityDescription), WireError> {
+    use pb::identity_description::Kind;
+    if d.identity == 0 {
+        return Err(err(format!("{f}.identity"), "identity 0 is no identity"));
+    }
+    let desc = match &d.kind {
+        None => return Err(err(format!("{f}.kind"), "missing")),
+        Some(Kind::Pod(p)) => IdentityDescription::Pod(IdentityKey {
+            namespace: p.namespace.clone(),
+            labels: p.labels.clone().into_iter().collect(),
+            service_account: p.service_account.clone(),
+            named_ports: p
+                .named_ports
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let nf = format!("{f}.pod.named_ports[{i}]");
+                    let number: u8 = narrow(n.protocol, &format!("{nf}.protocol"))?;
+                    let protocol = Protocol::from_number(number).ok_or_else(|| {
+                        err(
+                            format!("{nf}.protocol"),
+                            format!("{number}: not TCP, UDP or SCTP"),
+                        )
+                    })?;
+                    Ok((
+                        n.name.clone(),
+                        protocol,
+                        narrow(n.port, &format!("{nf}.port"))?,
+                    ))
+                })
+                .collect::<Result<_, WireError>>()?,
+        }),
+        Some(Kind::Cidr(c)) => {
+            IdentityDescription::Cidr(decode_prefix(Some(c), &format!("{f}.cidr"))?)
+        }
+        Some(Kind::PodInCidr(p)) => {
+            if p.identity == 0 {
+                return Err(err(
+                    format!("{f}.pod_in_cidr.identity"),
+                    "identity 0 is no identity",
+                ));
+            }
+            IdentityDescription::PodInCidr {
+                identity: Identity::new(p.identity),
+                cidr: decode_prefix(p.cidr.as_ref(), &format!("{f}.pod_in_cidr.cidr"))?,
+            }
+        }
+    };
+    Ok((Identity::new(d.identity), desc))
+}
+
 pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
     if u.node.is_empty() {
         return Err(err("node", "missing"));
@@ -370,10 +514,26 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
         }),
         "service_upserts",
     )?;
+    let rules = unique(
+        u.rule_upserts
+            .iter()
+            .enumerate()
+            .map(|(i, r)| decode_rule(r, &format!("rule_upserts[{i}]"))),
+        "rule_upserts",
+    )?;
+    let identities = unique(
+        u.identity_upserts
+            .iter()
+            .enumerate()
+            .map(|(i, d)| decode_identity(d, &format!("identity_upserts[{i}]"))),
+        "identity_upserts",
+    )?;
     let deletes = u.endpoint_deletes.len()
         + u.ipcache_deletes.len()
         + u.policy_deletes.len()
-        + u.service_deletes.len();
+        + u.service_deletes.len()
+        + u.rule_deletes.len()
+        + u.identity_deletes.len();
     if u.snapshot && deletes > 0 {
         return Err(err("snapshot", "a snapshot carries no deletes"));
     }
@@ -409,6 +569,25 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
             .enumerate()
             .map(|(i, v)| decode_vip(Some(v), &format!("service_deletes[{i}]"))),
         "service_deletes",
+    )?;
+    diff.rules.upserts = rules;
+    diff.rules.deletes = unique_keys(
+        u.rule_deletes.iter().enumerate().map(|(i, c)| match c {
+            0 => Err(err(format!("rule_deletes[{i}]"), "cookie 0 is no rule")),
+            c => Ok(Cookie::new(*c)),
+        }),
+        "rule_deletes",
+    )?;
+    diff.identities.upserts = identities;
+    diff.identities.deletes = unique_keys(
+        u.identity_deletes.iter().enumerate().map(|(i, n)| match n {
+            0 => Err(err(
+                format!("identity_deletes[{i}]"),
+                "identity 0 is no identity",
+            )),
+            n => Ok(Identity::new(*n)),
+        }),
+        "identity_deletes",
     )?;
     Ok(Update {
         epoch: u.epoch,
@@ -494,6 +673,74 @@ mod tests {
         );
         let svc =
             (arb_vip(), any::<u32>()).prop_map(|(v, service_id)| (v, ServiceEntry { service_id }));
+        let tiers = [Tier::Admin, Tier::Namespaced, Tier::Baseline, Tier::Builtin];
+        let kinds = [
+            PolicyKind::ClusterNetworkPolicy,
+            PolicyKind::FlowPolicy,
+            PolicyKind::NetworkPolicy,
+            PolicyKind::Builtin,
+        ];
+        let sections = [
+            Section::Egress,
+            Section::EgressIsolation,
+            Section::Ingress,
+            Section::IngressIsolation,
+        ];
+        let rule = (
+            1u32..,
+            prop::sample::select(tiers.to_vec()),
+            prop::sample::select(kinds.to_vec()),
+            "[a-c]{0,3}",
+            "[a-z]{1,4}",
+            prop::sample::select(sections.to_vec()),
+            any::<u32>(),
+            ".{0,12}",
+        )
+            .prop_map(|(c, tier, kind, ns, name, section, index, text)| {
+                (
+                    Cookie::new(c),
+                    RuleDescription {
+                        tier,
+                        policy: PolicyRef {
+                            kind,
+                            object: ObjectKey::new(ns, name),
+                        },
+                        section,
+                        index,
+                        text,
+                    },
+                )
+            });
+        let pod_identity = (
+            "[a-c]{1,3}",
+            prop::collection::btree_map("[a-z]{1,3}", "[a-z0-9]{0,3}", 0..3),
+            "[a-z]{0,4}",
+            prop::collection::vec(
+                (
+                    "[a-z]{1,4}",
+                    prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
+                    any::<u16>(),
+                ),
+                0..3,
+            ),
+        )
+            .prop_map(|(namespace, labels, service_account, named_ports)| {
+                IdentityDescription::Pod(IdentityKey {
+                    namespace,
+                    labels,
+                    service_account,
+                    named_ports,
+                })
+            });
+        let description = prop_oneof![
+            pod_identity,
+            arb_cidr().prop_map(IdentityDescription::Cidr),
+            (1u32.., arb_cidr()).prop_map(|(i, cidr)| IdentityDescription::PodInCidr {
+                identity: Identity::new(i),
+                cidr,
+            }),
+        ];
+        let ident = (1u32.., description).prop_map(|(i, d)| (Identity::new(i), d));
         (
             prop::collection::vec(
                 ("[a-c]{1,3}", "[a-z]{1,4}", 1u32.., any::<u8>(), any::<u8>()),
@@ -502,8 +749,10 @@ mod tests {
             prop::collection::vec(ipc, 0..8),
             prop::collection::vec(pol, 0..8),
             prop::collection::vec(svc, 0..4),
+            prop::collection::vec(rule, 0..4),
+            prop::collection::vec(ident, 0..4),
         )
-            .prop_map(|(eps, ipc, pol, svc)| NodeState {
+            .prop_map(|(eps, ipc, pol, svc, rules, idents)| NodeState {
                 node: "node-a".into(),
                 endpoints: eps
                     .into_iter()
@@ -521,6 +770,8 @@ mod tests {
                 ipcache: ipc.into_iter().collect(),
                 policy: pol.into_iter().collect(),
                 services: svc.into_iter().collect(),
+                rules: rules.into_iter().collect(),
+                identities: idents.into_iter().collect(),
             })
     }
 
@@ -575,6 +826,55 @@ mod tests {
 
     #[test]
     fn malformed_fields_are_refused_with_their_path() {
+        let good_rule = pb::RuleDescription {
+            cookie: 7,
+            tier: "namespaced".into(),
+            kind: "NetworkPolicy".into(),
+            namespace: "shop".into(),
+            name: "web-in".into(),
+            section: "ingress".into(),
+            index: 0,
+            text: String::new(),
+        };
+        for (edit, field) in [
+            (
+                (|r: &mut pb::RuleDescription| r.cookie = 0) as fn(&mut pb::RuleDescription),
+                "rule_upserts[0].cookie",
+            ),
+            (|r| r.tier = "gold".into(), "rule_upserts[0].tier"),
+            (|r| r.kind = "Policy".into(), "rule_upserts[0].kind"),
+            (|r| r.section = "sideways".into(), "rule_upserts[0].section"),
+            (|r| r.name.clear(), "rule_upserts[0].name"),
+        ] {
+            let mut u = base();
+            let mut r = good_rule.clone();
+            edit(&mut r);
+            u.rule_upserts.push(r);
+            assert_eq!(refused(u).field, field);
+        }
+        let mut u = base();
+        u.identity_upserts.push(pb::IdentityDescription {
+            identity: 9,
+            kind: Some(pb::identity_description::Kind::Pod(pb::PodIdentity {
+                named_ports: vec![pb::NamedPort {
+                    name: "http".into(),
+                    protocol: 1,
+                    port: 80,
+                }],
+                ..Default::default()
+            })),
+        });
+        assert_eq!(
+            refused(u).field,
+            "identity_upserts[0].pod.named_ports[0].protocol"
+        );
+        let mut u = base();
+        u.identity_upserts.push(pb::IdentityDescription {
+            identity: 9,
+            kind: None,
+        });
+        assert_eq!(refused(u).field, "identity_upserts[0].kind");
+
         let mut u = base();
         u.ipcache_upserts.push(pb::IpCacheEntry {
             prefix: Some(pb::Prefix {

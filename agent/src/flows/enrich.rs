@@ -78,6 +78,35 @@ fn rule_ref(d: &septum_policy::rules::RuleDescription) -> RuleRef {
     }
 }
 
+/// Pod identities as what a flow end shows: namespace and labels.
+fn identity_infos(
+    identities: &std::collections::BTreeMap<septum_datapath_common::Identity, IdentityDescription>,
+) -> HashMap<u32, PodInfo> {
+    identities
+        .iter()
+        .filter_map(|(id, d)| match d {
+            IdentityDescription::Pod(k) => Some((
+                id.get(),
+                PodInfo {
+                    namespace: k.namespace.as_str().into(),
+                    labels: k.labels.clone().into(),
+                    ..PodInfo::default()
+                },
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The rules of `previous` worth keeping (a flow decided just before a change still names its
+/// rule), bounded.
+fn remembered(previous: Option<&Enricher>) -> HashMap<u32, Arc<RuleRef>> {
+    match previous {
+        Some(p) if p.rules.len() < MAX_REMEMBERED_RULES => p.rules.clone(),
+        _ => HashMap::new(),
+    }
+}
+
 impl Enricher {
     /// The tables of a compiled model, remembering `previous`'s rules for cookies that are gone.
     pub fn build(
@@ -105,31 +134,14 @@ impl Enricher {
                 pods.insert(*ip, info.clone());
             }
         }
-        let identities = state
-            .identities
-            .iter()
-            .filter_map(|(id, d)| match d {
-                IdentityDescription::Pod(k) => Some((
-                    id.get(),
-                    PodInfo {
-                        namespace: k.namespace.as_str().into(),
-                        labels: k.labels.clone().into(),
-                        ..PodInfo::default()
-                    },
-                )),
-                _ => None,
-            })
-            .collect();
+        let identities = identity_infos(&state.identities);
         let mut services = HashMap::new();
         for s in model.services.values() {
             for ip in &s.cluster_ips {
                 services.insert(*ip, format!("{}/{}", s.namespace, s.name).into());
             }
         }
-        let mut rules = match previous {
-            Some(p) if p.rules.len() < MAX_REMEMBERED_RULES => p.rules.clone(),
-            _ => HashMap::new(),
-        };
+        let mut rules = remembered(previous);
         for (cookie, d) in &state.rules {
             rules.insert(cookie.get(), Arc::new(rule_ref(d)));
         }
@@ -142,23 +154,39 @@ impl Enricher {
         }
     }
 
-    /// Cluster mode's tables: this node's own pods by address (the node-state stream carries
-    /// numbers, not the labels and rules behind them; remote ends are named by identity only).
+    /// Cluster mode's tables: this node's own pods by address, and from the node-state stream
+    /// the cluster's identities (remote ends are named by namespace and labels) and rules,
+    /// remembering `previous`'s rules for cookies that are gone.
     pub fn from_endpoints<'a>(
         node: &str,
         pods: impl Iterator<Item = (&'a [IpAddr], &'a septum_policy::model::ObjectKey)>,
+        state: &septum_policy::node::NodeState,
+        previous: Option<&Enricher>,
     ) -> Self {
         let mut out = Self::empty(node);
+        let identities = identity_infos(&state.identities);
         for (ips, key) in pods {
+            // The pod's labels are its identity's (the CNI ADD names only the pod).
+            let labels = state
+                .endpoints
+                .get(key)
+                .and_then(|e| identities.get(&e.identity.get()))
+                .map(|i| i.labels.clone())
+                .unwrap_or_default();
             let info = PodInfo {
                 namespace: key.namespace.as_str().into(),
                 name: key.name.as_str().into(),
                 workload: format!("Pod/{}", key.name).into(),
-                labels: Labels::default(),
+                labels,
             };
             for ip in ips {
                 out.pods.insert(*ip, info.clone());
             }
+        }
+        out.identities = identities;
+        out.rules = remembered(previous);
+        for (cookie, d) in &state.rules {
+            out.rules.insert(cookie.get(), Arc::new(rule_ref(d)));
         }
         out
     }
@@ -324,6 +352,77 @@ mod tests {
             .observe(&event([10, 0, 0, 2], [10, 96, 0, 10]), 5)
             .unwrap();
         assert_eq!(o.dst.service, "shop/web");
+    }
+
+    #[test]
+    fn cluster_mode_names_remote_ends_by_identity_and_rules_from_the_stream() {
+        use septum_datapath_common::{Cookie, Identity};
+        use septum_policy::identity::IdentityKey;
+        use septum_policy::rules::RuleDescription;
+        use septum_policy::state::EndpointState;
+        let mut state = septum_policy::node::NodeState::default();
+        let labels = |app: &str| [("app".to_string(), app.to_string())].into();
+        for (id, ns, app) in [(300, "shop", "web"), (301, "team", "client")] {
+            state.identities.insert(
+                Identity::new(id),
+                IdentityDescription::Pod(IdentityKey {
+                    namespace: ns.into(),
+                    labels: labels(app),
+                    service_account: "default".into(),
+                    named_ports: Vec::new(),
+                }),
+            );
+        }
+        let web = ObjectKey::new("shop", "web-1");
+        state.endpoints.insert(
+            web.clone(),
+            EndpointState {
+                identity: Identity::new(300),
+                flags: 0,
+                mode: 0,
+            },
+        );
+        state.rules.insert(
+            Cookie::new(99),
+            RuleDescription {
+                tier: Tier::Namespaced,
+                policy: septum_policy::rules::PolicyRef {
+                    kind: septum_policy::allocation::PolicyKind::NetworkPolicy,
+                    object: ObjectKey::new("shop", "web-in"),
+                },
+                section: Section::IngressIsolation,
+                index: 0,
+                text: String::new(),
+            },
+        );
+        let ips: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap()];
+        let e = Enricher::from_endpoints("n1", [(ips.as_slice(), &web)].into_iter(), &state, None);
+        let mut ev = event([10, 1, 0, 9], [10, 0, 0, 2]);
+        ev.src_identity = 301;
+        let o = e.observe(&ev, 5).unwrap();
+        // The local pod by name with its identity's labels; the remote end by identity.
+        assert_eq!(o.dst.pod, "web-1");
+        assert_eq!(o.dst.labels["app"], "web");
+        assert_eq!(o.src.namespace, "team");
+        assert_eq!(o.src.labels["app"], "client");
+        let rule = o.ingress_rule.unwrap();
+        assert_eq!(
+            (
+                rule.kind.as_str(),
+                rule.namespace.as_str(),
+                rule.name.as_str(),
+                rule.rule_index
+            ),
+            ("NetworkPolicy", "shop", "web-in", -1)
+        );
+        // A later table without the cookie still names it (a flow decided just before).
+        let later = Enricher::from_endpoints(
+            "n1",
+            std::iter::empty(),
+            &septum_policy::node::NodeState::default(),
+            Some(&e),
+        );
+        assert_eq!(later.rule(99).unwrap().name, "web-in");
     }
 
     #[test]

@@ -87,6 +87,103 @@ pub struct Update {
     pub service_upserts: ::prost::alloc::vec::Vec<ServiceEntry>,
     #[prost(message, repeated, tag = "17")]
     pub service_deletes: ::prost::alloc::vec::Vec<ServiceVip>,
+    /// What the numbers mean, for flow logs: the rules the node's policy entries name and the
+    /// cluster's identity table, so that an agent names the deciding rule and the remote end
+    /// (namespace, labels) of every flow it sees.
+    #[prost(message, repeated, tag = "18")]
+    pub rule_upserts: ::prost::alloc::vec::Vec<RuleDescription>,
+    #[prost(uint32, repeated, tag = "19")]
+    pub rule_deletes: ::prost::alloc::vec::Vec<u32>,
+    #[prost(message, repeated, tag = "20")]
+    pub identity_upserts: ::prost::alloc::vec::Vec<IdentityDescription>,
+    #[prost(uint32, repeated, tag = "21")]
+    pub identity_deletes: ::prost::alloc::vec::Vec<u32>,
+}
+/// The rule a cookie stands for.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RuleDescription {
+    #[prost(uint32, tag = "1")]
+    pub cookie: u32,
+    /// admin, namespaced, baseline, builtin.
+    #[prost(string, tag = "2")]
+    pub tier: ::prost::alloc::string::String,
+    /// NetworkPolicy, FlowPolicy, ClusterNetworkPolicy, builtin.
+    #[prost(string, tag = "3")]
+    pub kind: ::prost::alloc::string::String,
+    /// Empty for cluster-scoped kinds.
+    #[prost(string, tag = "4")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub name: ::prost::alloc::string::String,
+    /// egress, egress-isolation, ingress, ingress-isolation.
+    #[prost(string, tag = "6")]
+    pub section: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "7")]
+    pub index: u32,
+    /// One-line summary.
+    #[prost(string, tag = "8")]
+    pub text: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NamedPort {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// IP protocol number: 6, 17 or 132.
+    #[prost(uint32, tag = "2")]
+    pub protocol: u32,
+    /// 16 bits.
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+}
+/// The pods of one identity.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PodIdentity {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "2")]
+    pub labels: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(string, tag = "3")]
+    pub service_account: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "4")]
+    pub named_ports: ::prost::alloc::vec::Vec<NamedPort>,
+}
+/// Pods of one identity whose address lies in one policy prefix.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PodInCidr {
+    #[prost(uint32, tag = "1")]
+    pub identity: u32,
+    #[prost(message, optional, tag = "2")]
+    pub cidr: ::core::option::Option<Prefix>,
+}
+/// What an identity stands for.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct IdentityDescription {
+    #[prost(uint32, tag = "1")]
+    pub identity: u32,
+    #[prost(oneof = "identity_description::Kind", tags = "2, 3, 4")]
+    pub kind: ::core::option::Option<identity_description::Kind>,
+}
+/// Nested message and enum types in `IdentityDescription`.
+pub mod identity_description {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "2")]
+        Pod(super::PodIdentity),
+        /// Addresses whose most specific policy prefix is this one.
+        #[prost(message, tag = "3")]
+        Cidr(super::Prefix),
+        #[prost(message, tag = "4")]
+        PodInCidr(super::PodInCidr),
+    }
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
