@@ -66,7 +66,11 @@ fn run_agent(cfg: septum_agent::AgentConfig) -> anyhow::Result<ExitCode> {
 fn is_server(command: &Command) -> bool {
     matches!(
         command,
-        Command::Agent(_) | Command::Lab(lab::LabCommand::Serve { .. })
+        Command::Agent(_)
+            | Command::Lab(lab::LabCommand::Serve { .. })
+            // A lab command that gives up waiting closes its end of the controller socket: the
+            // late reply must fail with EPIPE, not end the controller.
+            | Command::Lab(lab::LabCommand::Controller { .. })
     )
 }
 

@@ -265,12 +265,15 @@ impl NodeStates {
                 identities.set(&mut s.identities, *k, None);
             }
         }
+        let rules_changed = diffs.iter().any(|d| !d.rules.is_empty());
+        let policy = policy.diff(&s.policy);
+        let policy_changed = !policy.is_empty();
         let diff = NodeStateDiff {
             endpoints: Default::default(),
-            policy: policy.diff(&s.policy),
+            policy,
             ipcache: ipcache.diff(&s.ipcache),
             services: services.diff(&s.services),
-            rules: {
+            rules: if policy_changed || rules_changed {
                 // The rules its policy entries name, as they now are.
                 let wanted = septum_policy::node::rules_of(&s.policy, state);
                 let gone: Vec<_> = s
@@ -288,6 +291,8 @@ impl NodeStates {
                     }
                 }
                 rules.diff(&s.rules)
+            } else {
+                Default::default()
             },
             identities: identities.diff(&s.identities),
         };

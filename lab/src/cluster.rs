@@ -460,12 +460,6 @@ impl Lab {
 /// in the lab's datastore (so a restarted controller serves what the lab holds), serves the
 /// node-state stream, and answers [`Request`]s on the lab's controller socket.
 pub fn run_controller(dir: &LabDir) -> Result<()> {
-    // A lab command that gives up waiting closes its end; the write of the late reply must
-    // fail with EPIPE, not end the controller.
-    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
     septum_agent::init_tracing();
     let state = dir
         .load()?

@@ -154,10 +154,12 @@ pub fn rules_of(
     policy: &BTreeMap<PolicyKey, PolicyEntry>,
     state: &ClusterState,
 ) -> BTreeMap<Cookie, RuleDescription> {
-    policy
-        .values()
-        .filter_map(|e| {
-            let c = Cookie::new(e.cookie);
+    // Many entries share a rule: each description is looked up and cloned once.
+    let cookies: BTreeSet<u32> = policy.values().map(|e| e.cookie).collect();
+    cookies
+        .into_iter()
+        .filter_map(|c| {
+            let c = Cookie::new(c);
             state.rules.get(&c).map(|d| (c, d.clone()))
         })
         .collect()
