@@ -3,7 +3,6 @@
 
 pub mod cri;
 pub mod fixture;
-pub mod kernel;
 pub mod netns;
 pub mod packet;
 pub mod reference;
