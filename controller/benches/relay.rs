@@ -20,10 +20,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fake_api::FakeApi;
-use flow_nodes::{FlowNode, connect_agent, event, free_port};
+use flow_nodes::{FlowNode, RelayController, connect_agent, event};
 use pki::Pki;
-use septum_controller::Controller;
-use septum_controller::relay::{Relay, RelaySettings};
 use septum_datapath_common::POINT_TO_POD;
 use septum_proto::flow::v1 as fpb;
 use septum_proto::flow::v1::flow_service_client::FlowServiceClient;
@@ -95,36 +93,12 @@ fn main() {
     rt.block_on(async move {
         let pki = Pki::new();
         let (_api, kube) = FakeApi::start(&["clusternetworkpolicies"]);
-        let controller = Controller::new(kube);
-        let ctx = controller.context();
-        tokio::spawn(async move {
-            let _ = controller.run().await;
-        });
-        let stream_addr = free_port();
-        let listener = tokio::net::TcpListener::bind(stream_addr)
-            .await
-            .expect("bind");
-        tokio::spawn(septum_controller::stream::serve(
-            ctx.clone(),
-            listener,
-            pki.server_tls(),
-        ));
-        let relay_addr = free_port();
-        let listener = tokio::net::TcpListener::bind(relay_addr)
-            .await
-            .expect("bind");
-        let relay = Relay::new(
-            ctx.clone(),
-            RelaySettings {
-                tls: pki.client_tls(Some("septum-controller"), "unused"),
-                timeout: Duration::from_secs(60),
-            },
+        let controller = RelayController::start(kube, &pki, Duration::from_secs(60)).await;
+        let (ctx, stream_addr, relay_addr) = (
+            controller.ctx.clone(),
+            controller.stream_addr,
+            controller.relay_addr,
         );
-        tokio::spawn(septum_controller::relay::serve(
-            relay,
-            listener,
-            pki.server_tls(),
-        ));
 
         let mut flow_nodes = Vec::new();
         let mut sessions = Vec::new();

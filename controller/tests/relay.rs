@@ -17,10 +17,9 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::time::{Duration, Instant};
 
 use fake_api::FakeApi;
-use flow_nodes::{FlowNode, PODS, TIMEOUT, connect_agent, event, free_port};
+use flow_nodes::{FlowNode, PODS, RelayController, TIMEOUT, connect_agent, event};
 use pki::Pki;
-use septum_controller::relay::{Relay, RelaySettings};
-use septum_controller::{Context, Controller};
+use septum_controller::Context;
 use septum_datapath_common::{POINT_FROM_POD, POINT_TO_POD};
 use septum_proto::flow::v1 as fpb;
 use septum_proto::flow::v1::flow_service_client::FlowServiceClient;
@@ -134,36 +133,12 @@ async fn the_relay_merges_every_nodes_flows_and_reports_the_nodes_that_cannot_an
     let pki = Pki::new();
     let (api, client) = FakeApi::start(&["clusternetworkpolicies"]);
     seed(&api);
-    let controller = Controller::new(client);
-    let ctx = controller.context();
-    let run = tokio::spawn(async move {
-        let _ = controller.run().await;
-    });
-    let stream_addr = free_port();
-    let listener = tokio::net::TcpListener::bind(stream_addr)
-        .await
-        .expect("bind");
-    let server = tokio::spawn(septum_controller::stream::serve(
-        ctx.clone(),
-        listener,
-        pki.server_tls(),
-    ));
-    let relay_addr = free_port();
-    let listener = tokio::net::TcpListener::bind(relay_addr)
-        .await
-        .expect("bind");
-    let relay = Relay::new(
-        ctx.clone(),
-        RelaySettings {
-            tls: pki.client_tls(Some("septum-controller"), "unused"),
-            timeout: Duration::from_secs(2),
-        },
+    let controller = RelayController::start(client, &pki, Duration::from_secs(2)).await;
+    let (ctx, stream_addr, relay_addr) = (
+        controller.ctx.clone(),
+        controller.stream_addr,
+        controller.relay_addr,
     );
-    let relay_server = tokio::spawn(septum_controller::relay::serve(
-        relay,
-        listener,
-        pki.server_tls(),
-    ));
 
     // node-a and node-b serve flows; node-d is connected but serves no flow API; node-c has a
     // pod but its agent never connects.
@@ -459,7 +434,5 @@ async fn the_relay_merges_every_nodes_flows_and_reports_the_nodes_that_cannot_an
         "the relay serves only clients with a certificate of its CA"
     );
 
-    relay_server.abort();
-    server.abort();
-    run.abort();
+    drop(controller);
 }

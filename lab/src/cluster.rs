@@ -30,8 +30,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 use crate::control::{
-    ENFORCE_TIMEOUT, Lab, Programs, detach_session, model_pod, pid_alive, protocol_of,
-    set_pod_status, tail,
+    ENFORCE_TIMEOUT, Lab, Programs, apply_rank, detach_session, model_pod, pid_alive, port_records,
+    protocol_of, set_pod_status, tail,
 };
 use crate::ns::NetNs;
 use crate::objects::{self, Datastore, Object};
@@ -306,13 +306,7 @@ impl Lab {
     /// are published; returns once both agents acked and every pod is ready on its node.
     pub(crate) fn apply_objects_cluster(&mut self, mut objs: Vec<Object>) -> Result<()> {
         let store = Datastore::open(&self.dir.datastore())?;
-        // Namespaces and policies first, then Services, then Pods: a new pod meets its policy.
-        objs.sort_by_key(|o| match o.kind.as_str() {
-            "Namespace" => 0,
-            "Pod" => 3,
-            "Service" => 2,
-            _ => 1,
-        });
+        objs.sort_by_key(apply_rank);
         let mut sent = Vec::new();
         let mut created: Vec<NewPod> = Vec::new();
         for mut o in objs {
@@ -320,15 +314,7 @@ impl Lab {
                 "Service" => self.prepare_service(&mut o)?,
                 "Pod" => {
                     let pod = model_pod(&o)?;
-                    let ports = pod
-                        .ports
-                        .iter()
-                        .map(|p| PortRecord {
-                            name: p.name.clone(),
-                            port: p.port,
-                            protocol: protocol_of(p.protocol),
-                        })
-                        .collect();
+                    let ports = port_records(&pod);
                     let key = o.key();
                     if let Some(rec) = self.state.pods.get(&key).cloned() {
                         let node = rec.node.clone().unwrap_or_default();

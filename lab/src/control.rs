@@ -128,6 +128,29 @@ fn model_of(o: &Object) -> Result<septum_policy::Cluster> {
     Ok(m.cluster)
 }
 
+/// The order objects are applied in: Namespaces and policies first, then Services, then Pods,
+/// so a new pod meets its policy.
+pub(crate) fn apply_rank(o: &Object) -> u8 {
+    match o.kind.as_str() {
+        "Namespace" => 0,
+        "Pod" => 3,
+        "Service" => 2,
+        _ => 1,
+    }
+}
+
+/// The lab's record of a pod's container ports.
+pub(crate) fn port_records(pod: &Pod) -> Vec<PortRecord> {
+    pod.ports
+        .iter()
+        .map(|p| PortRecord {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: protocol_of(p.protocol),
+        })
+        .collect()
+}
+
 pub(crate) fn model_pod(o: &Object) -> Result<Pod> {
     model_of(o)?
         .pods
@@ -357,29 +380,14 @@ impl Lab {
         }
         let store = Datastore::open(&self.dir.datastore())?;
         let mut written = Vec::new();
-        // Namespaces and policies first, then Services, then Pods: a new pod meets its policy.
-        let rank = |o: &Object| match o.kind.as_str() {
-            "Namespace" => 0,
-            "Pod" => 3,
-            "Service" => 2,
-            _ => 1,
-        };
         let mut objs = objs;
-        objs.sort_by_key(rank);
+        objs.sort_by_key(apply_rank);
         for mut o in objs {
             match o.kind.as_str() {
                 "Service" => self.prepare_service(&mut o)?,
                 "Pod" => {
                     let pod = model_pod(&o)?;
-                    let ports = pod
-                        .ports
-                        .iter()
-                        .map(|p| PortRecord {
-                            name: p.name.clone(),
-                            port: p.port,
-                            protocol: protocol_of(p.protocol),
-                        })
-                        .collect();
+                    let ports = port_records(&pod);
                     // Like the kubelet: the Pod object carries its node and, once the CNI
                     // result is in, its addresses (so `septum explain` over the datastore
                     // knows them too).

@@ -20,6 +20,9 @@ use septum_proto::flow::v1 as fpb;
 use septum_proto::nodestate::v1 as pb;
 use tokio_stream::StreamExt as _;
 
+use septum_controller::relay::{Relay, RelaySettings};
+use septum_controller::{Context, Controller};
+
 use super::pki::Pki;
 
 /// client on node-a; web and db on node-b; cache on node-c (whose agent never connects).
@@ -234,6 +237,62 @@ impl Drop for Session {
     fn drop(&mut self) {
         if let Some(r) = self.0.take() {
             r.shutdown_background();
+        }
+    }
+}
+
+/// The controller (fed by `client`) with its node-state stream and its relay, each on a free
+/// loopback port; everything stops when this is dropped.
+pub struct RelayController {
+    pub ctx: Arc<Context>,
+    pub stream_addr: SocketAddr,
+    pub relay_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RelayController {
+    pub async fn start(client: kube::Client, pki: &Pki, timeout: Duration) -> Self {
+        let controller = Controller::new(client);
+        let ctx = controller.context();
+        let mut tasks = vec![tokio::spawn(async move {
+            let _ = controller.run().await;
+        })];
+        let stream_addr = free_port();
+        let listener = tokio::net::TcpListener::bind(stream_addr)
+            .await
+            .expect("bind");
+        let stream = septum_controller::stream::serve(ctx.clone(), listener, pki.server_tls());
+        tasks.push(tokio::spawn(async move {
+            let _ = stream.await;
+        }));
+        let relay_addr = free_port();
+        let listener = tokio::net::TcpListener::bind(relay_addr)
+            .await
+            .expect("bind");
+        let relay = Relay::new(
+            ctx.clone(),
+            RelaySettings {
+                tls: pki.client_tls(Some("septum-controller"), "unused"),
+                timeout,
+            },
+        );
+        let served = septum_controller::relay::serve(relay, listener, pki.server_tls());
+        tasks.push(tokio::spawn(async move {
+            let _ = served.await;
+        }));
+        Self {
+            ctx,
+            stream_addr,
+            relay_addr,
+            tasks,
+        }
+    }
+}
+
+impl Drop for RelayController {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
