@@ -31,7 +31,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 use crate::control::{
     ENFORCE_TIMEOUT, Lab, Programs, apply_rank, detach_session, model_pod, pid_alive, port_records,
-    protocol_of, set_pod_status, tail,
+    set_pod_status, tail,
 };
 use crate::ns::NetNs;
 use crate::objects::{self, Datastore, Object};
