@@ -241,8 +241,9 @@ fn lab_traffic_is_recorded_queryable_followed_and_drawn() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(flag), "{args:?}: {err}");
     }
-    // The store still answers after them.
-    assert_eq!(by(&[]).len(), everything.len());
+    // The store still answers after them, and lost nothing (the lab's traffic may still add a
+    // late record, such as a reply flushed after the first query).
+    assert!(by(&[]).len() >= everything.len());
 
     // --follow: a new connection shows up live while the follower runs.
     let mut follower = lab
