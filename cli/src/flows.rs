@@ -10,11 +10,13 @@
 //! ```
 //!
 //! The agent is found on its unix socket (`--socket`, `SEPTUM_AGENT_SOCKET`, the node default
-//! `/run/septum/agent.sock`, else the lab's), or over TCP with TLS (`--server https://HOST:PORT`
-//! with `--tls-ca`, and `--tls-cert`/`--tls-key` when the server asks for a client certificate).
+//! `/run/septum/agent.sock`), or over TCP with TLS (`--server https://HOST:PORT` with
+//! `--tls-ca`, and `--tls-cert`/`--tls-key` when the server asks for a client certificate).
 //! `--server` may also be the controller's flow relay, which answers for every node of the
 //! cluster: a node that could not answer is named on stderr (its flows are missing from the
-//! answer), and `status` shows each node.
+//! answer), and `status` shows each node. Without flags, and no node agent, a lab is used: a
+//! two-node lab's relay (from inside the lab, with the lab's operator certificate), so its
+//! flows are both nodes' merged, else the single-node lab's agent.
 //! Filters are checked here with the server's own rules, so a bad value is refused before any
 //! request, with the flag that carried it.
 
@@ -55,7 +57,8 @@ enum FlowsCommand {
     Denied(CommonArgs),
     /// The service map (workload -> workload, with ports and verdicts) as a picture.
     Graph(GraphArgs),
-    /// The agent's flow pipeline: store size, retention, events, losses.
+    /// The agent's flow pipeline: store size, retention, events, losses (through a relay:
+    /// per node, and the nodes that did not answer).
     Status {
         #[command(flatten)]
         server: ServerArgs,
@@ -68,7 +71,8 @@ enum FlowsCommand {
 /// How to reach the agent.
 #[derive(Debug, Args, Clone)]
 struct ServerArgs {
-    /// The agent's unix socket (default: /run/septum/agent.sock, else the lab's).
+    /// The agent's unix socket (default: /run/septum/agent.sock, else a two-node lab's flow
+    /// relay, else the single-node lab's agent).
     #[arg(long, env = "SEPTUM_AGENT_SOCKET", value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// A flow API over TCP with TLS instead: https://HOST:PORT (an agent's, or the
@@ -333,63 +337,130 @@ impl FilterArgs {
     }
 }
 
-impl ServerArgs {
-    /// The socket to use: the flag, the node's, else the lab's.
-    fn socket(&self) -> Result<PathBuf> {
-        if let Some(s) = &self.socket {
-            return Ok(s.clone());
+/// Where the flow API is, resolved once per command.
+#[derive(Debug)]
+enum Target {
+    /// An agent's unix socket.
+    Unix(PathBuf),
+    /// A flow API over TCP with TLS: an agent's, or a relay's.
+    Tls(Box<TlsTarget>),
+}
+
+#[derive(Debug)]
+struct TlsTarget {
+    url: String,
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+    server_name: Option<String>,
+    /// A multi-node lab's relay: dialed from the lab namespace it is reachable from.
+    lab: Option<septum_lab::cluster::RelayAccess>,
+}
+
+impl Target {
+    /// The network namespace to dial from (a multi-node lab's relay), if not this one.
+    fn netns(&self) -> Option<&str> {
+        match self {
+            Target::Tls(t) => t.lab.as_ref().map(|l| l.netns.as_str()),
+            Target::Unix(_) => None,
         }
-        let lab = septum_lab::state::LabDir::from_env().agent_socket();
-        for candidate in [PathBuf::from(NODE_SOCKET), lab.clone()] {
-            if candidate.exists() {
-                return Ok(candidate);
-            }
-        }
-        bail!(
-            "no septum agent found: neither {NODE_SOCKET} nor the lab's {} exists (is the agent \
-             or `septum lab up` running? --socket or --server name another)",
-            lab.display()
-        )
     }
 
     async fn connect(&self) -> Result<FlowServiceClient<Channel>> {
-        let channel = match &self.server {
-            Some(url) => self.connect_tls(url).await?,
-            None => connect_unix(&self.socket()?).await?,
+        let channel = match self {
+            Target::Tls(t) => connect_tls(t).await?,
+            Target::Unix(s) => connect_unix(s).await?,
         };
         Ok(FlowServiceClient::new(channel).max_decoding_message_size(64 << 20))
     }
+}
 
-    async fn connect_tls(&self, url: &str) -> Result<Channel> {
-        if !url.starts_with("https://") {
-            bail!("--server {url:?}: the flow API over TCP is TLS only; give https://HOST:PORT");
+impl ServerArgs {
+    /// The flow API to ask: the flags', else the node's agent, else a multi-node lab's relay
+    /// (every node's flows), else the single-node lab's agent.
+    fn target(&self) -> Result<Target> {
+        if let Some(url) = &self.server {
+            if !url.starts_with("https://") {
+                bail!(
+                    "--server {url:?}: the flow API over TCP is TLS only; give https://HOST:PORT"
+                );
+            }
+            let Some(ca) = &self.tls_ca else {
+                bail!("--server needs --tls-ca (the CA that signed the server's certificate)");
+            };
+            return Ok(Target::Tls(Box::new(TlsTarget {
+                url: url.clone(),
+                ca: ca.clone(),
+                identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+                server_name: self.tls_server_name.clone(),
+                lab: None,
+            })));
         }
-        let read = |p: &Path, what: &str| {
-            std::fs::read(p).with_context(|| format!("{what} {}", p.display()))
-        };
-        let mut tls = ClientTlsConfig::new();
-        match &self.tls_ca {
-            Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?)),
-            None => bail!("--server needs --tls-ca (the CA that signed the server's certificate)"),
+        if let Some(s) = &self.socket {
+            return Ok(Target::Unix(s.clone()));
         }
-        if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {
-            tls = tls.identity(Identity::from_pem(
-                read(c, "--tls-cert")?,
-                read(k, "--tls-key")?,
-            ));
+        let node = PathBuf::from(NODE_SOCKET);
+        if node.exists() {
+            return Ok(Target::Unix(node));
         }
-        if let Some(name) = &self.tls_server_name {
-            tls = tls.domain_name(name.clone());
+        let dir = septum_lab::state::LabDir::from_env();
+        if let Some(relay) = septum_lab::cluster::relay_access(&dir)? {
+            return Ok(Target::Tls(Box::new(TlsTarget {
+                url: relay.url.clone(),
+                ca: relay.ca.clone(),
+                identity: Some((relay.cert.clone(), relay.key.clone())),
+                server_name: Some(relay.server_name.clone()),
+                lab: Some(relay),
+            })));
         }
-        Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("--server {url:?}"))?
-            .tls_config(tls)
-            .with_context(|| format!("--server {url:?}: TLS"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {}", error_chain(&e)))
+        let lab = dir.agent_socket();
+        if lab.exists() {
+            return Ok(Target::Unix(lab));
+        }
+        bail!(
+            "no septum agent found: neither {NODE_SOCKET} nor the lab's {} exists, and no \
+             two-node lab is up (is the agent or `septum lab up` running? --socket or --server \
+             name another)",
+            lab.display()
+        )
     }
+}
+
+async fn connect_tls(t: &TlsTarget) -> Result<Channel> {
+    let url = &t.url;
+    let read =
+        |p: &Path, what: &str| std::fs::read(p).with_context(|| format!("{what} {}", p.display()));
+    let what = if t.lab.is_some() {
+        "the lab's CA"
+    } else {
+        "--tls-ca"
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&t.ca, what)?));
+    if let Some((c, k)) = &t.identity {
+        tls = tls.identity(Identity::from_pem(
+            read(c, "--tls-cert")?,
+            read(k, "--tls-key")?,
+        ));
+    }
+    if let Some(name) = &t.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    let connected = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("--server {url:?}"))?
+        .tls_config(tls)
+        .with_context(|| format!("--server {url:?}: TLS"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await;
+    connected.map_err(|e| match &t.lab {
+        Some(l) => anyhow::anyhow!(
+            "cannot reach the two-node lab's flow relay at {url} (from network namespace {}; \
+             is the lab's controller running? its log: {}): {}",
+            l.netns,
+            l.log.display(),
+            error_chain(&e)
+        ),
+        None => anyhow::anyhow!("cannot connect to {url}: {}", error_chain(&e)),
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -438,23 +509,49 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     }
 }
 
-/// Runs `septum flows`.
-pub fn run(args: FlowsArgs) -> Result<ExitCode> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            match args.command {
-                None => list(args.list).await,
-                Some(FlowsCommand::Top(a)) => top(a).await,
-                Some(FlowsCommand::Denied(a)) => denied(a).await,
-                Some(FlowsCommand::Graph(a)) => graph(a).await,
-                Some(FlowsCommand::Status { server, output }) => status(server, output).await,
-            }
-        })
+impl FlowsArgs {
+    fn server(&self) -> &ServerArgs {
+        match &self.command {
+            None => &self.list.server,
+            Some(FlowsCommand::Top(a)) => &a.common.server,
+            Some(FlowsCommand::Denied(a)) => &a.server,
+            Some(FlowsCommand::Graph(a)) => &a.server,
+            Some(FlowsCommand::Status { server, .. }) => server,
+        }
+    }
 }
 
-async fn list(a: ListArgs) -> Result<ExitCode> {
+/// Runs `septum flows`. A multi-node lab's relay is reachable only from inside the lab (its
+/// first node's namespace): then the whole command runs on a thread there, so every socket it
+/// opens is.
+pub fn run(args: FlowsArgs) -> Result<ExitCode> {
+    let target = args.server().target()?;
+    let netns = target.netns().map(str::to_string);
+    let work = move || -> Result<ExitCode> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async move {
+                let t = &target;
+                match args.command {
+                    None => list(args.list, t).await,
+                    Some(FlowsCommand::Top(a)) => top(a, t).await,
+                    Some(FlowsCommand::Denied(a)) => denied(a, t).await,
+                    Some(FlowsCommand::Graph(a)) => graph(a, t).await,
+                    Some(FlowsCommand::Status { output, .. }) => status(output, t).await,
+                }
+            })
+    };
+    match netns {
+        None => work(),
+        Some(ns) => septum_lab::ns::NetNs::open(&ns)
+            .with_context(|| "the two-node lab's first node (where its flow relay listens)")?
+            .run(work)
+            .context("entering the two-node lab's first node")?,
+    }
+}
+
+async fn list(a: ListArgs, target: &Target) -> Result<ExitCode> {
     let query = a.filter.query()?;
     let (number, first) = match (a.first, a.last) {
         (Some(n), _) => (n, true),
@@ -463,7 +560,7 @@ async fn list(a: ListArgs) -> Result<ExitCode> {
         (None, None) => (0, false),
     };
     wire::flows_number(number)?;
-    let mut client = a.server.connect().await?;
+    let mut client = target.connect().await?;
     let mut stream = client
         .get_flows(pb::GetFlowsRequest {
             query: Some(query),
@@ -597,10 +694,10 @@ fn table_row(r: &FlowRecord) -> String {
     )
 }
 
-async fn top(a: TopArgs) -> Result<ExitCode> {
+async fn top(a: TopArgs, target: &Target) -> Result<ExitCode> {
     let query = a.common.filter.query()?;
     wire::top_number(a.number)?;
-    let mut client = a.common.server.connect().await?;
+    let mut client = target.connect().await?;
     let answer = client
         .top_talkers(pb::TopTalkersRequest {
             query: Some(query),
@@ -625,9 +722,9 @@ async fn top(a: TopArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn denied(a: CommonArgs) -> Result<ExitCode> {
+async fn denied(a: CommonArgs, target: &Target) -> Result<ExitCode> {
     let query = a.filter.query()?;
-    let mut client = a.server.connect().await?;
+    let mut client = target.connect().await?;
     let answer = client
         .denied_by_policy(pb::DeniedByPolicyRequest { query: Some(query) })
         .await
@@ -657,9 +754,9 @@ fn print_json<T: serde::Serialize>(rows: &[T], output: Output) -> Result<()> {
     Ok(())
 }
 
-async fn graph(a: GraphArgs) -> Result<ExitCode> {
+async fn graph(a: GraphArgs, target: &Target) -> Result<ExitCode> {
     let query = a.filter.query()?;
-    let mut client = a.server.connect().await?;
+    let mut client = target.connect().await?;
     let answer = client
         .service_map(pb::ServiceMapRequest { query: Some(query) })
         .await
@@ -708,8 +805,8 @@ fn status_json(s: &pb::ServerStatusResponse) -> serde_json::Value {
     v
 }
 
-async fn status(server: ServerArgs, output: Output) -> Result<ExitCode> {
-    let mut client = server.connect().await?;
+async fn status(output: Output, target: &Target) -> Result<ExitCode> {
+    let mut client = target.connect().await?;
     let s = client
         .server_status(pb::ServerStatusRequest {})
         .await

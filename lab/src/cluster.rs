@@ -15,6 +15,16 @@
 //!   ([`crate::pki`]); the agents name it `septum-lab-controller`. `lab apply` and `delete`
 //!   hand it the objects over a unix socket in the lab directory and return once it has
 //!   taken them in and both agents acked the resulting revisions.
+//! - the flow relay, served by the same controller process on `10.230.0.1:4245`
+//!   ([`RELAY_PORT`]) with the controller's certificate, its clients checked against the lab's
+//!   relay client CA; each agent serves its flow API on its own link address, port
+//!   [`AGENT_FLOWS_PORT`] (4245 is the relay's on node-a, where both run), with its node's
+//!   certificate, clients checked against the nodes' CA, and advertises it in its stream Hello.
+//!   The relay dials each agent with the controller's certificate and checks the agent's
+//!   against the node name, as in a cluster. `septum flows` finds the relay through
+//!   [`relay_access`] and reaches it from node-a's namespace with the lab's operator
+//!   certificate, so a user sees every node's flows in one answer and every node that cannot
+//!   answer named.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
@@ -25,6 +35,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use septum_controller::local::LocalController;
+use septum_controller::relay::{self, Relay, RelaySettings};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
@@ -35,7 +46,7 @@ use crate::control::{
 };
 use crate::ns::NetNs;
 use crate::objects::{self, Datastore, Object};
-use crate::pki::{CONTROLLER_NAME, PkiFiles};
+use crate::pki::{CONTROLLER_NAME, OPERATOR_NAME, PkiFiles};
 use crate::state::{LabDir, LabState, NodeRecord, PortRecord};
 
 /// Most nodes a lab builds (two nodes, one link).
@@ -44,6 +55,10 @@ pub const MAX_NODES: usize = 2;
 pub const LINK_PREFIX: u8 = 24;
 /// The stream's port on the controller's address.
 pub const CONTROLLER_PORT: u16 = 4240;
+/// The flow relay's port on the controller's address.
+pub const RELAY_PORT: u16 = 4245;
+/// Each agent's TCP flow API port on its node's link address.
+pub const AGENT_FLOWS_PORT: u16 = 4244;
 /// How long a request to the controller may take (taken in, and acked by every agent).
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -72,6 +87,60 @@ pub fn controller_addr(nodes: &[NodeRecord]) -> Option<SocketAddr> {
     nodes
         .first()
         .map(|n| SocketAddr::new(IpAddr::V4(n.link_ip), CONTROLLER_PORT))
+}
+
+/// Where the controller serves the flow relay: the first node's link address.
+pub fn relay_addr(nodes: &[NodeRecord]) -> Option<SocketAddr> {
+    nodes
+        .first()
+        .map(|n| SocketAddr::new(IpAddr::V4(n.link_ip), RELAY_PORT))
+}
+
+/// Where a node's agent serves its flow API (and what it advertises to the relay).
+pub fn flows_addr(node: &NodeRecord) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(node.link_ip), AGENT_FLOWS_PORT)
+}
+
+/// How a client reaches the flow relay of a multi-node lab.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayAccess {
+    /// The network namespace the relay's address is reachable from (the first node's; the
+    /// host's own namespace has no route to the lab's link).
+    pub netns: String,
+    /// `https://ADDR:PORT`.
+    pub url: String,
+    /// The CA of the controller's certificate.
+    pub ca: PathBuf,
+    /// The client certificate and key the relay accepts (the lab's operator).
+    pub cert: PathBuf,
+    /// The key of [`RelayAccess::cert`].
+    pub key: PathBuf,
+    /// The name the controller's certificate carries.
+    pub server_name: String,
+    /// The controller's log, for error messages.
+    pub log: PathBuf,
+}
+
+/// The relay of the multi-node lab recorded in `dir`; `None` when no lab, or a single-node one,
+/// is recorded there.
+pub fn relay_access(dir: &LabDir) -> Result<Option<RelayAccess>> {
+    let Some(state) = dir.load()? else {
+        return Ok(None);
+    };
+    let (Some(first), Some(addr)) = (state.nodes.first(), relay_addr(&state.nodes)) else {
+        return Ok(None);
+    };
+    let pki = PkiFiles::at(&dir.pki());
+    let (cert, key) = pki.pair(OPERATOR_NAME);
+    Ok(Some(RelayAccess {
+        netns: first.netns.clone(),
+        url: format!("https://{addr}"),
+        ca: pki.ca(),
+        cert,
+        key,
+        server_name: CONTROLLER_NAME.to_string(),
+        log: dir.controller_log(),
+    }))
 }
 
 fn link_name(peer: &NodeRecord) -> String {
@@ -444,22 +513,37 @@ impl Lab {
 /// `septum lab controller`: the local controller of a multi-node lab, run in the first node's
 /// namespace until killed. Takes in the Node objects of the lab's nodes and the objects already
 /// in the lab's datastore (so a restarted controller serves what the lab holds), serves the
-/// node-state stream, and answers [`Request`]s on the lab's controller socket.
+/// node-state stream and the flow relay, and answers [`Request`]s on the lab's controller
+/// socket.
 pub fn run_controller(dir: &LabDir) -> Result<()> {
     septum_agent::init_tracing();
     let state = dir
         .load()?
         .context("no lab is up (the controller runs for `septum lab up --nodes 2`)")?;
     let addr = controller_addr(&state.nodes).context("the lab has no nodes")?;
+    let relay_at = relay_addr(&state.nodes).context("the lab has no nodes")?;
     let nodes: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
     let pki = PkiFiles::at(&dir.pki());
     let (cert, key) = pki.pair(CONTROLLER_NAME);
+    let identity = tonic::transport::Identity::from_pem(read(&cert)?, read(&key)?);
+    let nodes_ca = tonic::transport::Certificate::from_pem(read(&pki.ca())?);
     let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            read(&cert)?,
-            read(&key)?,
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(read(&pki.ca())?));
+        .identity(identity.clone())
+        .client_ca_root(nodes_ca.clone());
+    // The relay: served with the controller's certificate to clients of the relay client CA
+    // (not the nodes': a node's certificate must not read every node's flows); it dials the
+    // agents with the same certificate, trusting the nodes' CA.
+    let relay_tls = tonic::transport::ServerTlsConfig::new()
+        .identity(identity.clone())
+        .client_ca_root(tonic::transport::Certificate::from_pem(read(
+            &pki.relay_client_ca(),
+        )?));
+    let dialing = RelaySettings {
+        tls: tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(nodes_ca)
+            .identity(identity),
+        timeout: relay::DEFAULT_TIMEOUT,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -468,8 +552,17 @@ pub fn run_controller(dir: &LabDir) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the node-state stream on {addr}"))?;
+        let relay_listener = tokio::net::TcpListener::bind(relay_at)
+            .await
+            .with_context(|| format!("binding the flow relay on {relay_at}"))?;
         let mut local = LocalController::start();
         local.serve_stream(listener, tls);
+        let relay = Relay::new(local.context(), dialing);
+        tokio::spawn(async move {
+            if let Err(e) = relay::serve(relay, relay_listener, relay_tls).await {
+                tracing::error!(error = %e, "the flow relay stopped");
+            }
+        });
         for n in &state.nodes {
             local.apply(node_object(n))?;
         }
@@ -495,7 +588,7 @@ pub fn run_controller(dir: &LabDir) -> Result<()> {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
         }
-        tracing::info!(stream = %addr, socket = %sock.display(), "the lab's controller serves");
+        tracing::info!(stream = %addr, relay = %relay_at, socket = %sock.display(), "the lab's controller serves");
         let local = Arc::new(local);
         let nodes = Arc::new(nodes);
         loop {

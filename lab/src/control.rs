@@ -309,6 +309,26 @@ impl Lab {
                 .arg(key)
                 .arg("--controller-server-name")
                 .arg(crate::pki::CONTROLLER_NAME);
+            // The flow API the relay asks: the node's own certificate on its link address,
+            // clients (the controller) checked against the nodes' CA.
+            let n = self
+                .state
+                .nodes
+                .iter()
+                .find(|n| n.name == site.node)
+                .with_context(|| format!("the lab has no node {:?}", site.node))?;
+            let flows = crate::cluster::flows_addr(n);
+            let (cert, key) = pki.pair(&site.node);
+            cmd.arg("--flows-addr")
+                .arg(flows.to_string())
+                .arg("--flows-tls-cert")
+                .arg(cert)
+                .arg("--flows-tls-key")
+                .arg(key)
+                .arg("--flows-tls-client-ca")
+                .arg(pki.ca())
+                .arg("--flows-advertise")
+                .arg(format!("https://{flows}"));
         } else {
             cmd.arg("--manifests").arg(self.dir.datastore());
         }
