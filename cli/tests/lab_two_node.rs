@@ -3,17 +3,22 @@
 //! each fed by the local controller over the mTLS node-state stream), the probe matrix by pod IP
 //! and by ClusterIP across the nodes checked against what the policies mean, a policy change
 //! with `lab apply` that changes cells enforced on both nodes, and `lab down` leaving no
-//! namespace, link, pin, directory or process behind, also after the controller was killed.
+//! namespace, link, pin, directory or process behind, also after the controller was killed
+//! (when `septum flows` names the missing relay). The cluster flow view through the relay is
+//! `lab_two_node_flows.rs`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 #[path = "common/lab.rs"]
 mod test_lab;
+#[path = "common/two_node.rs"]
+mod two_node;
 
 use test_lab::TestLab;
+use two_node::{agent_status, down_leaves_nothing, example, json, logs, ok};
 
 const PODS: [&str; 4] = [
     "outside/outsider",
@@ -21,48 +26,6 @@ const PODS: [&str; 4] = [
     "shop/database",
     "shop/frontend",
 ];
-
-fn example(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/two-node")
-        .join(file)
-        .to_str()
-        .expect("utf-8 path")
-        .to_string()
-}
-
-/// The logs of every part of a multi-node lab, for failure messages.
-fn logs(lab: &TestLab) -> String {
-    let mut out = format!(
-        "controller log:\n{}\n",
-        std::fs::read_to_string(lab.dir.join("controller.log")).unwrap_or_default()
-    );
-    for node in ["node-a", "node-b"] {
-        let p = lab.dir.join("nodes").join(node).join("agent.log");
-        out.push_str(&format!(
-            "{node} agent log:\n{}\n",
-            std::fs::read_to_string(p).unwrap_or_default()
-        ));
-    }
-    out
-}
-
-fn ok(lab: &TestLab, args: &[&str]) -> String {
-    let o = lab.run(args);
-    assert!(
-        o.status.success(),
-        "septum {args:?} failed:\nstdout: {}\nstderr: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        logs(lab)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn json(lab: &TestLab, args: &[&str]) -> Value {
-    let out = ok(lab, args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
 
 /// One probe cell: result and the two pods' nodes.
 #[derive(Debug, Clone)]
@@ -194,65 +157,6 @@ fn check(lab: &TestLab, phase: Phase) -> (usize, usize) {
     (cross_allowed, cross_denied)
 }
 
-fn agent_status(lab: &TestLab, node: &str) -> Value {
-    let p = lab
-        .dir
-        .join("nodes")
-        .join(node)
-        .join("agent")
-        .join("status.json");
-    serde_json::from_slice(&std::fs::read(&p).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.starts_with(prefix))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn processes_mentioning(dir: &Path) -> Vec<u32> {
-    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
-                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .unwrap_or_default()
-                    .rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-        })
-        .collect()
-}
-
-/// `lab down` and nothing of the lab is left.
-fn down_leaves_nothing(lab: &TestLab) {
-    ok(lab, &["lab", "down"]);
-    assert_eq!(netns_with_prefix(&lab.prefix), Vec::<String>::new());
-    assert!(!lab.pins.exists(), "{} is left", lab.pins.display());
-    assert!(!lab.dir.exists(), "{} is left", lab.dir.display());
-    assert_eq!(processes_mentioning(&lab.dir), Vec::<u32>::new());
-    let links = std::process::Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .expect("ip link");
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(
-        !links.contains("to-node-a") && !links.contains("to-node-b"),
-        "a node link is left in the host namespace: {links}"
-    );
-}
-
 #[test]
 fn two_nodes_enforce_policy_across_the_link_and_a_change_reaches_both() {
     let lab = TestLab::new("two");
@@ -370,6 +274,15 @@ fn a_killed_controller_fails_apply_clearly_and_down_still_removes_everything() {
     assert!(!o.status.success(), "apply without a controller must fail");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("controller"), "{err}");
+    // The cluster flow view goes through the controller's relay: without it, septum flows
+    // says so, naming the relay and the controller's log.
+    let o = lab.run(&["flows"]);
+    assert!(!o.status.success(), "flows without the relay must fail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("flow relay at https://10.230.0.1:4245") && err.contains("controller.log"),
+        "{err}"
+    );
     // The agents keep enforcing what they hold: the pods still reach each other.
     assert_eq!(
         matrix(&lab, "pod")[&("shop/frontend".to_string(), "shop/backend".to_string())].result,
