@@ -666,8 +666,23 @@ fn table_header() -> String {
     )
 }
 
+/// One end as the table shows it: `namespace/pod:port` for a pod the node knows by name; an
+/// end known only by identity (a pod on another node, in cluster mode) as its address with
+/// the namespace and labels that identity stands for.
+fn end_text(e: &septum_flowlog::FlowEnd) -> String {
+    if !e.pod.is_empty() || e.namespace.is_empty() {
+        return e.to_string();
+    }
+    let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if labels.is_empty() {
+        format!("{e} ({})", e.namespace)
+    } else {
+        format!("{e} ({} {})", e.namespace, labels.join(","))
+    }
+}
+
 fn table_row(r: &FlowRecord) -> String {
-    let mut dst = r.dst.to_string();
+    let mut dst = end_text(&r.dst);
     if !r.dst.service.is_empty() {
         dst.push_str(&format!(" ({})", r.dst.service));
     }
@@ -683,7 +698,7 @@ fn table_row(r: &FlowRecord) -> String {
     format!(
         "{:<24} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  {}",
         time::format_ms(r.last_seen_ms),
-        r.src.to_string(),
+        end_text(&r.src),
         dst,
         wire::protocol_name(r.protocol),
         verdict,
@@ -923,6 +938,33 @@ mod tests {
         assert!(err(&["--since", "yesterday-ish"]).starts_with("since:"));
         assert!(err(&["--to-port", "70000"]).starts_with("to-port:"));
         assert!(err(&["--policy", "x' OR 1=1 --"]).starts_with("policy:"));
+    }
+
+    #[test]
+    fn ends_known_only_by_identity_show_their_namespace_and_labels() {
+        let ip = Some("10.231.1.2".parse().unwrap());
+        let remote = septum_flowlog::FlowEnd {
+            ip,
+            port: 80,
+            namespace: "shop".into(),
+            labels: [("app", "backend"), ("tier", "api")].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            end_text(&remote),
+            "10.231.1.2:80 (shop app=backend,tier=api)"
+        );
+        let own = septum_flowlog::FlowEnd {
+            pod: "backend".into(),
+            ..remote.clone()
+        };
+        assert_eq!(end_text(&own), "shop/backend:80");
+        let outside = septum_flowlog::FlowEnd {
+            ip,
+            port: 80,
+            ..Default::default()
+        };
+        assert_eq!(end_text(&outside), "10.231.1.2:80");
     }
 
     #[test]
