@@ -661,8 +661,16 @@ fn rule_text(r: &FlowRecord) -> String {
 
 fn table_header() -> String {
     format!(
-        "{:<24} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  POLICY",
-        "LAST SEEN", "SOURCE", "DESTINATION", "PROTO", "VERDICT", "REASON", "PACKETS", "BYTES"
+        "{:<24} {:<10} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  POLICY",
+        "LAST SEEN",
+        "NODE",
+        "SOURCE",
+        "DESTINATION",
+        "PROTO",
+        "VERDICT",
+        "REASON",
+        "PACKETS",
+        "BYTES"
     )
 }
 
@@ -696,8 +704,9 @@ fn table_row(r: &FlowRecord) -> String {
         verdict.push_str(&format!(" x{}", r.count));
     }
     format!(
-        "{:<24} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  {}",
+        "{:<24} {:<10} {:<32} {:<40} {:<6} {:<10} {:<20} {:>8} {:>10}  {}",
         time::format_ms(r.last_seen_ms),
+        r.node.as_str(),
         end_text(&r.src),
         dst,
         wire::protocol_name(r.protocol),

@@ -432,6 +432,19 @@ fn septum_flows_in_a_two_node_lab_merges_both_nodes_through_the_relay() {
     ] {
         assert!(table.contains(rule), "{rule}: {table}");
     }
+    // Each row names the node that recorded it: the one whose policy decided.
+    for (rule, node) in [
+        ("shop/database-in default-deny", "node-a"),
+        ("shop/backend-in default-deny", "node-b"),
+    ] {
+        let rows: Vec<&str> = table.lines().filter(|l| l.contains(rule)).collect();
+        assert!(!rows.is_empty(), "{table}");
+        assert!(
+            rows.iter()
+                .all(|l| l.split_whitespace().nth(1) == Some(node)),
+            "{rule} on {node}: {table}"
+        );
+    }
     // A source on the other node is shown by what its identity says, beside its address.
     let outsider_row = table
         .lines()
