@@ -3,6 +3,7 @@
 
 pub mod cri;
 pub mod fixture;
+pub mod kernel;
 pub mod netns;
 pub mod packet;
 pub mod reference;

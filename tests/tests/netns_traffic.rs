@@ -1,5 +1,9 @@
 //! Real traffic over veth pairs between network-namespace pods, through the real programs
 //! attached in a node namespace (TCX and clsact both), as the maps say.
+//!
+//! The `_tcx`/`_clsact` pair tests both attach modes (TCX needs kernel >= 6.6 and skips below
+//! it); the other tests are about the datapath, not the attach mode, and use whichever the kernel
+//! has ([`AttachMode::detect`]: TCX from 6.6, clsact below).
 
 use std::{net::IpAddr, time::Duration};
 
@@ -10,6 +14,7 @@ use septum_datapath_common::{
 };
 use septum_tests::{
     fixture::{PinRoot, enforce, topology_maps},
+    kernel,
     netns::Topology,
     traffic::{Outcome, sctp_probe, tcp_echo_server, tcp_probe, udp_echo_server, udp_probe},
     world::{Build as _, Rule},
@@ -115,6 +120,9 @@ fn allowed_and_denied(mode: AttachMode) {
 
 #[test]
 fn tcp_udp_sctp_allowed_and_denied_as_the_maps_say_tcx() {
+    if !kernel::at_least(6, 6, "TCX links") {
+        return;
+    }
     allowed_and_denied(AttachMode::Tcx);
 }
 
@@ -153,7 +161,7 @@ fn a_connection_opened_before_enforcement_keeps_working() {
     }
     maps.add_rule(&allow(P0, DIRECTION_EGRESS, P1, proto::TCP, 7070, 20));
     maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 7070, 21));
-    let dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
+    let dp = enforce(&topo, &maps, AttachMode::detect(), &pins).expect("enforce");
 
     let mut buf = [0u8; 5];
     server.write_all(b"hello").expect("server writes first");
@@ -201,7 +209,7 @@ fn service_vip_is_enforced_on_the_backend_identity_and_port_after_dnat() {
     maps.add_rule(&allow(P0, DIRECTION_EGRESS, P1, proto::TCP, 8080, 30));
     maps.add_rule(&allow(P2, DIRECTION_EGRESS, P1, proto::TCP, 9090, 31));
     maps.add_service(IpAddr::V4(vip), 80, proto::TCP, 1);
-    let dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
+    let dp = enforce(&topo, &maps, AttachMode::detect(), &pins).expect("enforce");
 
     assert_eq!(
         tcp_probe(&p0.ns, IpAddr::V4(vip), 80, T),
@@ -235,7 +243,7 @@ fn flow_events_arrive_in_user_space_with_the_right_fields() {
     maps.isolate(P1, DIRECTION_INGRESS, 41);
     maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 8080, 40));
     let _srv = tcp_echo_server(&p1.ns, 8080);
-    let mut dp = enforce(&topo, &maps, AttachMode::Tcx, &pins).expect("enforce");
+    let mut dp = enforce(&topo, &maps, AttachMode::detect(), &pins).expect("enforce");
     let reader = dp.take_events().expect("reader");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -177,6 +177,9 @@ fn restart_keeps_enforcing(mode: &str) {
 
 #[test]
 fn enforcement_holds_across_a_loader_restart_tcx() {
+    if !septum_tests::kernel::at_least(6, 6, "TCX links") {
+        return;
+    }
     restart_keeps_enforcing("tcx");
 }
 

@@ -1,0 +1,140 @@
+//! Connection tracking: the fast path for packets of known flows (counted on their entry,
+//! atomically, since both directions and several CPUs update one flow), ICMP errors related to a
+//! tracked flow, and the two entries (forward and reply) a new flow creates.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use septum_datapath_common::{
+    CT_F_CLOSING, CT_F_EGRESS_EVALUATED, CT_F_REPLY, CtEntry, CtKey, POINT_FROM_POD,
+    opposite_point, proto,
+};
+
+use crate::{
+    maps::{CONNTRACK, Scratch},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// The precise clock, for a flow's creation and for events.
+#[inline(always)]
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The fast path, one lookup for every packet of a known flow, either way: true if the packet
+/// belongs to a tracked flow, and then it is counted on that flow's entry.
+#[inline(always)]
+pub(crate) fn established(pkt: &Packet) -> bool {
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&pkt.key) {
+        // SAFETY: the map value stays valid for the program's run; concurrent writers only
+        // race on statistics.
+        let entry = unsafe { &mut *ct };
+        let fresh_syn = pkt.key.protocol == proto::TCP
+            && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && entry.flags & CT_F_REPLY == 0;
+        if !fresh_syn {
+            touch(entry, pkt);
+            return true;
+        }
+        // A new SYN on a known tuple is a new connection (port reuse, or a retransmitted SYN):
+        // evaluate it against the current policy.
+    }
+    false
+}
+
+/// Whether the flow an ICMP error quotes (`s.pkt.inner`, as it was sent the other way) is
+/// tracked: then the error is "related" and passes.
+#[inline(always)]
+pub(crate) fn related(s: &mut Scratch, point: u8) -> bool {
+    s.key = s.pkt.inner;
+    s.key.point = opposite_point(point);
+    CONNTRACK.get_ptr(&s.key).is_some()
+}
+
+/// Whether the source's `from_pod` already evaluated its egress for this flow (`pkt` as seen at
+/// `to_pod`; `key` is scratch space for the lookup).
+#[inline(always)]
+pub(crate) fn egress_evaluated_at_source(key: &mut CtKey, pkt: &CtKey) -> bool {
+    *key = *pkt;
+    key.point = POINT_FROM_POD;
+    match CONNTRACK.get_ptr(key) {
+        // SAFETY: plain data read at once.
+        Some(e) => (unsafe { (*e).flags } & CT_F_EGRESS_EVALUATED) != 0,
+        None => false,
+    }
+}
+
+/// `*p += v` as one BPF_ATOMIC_ADD instruction. Rust's core offers the BPF target atomic loads and
+/// stores but no read-modify-write, so the instruction is written out.
+///
+/// # Safety
+/// `p` points at a live, 8-byte aligned u64 (a map value field).
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller guarantees `p`; the instruction touches those 8 bytes only.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) p,
+            v = in(reg) v,
+            options(nostack),
+        );
+    }
+}
+
+/// Counts a packet of a known flow on its entry.
+#[inline(always)]
+fn touch(entry: &mut CtEntry, pkt: &Packet) {
+    // Coarse clock: last-seen needs jiffy precision, not a precise clock read per packet.
+    // SAFETY: helper without preconditions.
+    entry.last_seen_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+    // Atomic adds (BPF_ATOMIC_ADD, `lock *(u64 *)(r + off) += r`): two CPUs sending one flow at
+    // once count into the same entry, and a plain add would lose increments (verdicts.rs shows
+    // ~1% lost at 2 x 50k packets without it).
+    // SAFETY: the fields are 8-byte aligned u64s in a live map value, accessed only through
+    // atomics or plain reads of statistics.
+    unsafe {
+        atomic_add(&mut entry.packets, 1);
+        atomic_add(&mut entry.bytes, pkt.len as u64);
+    }
+    if pkt.tcp_flags & !entry.tcp_flags != 0 {
+        entry.tcp_flags |= pkt.tcp_flags;
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            entry.flags |= CT_F_CLOSING;
+        }
+    }
+}
+
+/// Writes both conntrack entries of the new flow. The packet at hand is counted on the entry it
+/// matches: the forward one, or with `pickup_reply` the reply one.
+#[inline(always)]
+pub(crate) fn create_flow(s: &mut Scratch, pickup_reply: bool) {
+    let now = now_ns();
+    let d = if pickup_reply { &s.reply } else { &s.decision };
+    let (fwd, rep) = (&mut s.ct_forward, &mut s.ct_reply);
+    fwd.created_ns = now;
+    fwd.last_seen_ns = now;
+    fwd.src_identity = d.src_identity;
+    fwd.dst_identity = d.dst_identity;
+    fwd.egress_cookie = d.egress_cookie;
+    fwd.ingress_cookie = d.ingress_cookie;
+    fwd.flags = d.ct_flags;
+    fwd._pad = [0; 5];
+    *rep = *fwd;
+    rep.flags |= CT_F_REPLY;
+    let (counted, other) = if pickup_reply { (rep, fwd) } else { (fwd, rep) };
+    counted.packets = 1;
+    counted.bytes = s.pkt.len as u64;
+    counted.tcp_flags = s.pkt.tcp_flags;
+    other.packets = 0;
+    other.bytes = 0;
+    other.tcp_flags = 0;
+    // The packet's own tuple, and the reversed one for the other way.
+    s.key = s.pkt.key.reversed();
+    if pickup_reply {
+        let _ = CONNTRACK.insert(&s.key, &s.ct_forward, 0);
+        let _ = CONNTRACK.insert(&s.pkt.key, &s.ct_reply, 0);
+    } else {
+        let _ = CONNTRACK.insert(&s.pkt.key, &s.ct_forward, 0);
+        let _ = CONNTRACK.insert(&s.key, &s.ct_reply, 0);
+    }
+}
