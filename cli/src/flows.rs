@@ -503,9 +503,17 @@ fn warn_nodes(errors: &[pb::NodeError]) {
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
+    // A connection that failed under the call (a refused client certificate, a server gone)
+    // says why only in its source.
+    let mut why = String::new();
+    let mut source = std::error::Error::source(&s);
+    while let Some(e) = source {
+        why.push_str(&format!(": {e}"));
+        source = e.source();
+    }
     match s.code() {
         tonic::Code::InvalidArgument => anyhow::anyhow!("{}", s.message()),
-        code => anyhow::anyhow!("the server answered {code:?}: {}", s.message()),
+        code => anyhow::anyhow!("the server answered {code:?}: {}{why}", s.message()),
     }
 }
 
@@ -525,6 +533,20 @@ impl FlowsArgs {
 /// first node's namespace): then the whole command runs on a thread there, so every socket it
 /// opens is.
 pub fn run(args: FlowsArgs) -> Result<ExitCode> {
+    match run_flows(args) {
+        // Standard output closed (`septum flows | head`): done, quietly, like a Unix filter.
+        // SIGPIPE stays ignored for this command (see main), so this is how it ends.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(ExitCode::SUCCESS)
+        }
+        other => other,
+    }
+}
+
+fn run_flows(args: FlowsArgs) -> Result<ExitCode> {
     let target = args.server().target()?;
     let netns = target.netns().map(str::to_string);
     let work = move || -> Result<ExitCode> {
@@ -733,12 +755,23 @@ async fn top(a: TopArgs, target: &Target) -> Result<ExitCode> {
     warn_nodes(&answer.node_errors);
     let talkers: Vec<Talker> = answer.talkers.iter().map(Talker::from).collect();
     if a.common.output == Output::Table {
-        println!(
+        writeln!(
+            std::io::stdout(),
             "{:<40} {:<40} {:>8} {:>12}",
-            "SOURCE", "DESTINATION", "FLOWS", "BYTES"
-        );
+            "SOURCE",
+            "DESTINATION",
+            "FLOWS",
+            "BYTES"
+        )?;
         for t in &talkers {
-            println!("{:<40} {:<40} {:>8} {:>12}", t.from, t.to, t.flows, t.bytes);
+            writeln!(
+                std::io::stdout(),
+                "{:<40} {:<40} {:>8} {:>12}",
+                t.from,
+                t.to,
+                t.flows,
+                t.bytes
+            )?;
         }
     } else {
         print_json(&talkers, a.common.output)?;
@@ -757,9 +790,21 @@ async fn denied(a: CommonArgs, target: &Target) -> Result<ExitCode> {
     warn_nodes(&answer.node_errors);
     let rows: Vec<Denied> = answer.policies.iter().map(Denied::from).collect();
     if a.output == Output::Table {
-        println!("{:<60} {:>8} {:>10}", "POLICY", "FLOWS", "EVENTS");
+        writeln!(
+            std::io::stdout(),
+            "{:<60} {:>8} {:>10}",
+            "POLICY",
+            "FLOWS",
+            "EVENTS"
+        )?;
         for d in &rows {
-            println!("{:<60} {:>8} {:>10}", d.policy, d.flows, d.events);
+            writeln!(
+                std::io::stdout(),
+                "{:<60} {:>8} {:>10}",
+                d.policy,
+                d.flows,
+                d.events
+            )?;
         }
     } else {
         print_json(&rows, a.output)?;
@@ -770,10 +815,10 @@ async fn denied(a: CommonArgs, target: &Target) -> Result<ExitCode> {
 fn print_json<T: serde::Serialize>(rows: &[T], output: Output) -> Result<()> {
     if output == Output::Jsonl {
         for r in rows {
-            println!("{}", serde_json::to_string(r)?);
+            writeln!(std::io::stdout(), "{}", serde_json::to_string(r)?)?;
         }
     } else {
-        println!("{}", serde_json::to_string_pretty(rows)?);
+        writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(rows)?)?;
     }
     Ok(())
 }
@@ -796,7 +841,7 @@ async fn graph(a: GraphArgs, target: &Target) -> Result<ExitCode> {
     let text = septum_flowlog::map::render(&edges, a.format);
     match &a.out {
         Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
-        None => print!("{text}"),
+        None => write!(std::io::stdout(), "{text}")?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -837,23 +882,35 @@ async fn status(output: Output, target: &Target) -> Result<ExitCode> {
         .map_err(status_error)?
         .into_inner();
     if output != Output::Table {
-        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+        writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&status_json(&s))?
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     let lost = |s: &pb::ServerStatusResponse| s.losses.iter().map(|l| l.count).sum::<u64>();
     if !s.nodes.is_empty() || !s.node_errors.is_empty() {
         // The relay: one row per node, then the totals and the nodes that did not answer.
-        println!(
+        writeln!(
+            std::io::stdout(),
             "{:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
-            "NODE", "FLOWS", "STORE", "EVENTS", "WRITTEN", "OPEN", "LOST"
-        );
+            "NODE",
+            "FLOWS",
+            "STORE",
+            "EVENTS",
+            "WRITTEN",
+            "OPEN",
+            "LOST"
+        )?;
         for n in s.nodes.iter().chain(std::iter::once(&s)) {
             let name = if std::ptr::eq(n, &s) {
                 "(all)"
             } else {
                 &n.node
             };
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
                 name,
                 n.stored_flows,
@@ -862,19 +919,26 @@ async fn status(output: Output, target: &Target) -> Result<ExitCode> {
                 n.records_written,
                 n.open_records,
                 lost(n)
-            );
+            )?;
         }
         for e in &s.node_errors {
-            println!("{:<24} did not answer ({}): {}", e.node, e.code, e.message);
+            writeln!(
+                std::io::stdout(),
+                "{:<24} did not answer ({}): {}",
+                e.node,
+                e.code,
+                e.message
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    println!("node:            {}", s.node);
-    println!(
+    writeln!(std::io::stdout(), "node:            {}", s.node)?;
+    writeln!(
+        std::io::stdout(),
         "store:           {} flows, {}",
         s.stored_flows,
         human_bytes(s.store_bytes)
-    );
+    )?;
     let age = if s.retention_max_age_ms == 0 {
         "no age bound".to_string()
     } else {
@@ -885,13 +949,13 @@ async fn status(output: Output, target: &Target) -> Result<ExitCode> {
     } else {
         human_bytes(s.retention_max_bytes)
     };
-    println!("retention:       {age}, {size}");
-    println!("events read:     {}", s.events);
-    println!("records written: {}", s.records_written);
-    println!("open records:    {}", s.open_records);
-    println!("lost:            {}", lost(&s));
+    writeln!(std::io::stdout(), "retention:       {age}, {size}")?;
+    writeln!(std::io::stdout(), "events read:     {}", s.events)?;
+    writeln!(std::io::stdout(), "records written: {}", s.records_written)?;
+    writeln!(std::io::stdout(), "open records:    {}", s.open_records)?;
+    writeln!(std::io::stdout(), "lost:            {}", lost(&s))?;
     for l in &s.losses {
-        println!("  {:<22} {}", l.source, l.count);
+        writeln!(std::io::stdout(), "  {:<22} {}", l.source, l.count)?;
     }
     Ok(ExitCode::SUCCESS)
 }

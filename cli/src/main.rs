@@ -62,11 +62,15 @@ fn run_agent(cfg: septum_agent::AgentConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether the command serves clients (and so must survive a client hanging up).
+/// Whether the command must keep SIGPIPE ignored: a server (it must survive a client hanging
+/// up), and `flows`, whose TLS connection to an agent or relay that refuses its certificate is
+/// closed under a write (with the default action that write would end it without a word; it
+/// ends quietly on a closed standard output by itself, see `flows::run`).
 fn is_server(command: &Command) -> bool {
     matches!(
         command,
         Command::Agent(_)
+            | Command::Flows(_)
             | Command::Lab(lab::LabCommand::Serve { .. })
             // A lab command that gives up waiting closes its end of the controller socket: the
             // late reply must fail with EPIPE, not end the controller.

@@ -456,6 +456,17 @@ fn septum_flows_in_a_two_node_lab_merges_both_nodes_through_the_relay() {
         "{table}"
     );
 
+    // `septum flows | head`: a reader that goes away ends the command quietly.
+    let mut closed = lab
+        .command(&["flows"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("septum flows");
+    drop(closed.stdout.take());
+    let o = closed.wait_with_output().expect("septum flows");
+    assert!(o.status.success() && o.stderr.is_empty(), "{o:?}");
+
     // Aggregates, summed over both nodes: refusals by policy (database-in on node-a,
     // backend-in on node-b), talkers named where each node knows the pod.
     let denied = flows_json(&lab, &["denied"]);
@@ -514,6 +525,40 @@ fn septum_flows_in_a_two_node_lab_merges_both_nodes_through_the_relay() {
     let table = ok(&lab, &["flows", "status"]);
     for row in ["node-a ", "node-b ", "(all) "] {
         assert!(table.lines().any(|l| l.starts_with(row)), "{row}: {table}");
+    }
+    // The relay with explicit flags, from inside node-a: the lab's operator certificate is let
+    // in; a node's certificate (another CA: a node must not read every node's flows) and no
+    // certificate are refused.
+    let pki = lab.dir.join("pki");
+    let explicit = |cert: Option<&str>| {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &format!("{}node-a", lab.prefix)])
+            .arg(test_lab::SEPTUM)
+            .args(["flows", "status", "--output", "json"])
+            .args(["--server", "https://10.230.0.1:4245", "--tls-ca"])
+            .arg(pki.join("ca.crt"));
+        if let Some(name) = cert {
+            c.arg("--tls-cert")
+                .arg(pki.join(format!("{name}.crt")))
+                .arg("--tls-key")
+                .arg(pki.join(format!("{name}.key")));
+        }
+        c.output().expect("ip netns exec septum")
+    };
+    let o = explicit(Some("septum-lab-operator"));
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).expect("status JSON");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2), "{v}");
+    // (How the refusal reads depends on when the client sees the server's alert: TLS 1.3
+    // checks the client's certificate after the client's side of the handshake is done.)
+    for cert in [Some("node-a"), None] {
+        let o = explicit(cert);
+        assert!(!o.status.success(), "{cert:?} let in: {o:?}");
+        assert!(o.stdout.is_empty(), "{cert:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("transport error"),
+            "{cert:?}: {o:?}"
+        );
     }
     let queried = t.elapsed();
 
