@@ -231,6 +231,7 @@ impl NodeStates {
         let mut services = Journal::default();
         let mut rules = Journal::default();
         let mut identities = Journal::default();
+        let mut service_names = Journal::default();
         let s = &mut entry.state;
         for d in diffs {
             for (k, v) in d.policy.upserts.iter().filter(|(k, _)| filter.keeps(k)) {
@@ -264,6 +265,13 @@ impl NodeStates {
             for k in &d.identities.deletes {
                 identities.set(&mut s.identities, *k, None);
             }
+            // So do the Services' names.
+            for (k, v) in &d.service_names.upserts {
+                service_names.set(&mut s.service_names, *k, Some(v.clone()));
+            }
+            for k in &d.service_names.deletes {
+                service_names.set(&mut s.service_names, *k, None);
+            }
         }
         let rules_changed = diffs.iter().any(|d| !d.rules.is_empty());
         let policy = policy.diff(&s.policy);
@@ -295,6 +303,7 @@ impl NodeStates {
                 Default::default()
             },
             identities: identities.diff(&s.identities),
+            service_names: service_names.diff(&s.service_names),
         };
         if diff.is_empty() {
             return None;
@@ -478,7 +487,18 @@ mod tests {
         assert_eq!(deltas.len(), 2);
         for d in &deltas {
             assert_eq!(d.diff.services.upserts.len(), 1);
-            assert_eq!(d.diff.len(), 1, "only the VIP: {d:?}");
+            assert_eq!(
+                d.diff.service_names.upserts,
+                [(
+                    septum_datapath_common::ServiceId::new(d.diff.services.upserts[0].1.service_id),
+                    septum_policy::model::ObjectKey::new("shop", "db")
+                )]
+            );
+            assert_eq!(
+                d.diff.len(),
+                2,
+                "only the VIP and its Service's name: {d:?}"
+            );
         }
     }
 

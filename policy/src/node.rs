@@ -3,12 +3,13 @@
 //! other identity that can concern its pods (egress is also checked at the destination's
 //! `to_pod`, after Service DNAT), the full ipcache with the node's own addresses marked as the
 //! host, every Service VIP, and for its flow logs what the numbers mean: the rules its policy
-//! entries name and the cluster's identity table.
+//! entries name, the cluster's identity table and the Services' names.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use septum_datapath_common::{
     Cookie, Direction, IPCACHE_KIND_HOST, Identity, IpCacheEntry, PolicyEntry, ServiceEntry,
+    ServiceId,
 };
 
 use crate::cidr::Cidr;
@@ -35,6 +36,8 @@ pub struct NodeState {
     pub rules: BTreeMap<Cookie, RuleDescription>,
     /// Identity -> what it stands for, for flow logs (the whole cluster's table).
     pub identities: BTreeMap<Identity, IdentityDescription>,
+    /// Service id -> the Service, for flow logs (every id of the services map).
+    pub service_names: BTreeMap<ServiceId, ObjectKey>,
 }
 
 /// The difference between two states of one node, map by map (upserts, then deletes).
@@ -52,6 +55,8 @@ pub struct NodeStateDiff {
     pub rules: MapDiff<Cookie, RuleDescription>,
     /// Identity table.
     pub identities: MapDiff<Identity, IdentityDescription>,
+    /// Service names.
+    pub service_names: MapDiff<ServiceId, ObjectKey>,
 }
 
 impl NodeStateDiff {
@@ -64,6 +69,7 @@ impl NodeStateDiff {
             services: MapDiff::between(&old.services, &new.services),
             rules: MapDiff::between(&old.rules, &new.rules),
             identities: MapDiff::between(&old.identities, &new.identities),
+            service_names: MapDiff::between(&old.service_names, &new.service_names),
         }
     }
 
@@ -80,6 +86,7 @@ impl NodeStateDiff {
             + self.services.len()
             + self.rules.len()
             + self.identities.len()
+            + self.service_names.len()
     }
 
     /// Applies the diff to a node's state (what an agent does with a delta).
@@ -90,6 +97,7 @@ impl NodeStateDiff {
         self.services.apply_to(&mut state.services);
         self.rules.apply_to(&mut state.rules);
         self.identities.apply_to(&mut state.identities);
+        self.service_names.apply_to(&mut state.service_names);
     }
 }
 
@@ -197,5 +205,6 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
         services: state.services.clone(),
         rules,
         identities: state.identities.clone(),
+        service_names: state.service_names.clone(),
     }
 }

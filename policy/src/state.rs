@@ -29,7 +29,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    Action, Cookie, Identity, IpCacheEntry, PolicyEntry, ServiceEntry, ServiceKey,
+    Action, Cookie, Identity, IpCacheEntry, PolicyEntry, ServiceEntry, ServiceId, ServiceKey,
 };
 
 use crate::cidr::{Cidr, addr_bytes};
@@ -138,6 +138,9 @@ pub struct ClusterState {
     pub rules: BTreeMap<Cookie, RuleDescription>,
     /// Identity -> what it stands for.
     pub identities: BTreeMap<Identity, IdentityDescription>,
+    /// Service id -> the Service, for every id the services map holds (flow logs name the
+    /// Service a VIP belongs to).
+    pub service_names: BTreeMap<ServiceId, ObjectKey>,
 }
 
 /// Upserts and deletes for one map: the datapath contract's one diff type (upserts first).
@@ -158,6 +161,8 @@ pub struct StateDiff {
     pub rules: MapDiff<Cookie, RuleDescription>,
     /// Identity table.
     pub identities: MapDiff<Identity, IdentityDescription>,
+    /// Service names.
+    pub service_names: MapDiff<ServiceId, ObjectKey>,
 }
 
 impl StateDiff {
@@ -170,6 +175,7 @@ impl StateDiff {
             services: MapDiff::between(&old.services, &new.services),
             rules: MapDiff::between(&old.rules, &new.rules),
             identities: MapDiff::between(&old.identities, &new.identities),
+            service_names: MapDiff::between(&old.service_names, &new.service_names),
         }
     }
 
@@ -186,6 +192,7 @@ impl StateDiff {
             + self.services.len()
             + self.rules.len()
             + self.identities.len()
+            + self.service_names.len()
     }
 
     /// Applies the diff to a state.
@@ -196,6 +203,7 @@ impl StateDiff {
         self.services.apply_to(&mut state.services);
         self.rules.apply_to(&mut state.rules);
         self.identities.apply_to(&mut state.identities);
+        self.service_names.apply_to(&mut state.service_names);
     }
 }
 

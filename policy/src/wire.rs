@@ -12,7 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use septum_datapath_common::{
-    Cookie, Identity, IpCacheEntry, LpmData, PolicyEntry, PolicyKeyData, ServiceEntry,
+    Cookie, Identity, IpCacheEntry, LpmData, PolicyEntry, PolicyKeyData, ServiceEntry, ServiceId,
 };
 use septum_proto::nodestate::v1 as pb;
 
@@ -235,6 +235,17 @@ pub fn encode(u: &Update) -> pb::Update {
             .map(|(i, r)| identity(i, r))
             .collect(),
         identity_deletes: d.identities.deletes.iter().map(|i| i.get()).collect(),
+        service_name_upserts: d
+            .service_names
+            .upserts
+            .iter()
+            .map(|(id, k)| pb::ServiceName {
+                service_id: id.get(),
+                namespace: k.namespace.clone(),
+                name: k.name.clone(),
+            })
+            .collect(),
+        service_name_deletes: d.service_names.deletes.iter().map(|i| i.get()).collect(),
     }
 }
 
@@ -528,12 +539,29 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
             .map(|(i, d)| decode_identity(d, &format!("identity_upserts[{i}]"))),
         "identity_upserts",
     )?;
+    let service_names = unique(
+        u.service_name_upserts.iter().enumerate().map(|(i, n)| {
+            let f = format!("service_name_upserts[{i}]");
+            if n.service_id == 0 {
+                return Err(err(format!("{f}.service_id"), "service id 0 is no Service"));
+            }
+            if n.namespace.is_empty() || n.name.is_empty() {
+                return Err(err(f, "namespace and name must both be set"));
+            }
+            Ok((
+                ServiceId::new(n.service_id),
+                ObjectKey::new(n.namespace.clone(), n.name.clone()),
+            ))
+        }),
+        "service_name_upserts",
+    )?;
     let deletes = u.endpoint_deletes.len()
         + u.ipcache_deletes.len()
         + u.policy_deletes.len()
         + u.service_deletes.len()
         + u.rule_deletes.len()
-        + u.identity_deletes.len();
+        + u.identity_deletes.len()
+        + u.service_name_deletes.len();
     if u.snapshot && deletes > 0 {
         return Err(err("snapshot", "a snapshot carries no deletes"));
     }
@@ -588,6 +616,20 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
             n => Ok(Identity::new(*n)),
         }),
         "identity_deletes",
+    )?;
+    diff.service_names.upserts = service_names;
+    diff.service_names.deletes = unique_keys(
+        u.service_name_deletes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match n {
+                0 => Err(err(
+                    format!("service_name_deletes[{i}]"),
+                    "service id 0 is no Service",
+                )),
+                n => Ok(ServiceId::new(*n)),
+            }),
+        "service_name_deletes",
     )?;
     Ok(Update {
         epoch: u.epoch,
@@ -751,8 +793,9 @@ mod tests {
             prop::collection::vec(svc, 0..4),
             prop::collection::vec(rule, 0..4),
             prop::collection::vec(ident, 0..4),
+            prop::collection::btree_map(1u32.., ("[a-c]{1,3}", "[a-z]{1,4}"), 0..4),
         )
-            .prop_map(|(eps, ipc, pol, svc, rules, idents)| NodeState {
+            .prop_map(|(eps, ipc, pol, svc, rules, idents, names)| NodeState {
                 node: "node-a".into(),
                 endpoints: eps
                     .into_iter()
@@ -772,6 +815,10 @@ mod tests {
                 services: svc.into_iter().collect(),
                 rules: rules.into_iter().collect(),
                 identities: idents.into_iter().collect(),
+                service_names: names
+                    .into_iter()
+                    .map(|(id, (ns, n))| (ServiceId::new(id), ObjectKey::new(ns, n)))
+                    .collect(),
             })
     }
 
@@ -874,6 +921,27 @@ mod tests {
             kind: None,
         });
         assert_eq!(refused(u).field, "identity_upserts[0].kind");
+
+        let name = |service_id: u32, namespace: &str, name: &str| pb::ServiceName {
+            service_id,
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        for (n, field) in [
+            (name(0, "shop", "web"), "service_name_upserts[0].service_id"),
+            (name(3, "", "web"), "service_name_upserts[0]"),
+            (name(3, "shop", ""), "service_name_upserts[0]"),
+        ] {
+            let mut u = base();
+            u.service_name_upserts.push(n);
+            assert_eq!(refused(u).field, field);
+        }
+        let mut u = base();
+        u.service_name_upserts = vec![name(3, "shop", "web"), name(3, "shop", "api")];
+        assert_eq!(refused(u).field, "service_name_upserts[1]");
+        let mut u = base();
+        u.service_name_deletes.push(0);
+        assert_eq!(refused(u).field, "service_name_deletes[0]");
 
         let mut u = base();
         u.ipcache_upserts.push(pb::IpCacheEntry {

@@ -155,8 +155,8 @@ impl Enricher {
     }
 
     /// Cluster mode's tables: this node's own pods by address, and from the node-state stream
-    /// the cluster's identities (remote ends are named by namespace and labels) and rules,
-    /// remembering `previous`'s rules for cookies that are gone.
+    /// the cluster's identities (remote ends are named by namespace and labels), the Services
+    /// of the VIPs and the rules, remembering `previous`'s rules for cookies that are gone.
     pub fn from_endpoints<'a>(
         node: &str,
         pods: impl Iterator<Item = (&'a [IpAddr], &'a septum_policy::model::ObjectKey)>,
@@ -184,6 +184,18 @@ impl Enricher {
             }
         }
         out.identities = identities;
+        // A VIP names its Service (the one owning it: a VIP shared by two Services belongs to
+        // the first by key, for every port).
+        for (vip, e) in &state.services {
+            if let Some(k) = state
+                .service_names
+                .get(&septum_datapath_common::ServiceId::new(e.service_id))
+            {
+                out.services
+                    .entry(vip.addr)
+                    .or_insert_with(|| format!("{}/{}", k.namespace, k.name).into());
+            }
+        }
         out.rules = remembered(previous);
         for (cookie, d) in &state.rules {
             out.rules.insert(cookie.get(), Arc::new(rule_ref(d)));
@@ -395,8 +407,31 @@ mod tests {
                 text: String::new(),
             },
         );
+        // A VIP of service id 5, named by the stream; id 6 has no name and names nothing.
+        for (port, id) in [(80, 5), (53, 6)] {
+            state.services.insert(
+                septum_policy::state::ServiceVip {
+                    addr: [10, 96, 0, 20 + port as u8 % 2].into(),
+                    port,
+                    protocol: septum_policy::model::Protocol::Tcp,
+                },
+                septum_datapath_common::ServiceEntry { service_id: id },
+            );
+        }
+        state.service_names.insert(
+            septum_datapath_common::ServiceId::new(5),
+            ObjectKey::new("shop", "web"),
+        );
         let ips: Vec<IpAddr> = vec!["10.0.0.2".parse().unwrap()];
         let e = Enricher::from_endpoints("n1", [(ips.as_slice(), &web)].into_iter(), &state, None);
+        let to_vip = |last: u8| {
+            e.observe(&event([10, 0, 0, 2], [10, 96, 0, last]), 5)
+                .unwrap()
+                .dst
+                .service
+        };
+        assert_eq!(to_vip(20), "shop/web");
+        assert_eq!(to_vip(21), "");
         let mut ev = event([10, 1, 0, 9], [10, 0, 0, 2]);
         ev.src_identity = 301;
         let o = e.observe(&ev, 5).unwrap();

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use septum_datapath_common::{IPCACHE_KIND_WORLD, Identity, IpCacheEntry};
+use septum_datapath_common::{IPCACHE_KIND_WORLD, Identity, IpCacheEntry, ServiceId};
 
 use super::index::Index;
 use super::maps::{cidr_entry, world_prefixes};
@@ -145,7 +145,11 @@ impl<S: AllocationStore> Engine<S> {
         for k in svc_keys {
             for (vip, e) in self.service_entries(&k) {
                 // Two Services claiming one VIP: the first by key owns it.
-                st.services.entry(vip).or_insert(e);
+                if let std::collections::btree_map::Entry::Vacant(v) = st.services.entry(vip) {
+                    v.insert(e);
+                    st.service_names
+                        .insert(ServiceId::new(e.service_id), k.clone());
+                }
             }
         }
         st.rules = self.ruleset.descriptions();

@@ -95,6 +95,7 @@ impl PodUpdate {
             services: Default::default(),
             rules: Default::default(),
             identities: self.identities.finish(&state.identities),
+            service_names: Default::default(),
         }
     }
 }
@@ -494,6 +495,7 @@ impl<S: AllocationStore> Engine<S> {
         let mut endpoints = Tracker::new();
         let mut rules = Tracker::new();
         let mut svc = Tracker::new();
+        let mut names = Tracker::new();
         for slot in slots {
             affected.extend(self.index.remove_slot(slot));
             affected.extend(self.index.add_slot(slot, &self.ruleset));
@@ -528,9 +530,34 @@ impl<S: AllocationStore> Engine<S> {
                 .map(|(v, _)| *v)
                 .collect();
             vips.extend(self.service_entries(&k).into_iter().map(|(v, _)| v));
+            // The Services whose VIPs change hands (this one, and any other that owned or now
+            // owns one of its VIPs): each keeps its name while it owns a VIP.
+            let mut owners: BTreeMap<ServiceId, ObjectKey> = BTreeMap::new();
+            if let Some(id) = id {
+                owners.insert(ServiceId::new(id), k.clone());
+            }
             for v in vips {
-                let e = self.service_vip_entry(&v);
+                if let Some(old) = self.state.services.get(&v)
+                    && let Some(name) = self
+                        .state
+                        .service_names
+                        .get(&ServiceId::new(old.service_id))
+                {
+                    owners.insert(ServiceId::new(old.service_id), name.clone());
+                }
+                let e = self.service_vip_entry(&v).map(|(owner, e)| {
+                    owners.insert(ServiceId::new(e.service_id), owner);
+                    e
+                });
                 svc.set(&mut self.state.services, v, e);
+            }
+            for (id, name) in owners {
+                let owns = self
+                    .state
+                    .services
+                    .values()
+                    .any(|e| e.service_id == id.get());
+                names.set(&mut self.state.service_names, id, owns.then_some(name));
             }
         }
         StateDiff {
@@ -540,6 +567,7 @@ impl<S: AllocationStore> Engine<S> {
             services: svc.finish(&self.state.services),
             rules: rules.finish(&self.state.rules),
             identities: Default::default(),
+            service_names: names.finish(&self.state.service_names),
         }
     }
 

@@ -75,8 +75,11 @@ impl<S: AllocationStore> Engine<S> {
         out
     }
 
-    /// The owner of a VIP: the first Service (by key) exposing it.
-    pub(super) fn service_vip_entry(&mut self, vip: &ServiceVip) -> Option<ServiceEntry> {
+    /// The owner of a VIP, the first Service (by key) exposing it, and its entry.
+    pub(super) fn service_vip_entry(
+        &mut self,
+        vip: &ServiceVip,
+    ) -> Option<(ObjectKey, ServiceEntry)> {
         let owner = self
             .cluster
             .services
@@ -88,10 +91,13 @@ impl<S: AllocationStore> Engine<S> {
                         .any(|p| p.port == vip.port && p.protocol == vip.protocol)
             })?
             .key();
-        let id = self.store.allocate_service(owner);
-        Some(ServiceEntry {
-            service_id: id.get(),
-        })
+        let id = self.store.allocate_service(owner.clone());
+        Some((
+            owner,
+            ServiceEntry {
+                service_id: id.get(),
+            },
+        ))
     }
 
     pub(super) fn ipcache_host_entry(&self, ip: IpAddr) -> Option<IpCacheEntry> {

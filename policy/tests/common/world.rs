@@ -513,7 +513,8 @@ pub fn service(name: &'static str) -> BoxedStrategy<Service> {
             Just(PortRef::Number(8080)),
             Just(PortRef::Name("http".into()))
         ],
-        10u8..60,
+        // A narrow range, so that two Services now and then claim one VIP (externalIPs may).
+        10u8..14,
     )
         .prop_map(move |(namespace, app, target, vip)| {
             let mut selector = Labels::new();

@@ -98,6 +98,23 @@ pub struct Update {
     pub identity_upserts: ::prost::alloc::vec::Vec<IdentityDescription>,
     #[prost(uint32, repeated, tag = "21")]
     pub identity_deletes: ::prost::alloc::vec::Vec<u32>,
+    /// The Service each service id of the services map stands for, so that an agent names the
+    /// Service of a flow to a VIP.
+    #[prost(message, repeated, tag = "22")]
+    pub service_name_upserts: ::prost::alloc::vec::Vec<ServiceName>,
+    #[prost(uint32, repeated, tag = "23")]
+    pub service_name_deletes: ::prost::alloc::vec::Vec<u32>,
+}
+/// The Service a service id stands for.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceName {
+    #[prost(uint32, tag = "1")]
+    pub service_id: u32,
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
 }
 /// The rule a cookie stands for.
 #[allow(clippy::all)]
