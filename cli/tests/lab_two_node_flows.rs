@@ -372,25 +372,18 @@ fn septum_flows_in_a_two_node_lab_merges_both_nodes_through_the_relay() {
         "{at}"
     );
 
-    // The Service a ClusterIP flow was addressed to, where the record carries it (cluster-mode
-    // agents learn Service names from the node-state stream; until they do, the field is
-    // empty on every record and this is skipped, saying so).
+    // The Service a ClusterIP flow was addressed to (cluster-mode agents learn Service names
+    // from the node-state stream).
     let named: Vec<&str> = [via_database_vip, via_backend_vip]
         .iter()
         .map(|r| s(r, &["dst", "service"]))
         .collect();
-    if named.iter().all(|n| n.is_empty()) {
-        eprintln!(
-            "note: cluster-mode records carry no Service name yet; the Service checks are skipped"
-        );
-    } else {
-        assert_eq!(named, ["shop/database", "shop/backend"], "{all:#?}");
-        let by_service = records(&lab, &["--to-service", "shop/database"]);
-        assert!(
-            by_service.iter().any(|r| matches(r, &wanted[2])),
-            "{by_service:#?}"
-        );
-    }
+    assert_eq!(named, ["shop/database", "shop/backend"], "{all:#?}");
+    let by_service = records(&lab, &["--to-service", "shop/database"]);
+    assert!(
+        by_service.iter().any(|r| matches(r, &wanted[2])),
+        "{by_service:#?}"
+    );
 
     // Filters go to both nodes (or, naming nodes, to those only).
     for node in NODES {
