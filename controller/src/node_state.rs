@@ -232,6 +232,7 @@ impl NodeStates {
         let mut rules = Journal::default();
         let mut identities = Journal::default();
         let mut service_names = Journal::default();
+        let mut pod_addresses = Journal::default();
         let s = &mut entry.state;
         for d in diffs {
             for (k, v) in d.policy.upserts.iter().filter(|(k, _)| filter.keeps(k)) {
@@ -272,6 +273,13 @@ impl NodeStates {
             for k in &d.service_names.deletes {
                 service_names.set(&mut s.service_names, *k, None);
             }
+            // And the pods' addresses.
+            for (k, v) in &d.pod_addresses.upserts {
+                pod_addresses.set(&mut s.pod_addresses, *k, Some(v.clone()));
+            }
+            for k in &d.pod_addresses.deletes {
+                pod_addresses.set(&mut s.pod_addresses, *k, None);
+            }
         }
         let rules_changed = diffs.iter().any(|d| !d.rules.is_empty());
         let policy = policy.diff(&s.policy);
@@ -304,6 +312,7 @@ impl NodeStates {
             },
             identities: identities.diff(&s.identities),
             service_names: service_names.diff(&s.service_names),
+            pod_addresses: pod_addresses.diff(&s.pod_addresses),
         };
         if diff.is_empty() {
             return None;

@@ -125,9 +125,11 @@ fn status_error(node: &str, s: &Status) -> pb::NodeError {
         source = e.source();
     }
     // The relay never cancels a call it still waits for: a cancelled one is a connection the
-    // agent's side dropped.
+    // agent's side dropped. So is an Unknown that carries a transport error (a reset stream or
+    // connection; an agent's own Unknown status has no source).
     let code = match s.code() {
         tonic::Code::Cancelled => tonic::Code::Unavailable,
+        tonic::Code::Unknown if std::error::Error::source(s).is_some() => tonic::Code::Unavailable,
         c => c,
     };
     node_error(node, &format!("{code:?}"), message)

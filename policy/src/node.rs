@@ -3,9 +3,10 @@
 //! other identity that can concern its pods (egress is also checked at the destination's
 //! `to_pod`, after Service DNAT), the full ipcache with the node's own addresses marked as the
 //! host, every Service VIP, and for its flow logs what the numbers mean: the rules its policy
-//! entries name, the cluster's identity table and the Services' names.
+//! entries name, the cluster's identity table, the Services' names and the pods' addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use septum_datapath_common::{
     Cookie, Direction, IPCACHE_KIND_HOST, Identity, IpCacheEntry, PolicyEntry, ServiceEntry,
@@ -38,6 +39,8 @@ pub struct NodeState {
     pub identities: BTreeMap<Identity, IdentityDescription>,
     /// Service id -> the Service, for flow logs (every id of the services map).
     pub service_names: BTreeMap<ServiceId, ObjectKey>,
+    /// Pod address -> pod, for flow logs (the whole cluster's pods).
+    pub pod_addresses: BTreeMap<IpAddr, ObjectKey>,
 }
 
 /// The difference between two states of one node, map by map (upserts, then deletes).
@@ -57,6 +60,8 @@ pub struct NodeStateDiff {
     pub identities: MapDiff<Identity, IdentityDescription>,
     /// Service names.
     pub service_names: MapDiff<ServiceId, ObjectKey>,
+    /// Pod addresses.
+    pub pod_addresses: MapDiff<IpAddr, ObjectKey>,
 }
 
 impl NodeStateDiff {
@@ -70,6 +75,7 @@ impl NodeStateDiff {
             rules: MapDiff::between(&old.rules, &new.rules),
             identities: MapDiff::between(&old.identities, &new.identities),
             service_names: MapDiff::between(&old.service_names, &new.service_names),
+            pod_addresses: MapDiff::between(&old.pod_addresses, &new.pod_addresses),
         }
     }
 
@@ -87,6 +93,7 @@ impl NodeStateDiff {
             + self.rules.len()
             + self.identities.len()
             + self.service_names.len()
+            + self.pod_addresses.len()
     }
 
     /// Applies the diff to a node's state (what an agent does with a delta).
@@ -98,6 +105,7 @@ impl NodeStateDiff {
         self.rules.apply_to(&mut state.rules);
         self.identities.apply_to(&mut state.identities);
         self.service_names.apply_to(&mut state.service_names);
+        self.pod_addresses.apply_to(&mut state.pod_addresses);
     }
 }
 
@@ -206,5 +214,6 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
         rules,
         identities: state.identities.clone(),
         service_names: state.service_names.clone(),
+        pod_addresses: state.pod_addresses.clone(),
     }
 }

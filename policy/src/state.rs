@@ -141,6 +141,9 @@ pub struct ClusterState {
     /// Service id -> the Service, for every id the services map holds (flow logs name the
     /// Service a VIP belongs to).
     pub service_names: BTreeMap<ServiceId, ObjectKey>,
+    /// Pod address -> the pod (the first by key where two claim one), for flow logs: an agent
+    /// names the pods of other nodes too.
+    pub pod_addresses: BTreeMap<IpAddr, ObjectKey>,
 }
 
 /// Upserts and deletes for one map: the datapath contract's one diff type (upserts first).
@@ -163,6 +166,8 @@ pub struct StateDiff {
     pub identities: MapDiff<Identity, IdentityDescription>,
     /// Service names.
     pub service_names: MapDiff<ServiceId, ObjectKey>,
+    /// Pod addresses.
+    pub pod_addresses: MapDiff<IpAddr, ObjectKey>,
 }
 
 impl StateDiff {
@@ -176,6 +181,7 @@ impl StateDiff {
             rules: MapDiff::between(&old.rules, &new.rules),
             identities: MapDiff::between(&old.identities, &new.identities),
             service_names: MapDiff::between(&old.service_names, &new.service_names),
+            pod_addresses: MapDiff::between(&old.pod_addresses, &new.pod_addresses),
         }
     }
 
@@ -193,6 +199,7 @@ impl StateDiff {
             + self.rules.len()
             + self.identities.len()
             + self.service_names.len()
+            + self.pod_addresses.len()
     }
 
     /// Applies the diff to a state.
@@ -204,6 +211,7 @@ impl StateDiff {
         self.rules.apply_to(&mut state.rules);
         self.identities.apply_to(&mut state.identities);
         self.service_names.apply_to(&mut state.service_names);
+        self.pod_addresses.apply_to(&mut state.pod_addresses);
     }
 }
 

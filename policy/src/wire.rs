@@ -246,6 +246,21 @@ pub fn encode(u: &Update) -> pb::Update {
             })
             .collect(),
         service_name_deletes: d.service_names.deletes.iter().map(|i| i.get()).collect(),
+        pod_address_upserts: d
+            .pod_addresses
+            .upserts
+            .iter()
+            .map(|(ip, k)| pb::PodAddress {
+                addr: addr_bytes(*ip),
+                pod: Some(pod_ref(k)),
+            })
+            .collect(),
+        pod_address_deletes: d
+            .pod_addresses
+            .deletes
+            .iter()
+            .map(|ip| addr_bytes(*ip))
+            .collect(),
     }
 }
 
@@ -555,13 +570,24 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
         }),
         "service_name_upserts",
     )?;
+    let pod_addresses = unique(
+        u.pod_address_upserts.iter().enumerate().map(|(i, a)| {
+            let f = format!("pod_address_upserts[{i}]");
+            Ok((
+                decode_addr(&a.addr, &format!("{f}.addr"))?,
+                decode_pod(a.pod.as_ref(), &format!("{f}.pod"))?,
+            ))
+        }),
+        "pod_address_upserts",
+    )?;
     let deletes = u.endpoint_deletes.len()
         + u.ipcache_deletes.len()
         + u.policy_deletes.len()
         + u.service_deletes.len()
         + u.rule_deletes.len()
         + u.identity_deletes.len()
-        + u.service_name_deletes.len();
+        + u.service_name_deletes.len()
+        + u.pod_address_deletes.len();
     if u.snapshot && deletes > 0 {
         return Err(err("snapshot", "a snapshot carries no deletes"));
     }
@@ -630,6 +656,14 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
                 n => Ok(ServiceId::new(*n)),
             }),
         "service_name_deletes",
+    )?;
+    diff.pod_addresses.upserts = pod_addresses;
+    diff.pod_addresses.deletes = unique_keys(
+        u.pod_address_deletes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| decode_addr(a, &format!("pod_address_deletes[{i}]"))),
+        "pod_address_deletes",
     )?;
     Ok(Update {
         epoch: u.epoch,
@@ -794,32 +828,46 @@ mod tests {
             prop::collection::vec(rule, 0..4),
             prop::collection::vec(ident, 0..4),
             prop::collection::btree_map(1u32.., ("[a-c]{1,3}", "[a-z]{1,4}"), 0..4),
+            prop::collection::btree_map(
+                prop_oneof![
+                    any::<[u8; 4]>().prop_map(IpAddr::from),
+                    any::<[u8; 16]>().prop_map(IpAddr::from),
+                ],
+                ("[a-c]{1,3}", "[a-z]{1,4}"),
+                0..4,
+            ),
         )
-            .prop_map(|(eps, ipc, pol, svc, rules, idents, names)| NodeState {
-                node: "node-a".into(),
-                endpoints: eps
-                    .into_iter()
-                    .map(|(ns, n, id, flags, mode)| {
-                        (
-                            ObjectKey::new(ns, n),
-                            EndpointState {
-                                identity: Identity::new(id),
-                                flags,
-                                mode,
-                            },
-                        )
-                    })
-                    .collect(),
-                ipcache: ipc.into_iter().collect(),
-                policy: pol.into_iter().collect(),
-                services: svc.into_iter().collect(),
-                rules: rules.into_iter().collect(),
-                identities: idents.into_iter().collect(),
-                service_names: names
-                    .into_iter()
-                    .map(|(id, (ns, n))| (ServiceId::new(id), ObjectKey::new(ns, n)))
-                    .collect(),
-            })
+            .prop_map(
+                |(eps, ipc, pol, svc, rules, idents, names, addrs)| NodeState {
+                    node: "node-a".into(),
+                    endpoints: eps
+                        .into_iter()
+                        .map(|(ns, n, id, flags, mode)| {
+                            (
+                                ObjectKey::new(ns, n),
+                                EndpointState {
+                                    identity: Identity::new(id),
+                                    flags,
+                                    mode,
+                                },
+                            )
+                        })
+                        .collect(),
+                    ipcache: ipc.into_iter().collect(),
+                    policy: pol.into_iter().collect(),
+                    services: svc.into_iter().collect(),
+                    rules: rules.into_iter().collect(),
+                    identities: idents.into_iter().collect(),
+                    service_names: names
+                        .into_iter()
+                        .map(|(id, (ns, n))| (ServiceId::new(id), ObjectKey::new(ns, n)))
+                        .collect(),
+                    pod_addresses: addrs
+                        .into_iter()
+                        .map(|(ip, (ns, n))| (ip, ObjectKey::new(ns, n)))
+                        .collect(),
+                },
+            )
     }
 
     proptest! {
@@ -942,6 +990,36 @@ mod tests {
         let mut u = base();
         u.service_name_deletes.push(0);
         assert_eq!(refused(u).field, "service_name_deletes[0]");
+        for (a, field) in [
+            (
+                pb::PodAddress {
+                    addr: vec![10, 0, 0],
+                    pod: Some(pod_ref(&ObjectKey::new("shop", "web"))),
+                },
+                "pod_address_upserts[0].addr",
+            ),
+            (
+                pb::PodAddress {
+                    addr: vec![10, 0, 0, 1],
+                    pod: None,
+                },
+                "pod_address_upserts[0].pod",
+            ),
+            (
+                pb::PodAddress {
+                    addr: vec![10, 0, 0, 1],
+                    pod: Some(pod_ref(&ObjectKey::new("shop", ""))),
+                },
+                "pod_address_upserts[0].pod",
+            ),
+        ] {
+            let mut u = base();
+            u.pod_address_upserts.push(a);
+            assert_eq!(refused(u).field, field);
+        }
+        let mut u = base();
+        u.pod_address_deletes.push(vec![1, 2]);
+        assert_eq!(refused(u).field, "pod_address_deletes[0]");
 
         let mut u = base();
         u.ipcache_upserts.push(pb::IpCacheEntry {

@@ -155,8 +155,9 @@ impl Enricher {
     }
 
     /// Cluster mode's tables: this node's own pods by address, and from the node-state stream
-    /// the cluster's identities (remote ends are named by namespace and labels), the Services
-    /// of the VIPs and the rules, remembering `previous`'s rules for cookies that are gone.
+    /// the other nodes' pods by address, the cluster's identities (an end known only by its
+    /// identity is named by namespace and labels), the Services of the VIPs and the rules,
+    /// remembering `previous`'s rules for cookies that are gone.
     pub fn from_endpoints<'a>(
         node: &str,
         pods: impl Iterator<Item = (&'a [IpAddr], &'a septum_policy::model::ObjectKey)>,
@@ -182,6 +183,28 @@ impl Enricher {
             for ip in ips {
                 out.pods.insert(*ip, info.clone());
             }
+        }
+        // The other nodes' pods by address, with their identity's labels (what the ipcache
+        // maps the address to).
+        for (ip, key) in &state.pod_addresses {
+            if out.pods.contains_key(ip) {
+                continue;
+            }
+            let labels = state
+                .ipcache
+                .get(&septum_policy::cidr::Cidr::host(*ip))
+                .and_then(|e| identities.get(&e.identity))
+                .map(|i| i.labels.clone())
+                .unwrap_or_default();
+            out.pods.insert(
+                *ip,
+                PodInfo {
+                    namespace: key.namespace.as_str().into(),
+                    name: key.name.as_str().into(),
+                    workload: format!("Pod/{}", key.name).into(),
+                    labels,
+                },
+            );
         }
         out.identities = identities;
         // A VIP names its Service (the one owning it: a VIP shared by two Services belongs to
@@ -435,11 +458,40 @@ mod tests {
         let mut ev = event([10, 1, 0, 9], [10, 0, 0, 2]);
         ev.src_identity = 301;
         let o = e.observe(&ev, 5).unwrap();
-        // The local pod by name with its identity's labels; the remote end by identity.
+        // The local pod by name with its identity's labels; the remote end, whose address the
+        // stream does not name, by identity.
         assert_eq!(o.dst.pod, "web-1");
         assert_eq!(o.dst.labels["app"], "web");
         assert_eq!(o.src.namespace, "team");
         assert_eq!(o.src.labels["app"], "client");
+        assert_eq!(o.src.pod, "");
+        // A pod of another node the stream names: by name, with its address's identity's labels.
+        let mut named = state.clone();
+        named.pod_addresses.insert(
+            "10.1.0.9".parse().unwrap(),
+            ObjectKey::new("team", "client-1"),
+        );
+        named.ipcache.insert(
+            septum_policy::cidr::Cidr::host("10.1.0.9".parse().unwrap()),
+            septum_datapath_common::IpCacheEntry {
+                identity: 301,
+                cidr_identity: 0,
+                kind: septum_datapath_common::IPCACHE_KIND_POD,
+                _pad: [0; 3],
+            },
+        );
+        let e2 = Enricher::from_endpoints("n1", [(ips.as_slice(), &web)].into_iter(), &named, None);
+        let o2 = e2.observe(&ev, 5).unwrap();
+        assert_eq!(
+            (
+                o2.src.namespace.as_str(),
+                o2.src.pod.as_str(),
+                o2.src.workload.as_str()
+            ),
+            ("team", "client-1", "Pod/client-1")
+        );
+        assert_eq!(o2.src.labels["app"], "client");
+        assert_eq!(o2.dst.pod, "web-1");
         let rule = o.ingress_rule.unwrap();
         assert_eq!(
             (

@@ -122,6 +122,11 @@ impl<S: AllocationStore> Engine<S> {
                 st.ipcache.insert(Cidr::host(ip), e);
             }
         }
+        for (ip, owners) in &self.index.ip_owners {
+            if let Some(o) = owners.iter().next() {
+                st.pod_addresses.insert(*ip, o.clone());
+            }
+        }
         for c in &self.index.classes {
             if !st.ipcache.contains_key(c) {
                 let id = self.index.class_ids[c];

@@ -83,6 +83,7 @@ struct PodUpdate {
     policy: Tracker<PolicyKey, PolicyEntry>,
     endpoints: Tracker<ObjectKey, EndpointState>,
     ipcache: Tracker<Cidr, IpCacheEntry>,
+    pod_addresses: Tracker<IpAddr, ObjectKey>,
 }
 
 impl PodUpdate {
@@ -96,6 +97,7 @@ impl PodUpdate {
             rules: Default::default(),
             identities: self.identities.finish(&state.identities),
             service_names: Default::default(),
+            pod_addresses: self.pod_addresses.finish(&state.pod_addresses),
         }
     }
 }
@@ -258,6 +260,14 @@ impl<S: AllocationStore> Engine<S> {
         for ip in std::mem::take(&mut up.touched_ips) {
             let e = self.ipcache_host_entry(ip);
             up.ipcache.set(&mut self.state.ipcache, Cidr::host(ip), e);
+            let owner = self
+                .index
+                .ip_owners
+                .get(&ip)
+                .and_then(|o| o.iter().next())
+                .cloned();
+            up.pod_addresses
+                .set(&mut self.state.pod_addresses, ip, owner);
         }
         up.finish(&self.state)
     }
@@ -568,6 +578,7 @@ impl<S: AllocationStore> Engine<S> {
             rules: rules.finish(&self.state.rules),
             identities: Default::default(),
             service_names: names.finish(&self.state.service_names),
+            pod_addresses: Default::default(),
         }
     }
 

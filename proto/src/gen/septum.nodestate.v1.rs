@@ -104,6 +104,22 @@ pub struct Update {
     pub service_name_upserts: ::prost::alloc::vec::Vec<ServiceName>,
     #[prost(uint32, repeated, tag = "23")]
     pub service_name_deletes: ::prost::alloc::vec::Vec<u32>,
+    /// Every pod's address with the pod, so that an agent names the pods of other nodes.
+    #[prost(message, repeated, tag = "24")]
+    pub pod_address_upserts: ::prost::alloc::vec::Vec<PodAddress>,
+    /// Addresses, 4 or 16 bytes.
+    #[prost(bytes = "vec", repeated, tag = "25")]
+    pub pod_address_deletes: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+}
+/// A pod's address.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PodAddress {
+    /// 4 or 16 bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub addr: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, optional, tag = "2")]
+    pub pod: ::core::option::Option<PodRef>,
 }
 /// The Service a service id stands for.
 #[allow(clippy::all)]
