@@ -490,6 +490,13 @@ fn septum_flows_in_a_two_node_lab_merges_both_nodes_through_the_relay() {
     assert!(dot.starts_with("digraph"), "{dot}");
     assert!(dot.contains("#2e7d32"), "no allowed edge: {dot}");
     assert!(dot.contains("#c62828"), "no refused edge: {dot}");
+    // Every pod, whichever node recorded it, is drawn in its namespace: none is an address
+    // outside the cluster (a cross-node connection is one pod-to-pod edge).
+    assert!(
+        !dot.lines()
+            .any(|l| l.contains("outside the cluster") && l.contains("10.231.")),
+        "{dot}"
+    );
 
     // Status: one row per node, and the totals.
     let status = flows_json(&lab, &["status"]).value;
