@@ -106,7 +106,7 @@ impl Context {
         if self.unpublished.load(Ordering::Acquire) {
             return None;
         }
-        guard.as_ref()?.nodes().get(node).cloned()
+        guard.as_ref()?.nodes().get(node)
     }
 
     /// The published state of a node, waiting while a change is computed but not yet
@@ -119,7 +119,7 @@ impl Context {
                 if !self.unpublished.load(Ordering::Acquire) {
                     return guard
                         .as_ref()
-                        .and_then(|c| c.nodes().get(node).cloned())
+                        .and_then(|c| c.nodes().get(node))
                         .unwrap_or_else(|| crate::stream::empty(node));
                 }
             }
@@ -346,9 +346,7 @@ async fn handle(ctx: &Arc<Context>, observed: Observed) {
             ctx.unpublished.store(true, Ordering::Release);
         }
         ctx.metrics.synced.set(u64::from(compiler.is_synced()));
-        ctx.metrics
-            .nodes
-            .set(compiler.nodes().iter().count() as u64);
+        ctx.metrics.nodes.set(compiler.nodes().len() as u64);
         (outcome, compiler.allocations_to_persist())
     };
     ctx.metrics.changes.add(outcome.changes as u64);

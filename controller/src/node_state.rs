@@ -19,7 +19,7 @@ use septum_policy::node::{PolicyFilter, host_entry};
 
 use septum_policy::model::Cluster;
 pub use septum_policy::node::NodeStateDiff;
-use septum_policy::node::{NodeState, node_state};
+use septum_policy::node::{NodeState, node_slice};
 use septum_policy::state::ClusterState;
 
 /// One node's state moving from one revision to the next.
@@ -50,7 +50,11 @@ pub struct Revisioned {
 /// while the controller runs (its revisions stay monotonic for an agent that resumes).
 #[derive(Clone, Debug, Default)]
 pub struct NodeStates {
+    /// Each node's own slice, without the tables every node gets whole (held once, in
+    /// `shared`).
     nodes: BTreeMap<String, Revisioned>,
+    /// The tables every node gets whole: identities, Service names, pod addresses.
+    shared: NodeState,
     /// The node addresses each node's state was computed with.
     ips: BTreeMap<String, Vec<IpAddr>>,
 }
@@ -105,10 +109,62 @@ impl NodeStates {
     /// Recomputes every node's state from the model and the compiled state, and returns the
     /// delta of each node whose contents changed (sorted by node; nothing for the others).
     pub fn update(&mut self, cluster: &Cluster, state: &ClusterState) -> Vec<NodeDelta> {
+        let shared = NodeState {
+            identities: state.identities.clone(),
+            service_names: state.service_names.clone(),
+            pod_addresses: state.pod_addresses.clone(),
+            ..NodeState::default()
+        };
+        let shared_diff = NodeStateDiff::between(&self.shared, &shared);
+        self.shared = shared;
         self.names(cluster)
             .into_iter()
-            .filter_map(|name| self.recompute(cluster, state, &name))
+            .filter_map(|name| self.recompute(cluster, state, &name, &shared_diff))
             .collect()
+    }
+
+    /// Applies the diffs' changes of the tables every node gets whole, once; returns them.
+    fn apply_shared(&mut self, diffs: &[StateDiff]) -> NodeStateDiff {
+        let s = &mut self.shared;
+        let mut identities = Journal::default();
+        let mut service_names = Journal::default();
+        let mut pod_addresses = Journal::default();
+        for d in diffs {
+            for (k, v) in &d.identities.upserts {
+                identities.set(&mut s.identities, *k, Some(v.clone()));
+            }
+            for k in &d.identities.deletes {
+                identities.set(&mut s.identities, *k, None);
+            }
+            for (k, v) in &d.service_names.upserts {
+                service_names.set(&mut s.service_names, *k, Some(v.clone()));
+            }
+            for k in &d.service_names.deletes {
+                service_names.set(&mut s.service_names, *k, None);
+            }
+            for (k, v) in &d.pod_addresses.upserts {
+                pod_addresses.set(&mut s.pod_addresses, *k, Some(v.clone()));
+            }
+            for k in &d.pod_addresses.deletes {
+                pod_addresses.set(&mut s.pod_addresses, *k, None);
+            }
+        }
+        NodeStateDiff {
+            identities: identities.diff(&s.identities),
+            service_names: service_names.diff(&s.service_names),
+            pod_addresses: pod_addresses.diff(&s.pod_addresses),
+            ..NodeStateDiff::default()
+        }
+    }
+
+    /// The shared tables' part of a node's delta: `changed`, or everything for a node's first
+    /// state (a snapshot).
+    fn shared_part(&self, revision: u64, changed: &NodeStateDiff) -> NodeStateDiff {
+        if revision == 0 {
+            NodeStateDiff::between(&NodeState::default(), &self.shared)
+        } else {
+            changed.clone()
+        }
     }
 
     /// Every node: the Node objects, the nodes pods are scheduled on, and every node known
@@ -166,12 +222,13 @@ impl NodeStates {
                 }
             }
         }
+        let shared_diff = self.apply_shared(diffs);
         let mut deltas = Vec::new();
         for name in names {
             let delta = if full.contains(&name) {
-                self.recompute(cluster, state, &name)
+                self.recompute(cluster, state, &name, &shared_diff)
             } else {
-                self.derive(cluster, state, &name, diffs)
+                self.derive(cluster, state, &name, diffs, &shared_diff)
             };
             deltas.extend(delta);
         }
@@ -183,8 +240,9 @@ impl NodeStates {
         cluster: &Cluster,
         state: &ClusterState,
         name: &str,
+        shared_diff: &NodeStateDiff,
     ) -> Option<NodeDelta> {
-        let new = node_state(cluster, state, name);
+        let new = node_slice(cluster, state, name);
         self.ips
             .insert(name.to_string(), node_ips(cluster, name).to_vec());
         let entry = self
@@ -197,7 +255,13 @@ impl NodeStates {
                     ..NodeState::default()
                 },
             });
-        let diff = NodeStateDiff::between(&entry.state, &new);
+        let mut diff = NodeStateDiff::between(&entry.state, &new);
+        let revision = entry.revision;
+        let shared = self.shared_part(revision, shared_diff);
+        diff.identities = shared.identities;
+        diff.service_names = shared.service_names;
+        diff.pod_addresses = shared.pod_addresses;
+        let entry = self.nodes.get_mut(name).expect("inserted above");
         if diff.is_empty() && entry.revision > 0 {
             return None;
         }
@@ -219,7 +283,9 @@ impl NodeStates {
         state: &ClusterState,
         name: &str,
         diffs: &[StateDiff],
+        shared_diff: &NodeStateDiff,
     ) -> Option<NodeDelta> {
+        let shared = self.shared_part(self.nodes.get(name)?.revision, shared_diff);
         let entry = self.nodes.get_mut(name)?;
         let filter = PolicyFilter::new(state, entry.state.endpoints.values());
         let own: BTreeSet<Cidr> = node_ips(cluster, name)
@@ -230,9 +296,6 @@ impl NodeStates {
         let mut ipcache = Journal::default();
         let mut services = Journal::default();
         let mut rules = Journal::default();
-        let mut identities = Journal::default();
-        let mut service_names = Journal::default();
-        let mut pod_addresses = Journal::default();
         let s = &mut entry.state;
         for d in diffs {
             for (k, v) in d.policy.upserts.iter().filter(|(k, _)| filter.keeps(k)) {
@@ -258,27 +321,6 @@ impl NodeStates {
             }
             for k in &d.services.deletes {
                 services.set(&mut s.services, *k, None);
-            }
-            // The identity table goes to every node whole.
-            for (k, v) in &d.identities.upserts {
-                identities.set(&mut s.identities, *k, Some(v.clone()));
-            }
-            for k in &d.identities.deletes {
-                identities.set(&mut s.identities, *k, None);
-            }
-            // So do the Services' names.
-            for (k, v) in &d.service_names.upserts {
-                service_names.set(&mut s.service_names, *k, Some(v.clone()));
-            }
-            for k in &d.service_names.deletes {
-                service_names.set(&mut s.service_names, *k, None);
-            }
-            // And the pods' addresses.
-            for (k, v) in &d.pod_addresses.upserts {
-                pod_addresses.set(&mut s.pod_addresses, *k, Some(v.clone()));
-            }
-            for k in &d.pod_addresses.deletes {
-                pod_addresses.set(&mut s.pod_addresses, *k, None);
             }
         }
         let rules_changed = diffs.iter().any(|d| !d.rules.is_empty());
@@ -310,9 +352,9 @@ impl NodeStates {
             } else {
                 Default::default()
             },
-            identities: identities.diff(&s.identities),
-            service_names: service_names.diff(&s.service_names),
-            pod_addresses: pod_addresses.diff(&s.pod_addresses),
+            identities: shared.identities,
+            service_names: shared.service_names,
+            pod_addresses: shared.pod_addresses,
         };
         if diff.is_empty() {
             return None;
@@ -327,14 +369,34 @@ impl NodeStates {
         })
     }
 
-    /// The current state of a node, if known.
-    pub fn get(&self, node: &str) -> Option<&Revisioned> {
-        self.nodes.get(node)
+    /// The current state of a node, if known (its slice with the shared tables: a copy, as
+    /// for a snapshot).
+    pub fn get(&self, node: &str) -> Option<Revisioned> {
+        let r = self.nodes.get(node)?;
+        Some(Revisioned {
+            revision: r.revision,
+            state: NodeState {
+                identities: self.shared.identities.clone(),
+                service_names: self.shared.service_names.clone(),
+                pod_addresses: self.shared.pod_addresses.clone(),
+                ..r.state.clone()
+            },
+        })
     }
 
-    /// Every known node's state.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Revisioned)> {
-        self.nodes.iter()
+    /// The known nodes.
+    pub fn names_known(&self) -> impl Iterator<Item = &String> {
+        self.nodes.keys()
+    }
+
+    /// How many nodes are known.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node is known.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 }
 
@@ -471,7 +533,7 @@ mod tests {
                 .iter()
                 .all(|(k, _)| k.name == "web")
         );
-        assert_eq!(nodes.get("b"), Some(&before_b));
+        assert_eq!(nodes.get("b"), Some(before_b));
     }
 
     #[test]
@@ -643,7 +705,7 @@ mod tests {
             full.update(&c, engine.state());
             for step in steps {
                 let before: BTreeMap<String, NodeState> =
-                    derived.iter().map(|(n, r)| (n.clone(), r.state.clone())).collect();
+                    derived.names_known().map(|n| (n.clone(), derived.get(n).expect("known").state)).collect();
                 let diffs: Vec<_> = step.iter().map(|i| engine.apply(&change(*i))).collect();
                 let deltas = derived.apply(engine.cluster(), engine.state(), &diffs);
                 let want = full.update(engine.cluster(), engine.state());
@@ -659,8 +721,8 @@ mod tests {
                     d.diff.apply_to(&mut s);
                     prop_assert_eq!(&s, &full.get(&d.node).expect("node").state);
                 }
-                for (n, r) in full.iter() {
-                    prop_assert_eq!(&derived.get(n).expect("node").state, &r.state, "node {}", n);
+                for n in full.names_known() {
+                    prop_assert_eq!(derived.get(n), full.get(n), "node {}", n);
                 }
             }
         }

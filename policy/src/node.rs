@@ -183,6 +183,17 @@ pub fn rules_of(
 
 /// The slice of `state` for `node`.
 pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeState {
+    NodeState {
+        identities: state.identities.clone(),
+        service_names: state.service_names.clone(),
+        pod_addresses: state.pod_addresses.clone(),
+        ..node_slice(cluster, state, node)
+    }
+}
+
+/// The slice of `state` for `node` without the tables every node gets whole (identities,
+/// Service names, pod addresses), for a holder of many nodes' states that keeps those once.
+pub fn node_slice(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeState {
     let mut endpoints = BTreeMap::new();
     for (k, e) in &state.endpoints {
         if cluster.pods.get(k).and_then(|p| p.node.as_deref()) == Some(node) {
@@ -212,8 +223,6 @@ pub fn node_state(cluster: &Cluster, state: &ClusterState, node: &str) -> NodeSt
         policy,
         services: state.services.clone(),
         rules,
-        identities: state.identities.clone(),
-        service_names: state.service_names.clone(),
-        pod_addresses: state.pod_addresses.clone(),
+        ..NodeState::default()
     }
 }
