@@ -697,8 +697,9 @@ fn table_header() -> String {
 }
 
 /// One end as the table shows it: `namespace/pod:port` for a pod the node knows by name; an
-/// end known only by identity (a pod on another node, in cluster mode) as its address with
-/// the namespace and labels that identity stands for.
+/// end known only by identity (in cluster mode, an address the node-state stream names no pod
+/// for, e.g. a pod just gone) as its address with the namespace and labels that identity
+/// stands for.
 fn end_text(e: &septum_flowlog::FlowEnd) -> String {
     if !e.pod.is_empty() || e.namespace.is_empty() {
         return e.to_string();

@@ -298,9 +298,8 @@ fn septum_flows_in_a_two_node_lab_merges_both_nodes_through_the_relay() {
         "one answer holds both nodes' records"
     );
 
-    // Allowed by pod IP, node-a -> node-b: the frontend leaves node-a named as its own pod,
-    // to the backend named by namespace and labels; it arrives at the backend on node-b, let
-    // in by backend-in's first rule.
+    // Allowed by pod IP, node-a -> node-b: the frontend leaves node-a to the backend; it
+    // arrives at the backend on node-b, let in by backend-in's first rule.
     let r = find(&all, &wanted[0]).expect("frontend -> backend on node-a");
     assert_eq!(s(r, &["verdict"]), "forwarded", "{r}");
     assert_eq!(s(r, &["src", "namespace"]), "shop", "{r}");

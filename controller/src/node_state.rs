@@ -245,6 +245,7 @@ impl NodeStates {
         let new = node_slice(cluster, state, name);
         self.ips
             .insert(name.to_string(), node_ips(cluster, name).to_vec());
+        let shared = self.shared_part(self.nodes.get(name).map_or(0, |r| r.revision), shared_diff);
         let entry = self
             .nodes
             .entry(name.to_string())
@@ -255,13 +256,13 @@ impl NodeStates {
                     ..NodeState::default()
                 },
             });
-        let mut diff = NodeStateDiff::between(&entry.state, &new);
-        let revision = entry.revision;
-        let shared = self.shared_part(revision, shared_diff);
-        diff.identities = shared.identities;
-        diff.service_names = shared.service_names;
-        diff.pod_addresses = shared.pod_addresses;
-        let entry = self.nodes.get_mut(name).expect("inserted above");
+        // The slices hold no shared tables: those come from the shared part alone.
+        let diff = NodeStateDiff {
+            identities: shared.identities,
+            service_names: shared.service_names,
+            pod_addresses: shared.pod_addresses,
+            ..NodeStateDiff::between(&entry.state, &new)
+        };
         if diff.is_empty() && entry.revision > 0 {
             return None;
         }

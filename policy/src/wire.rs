@@ -283,12 +283,33 @@ fn decode_addr(bytes: &[u8], field: &str) -> Result<IpAddr, WireError> {
     }
 }
 
-fn decode_pod(p: Option<&pb::PodRef>, field: &str) -> Result<ObjectKey, WireError> {
-    let p = p.ok_or_else(|| err(field, "missing"))?;
-    if p.namespace.is_empty() || p.name.is_empty() {
+fn decode_object(namespace: &str, name: &str, field: &str) -> Result<ObjectKey, WireError> {
+    if namespace.is_empty() || name.is_empty() {
         return Err(err(field, "namespace and name must both be set"));
     }
-    Ok(ObjectKey::new(p.namespace.clone(), p.name.clone()))
+    Ok(ObjectKey::new(namespace, name))
+}
+
+fn decode_pod(p: Option<&pb::PodRef>, field: &str) -> Result<ObjectKey, WireError> {
+    let p = p.ok_or_else(|| err(field, "missing"))?;
+    decode_object(&p.namespace, &p.name, field)
+}
+
+/// Numbers for which 0 means nothing (`zero` says so), each once: the deletes of the tables
+/// keyed by cookie, identity or service id.
+fn nonzero_keys<K: Ord + Clone + fmt::Debug>(
+    numbers: &[u32],
+    field: &str,
+    zero: &str,
+    key: impl Fn(u32) -> K,
+) -> Result<Vec<K>, WireError> {
+    unique_keys(
+        numbers.iter().enumerate().map(|(i, n)| match n {
+            0 => Err(err(format!("{field}[{i}]"), zero)),
+            n => Ok(key(*n)),
+        }),
+        field,
+    )
 }
 
 fn decode_prefix(p: Option<&pb::Prefix>, field: &str) -> Result<Cidr, WireError> {
@@ -560,12 +581,9 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
             if n.service_id == 0 {
                 return Err(err(format!("{f}.service_id"), "service id 0 is no Service"));
             }
-            if n.namespace.is_empty() || n.name.is_empty() {
-                return Err(err(f, "namespace and name must both be set"));
-            }
             Ok((
                 ServiceId::new(n.service_id),
-                ObjectKey::new(n.namespace.clone(), n.name.clone()),
+                decode_object(&n.namespace, &n.name, &f)?,
             ))
         }),
         "service_name_upserts",
@@ -625,37 +643,25 @@ pub fn decode(u: &pb::Update) -> Result<Update, WireError> {
         "service_deletes",
     )?;
     diff.rules.upserts = rules;
-    diff.rules.deletes = unique_keys(
-        u.rule_deletes.iter().enumerate().map(|(i, c)| match c {
-            0 => Err(err(format!("rule_deletes[{i}]"), "cookie 0 is no rule")),
-            c => Ok(Cookie::new(*c)),
-        }),
+    diff.rules.deletes = nonzero_keys(
+        &u.rule_deletes,
         "rule_deletes",
+        "cookie 0 is no rule",
+        Cookie::new,
     )?;
     diff.identities.upserts = identities;
-    diff.identities.deletes = unique_keys(
-        u.identity_deletes.iter().enumerate().map(|(i, n)| match n {
-            0 => Err(err(
-                format!("identity_deletes[{i}]"),
-                "identity 0 is no identity",
-            )),
-            n => Ok(Identity::new(*n)),
-        }),
+    diff.identities.deletes = nonzero_keys(
+        &u.identity_deletes,
         "identity_deletes",
+        "identity 0 is no identity",
+        Identity::new,
     )?;
     diff.service_names.upserts = service_names;
-    diff.service_names.deletes = unique_keys(
-        u.service_name_deletes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| match n {
-                0 => Err(err(
-                    format!("service_name_deletes[{i}]"),
-                    "service id 0 is no Service",
-                )),
-                n => Ok(ServiceId::new(*n)),
-            }),
+    diff.service_names.deletes = nonzero_keys(
+        &u.service_name_deletes,
         "service_name_deletes",
+        "service id 0 is no Service",
+        ServiceId::new,
     )?;
     diff.pod_addresses.upserts = pod_addresses;
     diff.pod_addresses.deletes = unique_keys(
