@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::watcher::Event;
 use septum_crd::identity_allocation::IdentityAllocationSpec;
@@ -35,6 +36,8 @@ pub enum Observed {
     Pod(Event<core::Pod>),
     /// Services.
     Service(Event<core::Service>),
+    /// EndpointSlices (those not derived from a selector).
+    EndpointSlice(Event<discovery::EndpointSlice>),
     /// NetworkPolicies.
     NetworkPolicy(Event<net::NetworkPolicy>),
     /// FlowPolicies.
@@ -53,6 +56,7 @@ impl Observed {
             Self::Node(_) => Kind::Node,
             Self::Pod(_) => Kind::Pod,
             Self::Service(_) => Kind::Service,
+            Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::NetworkPolicy(_) => Kind::NetworkPolicy,
             Self::FlowPolicy(_) => Kind::FlowPolicy,
             Self::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
@@ -82,7 +86,7 @@ fn feed_event<K: Watched>(feed: &mut Feed, event: &Event<K>) -> Vec<Change> {
 pub struct Verdict {
     /// Problems that refuse the current version.
     pub errors: Vec<Diagnostic>,
-    /// References that do not resolve (missing Services, Services without selectors, missing
+    /// References that do not resolve (missing Services, Services without backends, missing
     /// Service ports) and other warnings of the version in force.
     pub unresolved: Vec<Diagnostic>,
     /// Whether some version (the current one, or the last good one) is in force.
@@ -133,6 +137,7 @@ impl Compiler {
             Observed::Node(e) => feed_event(feed, e),
             Observed::Pod(e) => feed_event(feed, e),
             Observed::Service(e) => feed_event(feed, e),
+            Observed::EndpointSlice(e) => feed_event(feed, e),
             Observed::NetworkPolicy(e) => feed_event(feed, e),
             Observed::FlowPolicy(e) => feed_event(feed, e),
             Observed::ClusterNetworkPolicy(e) => feed_event(feed, e),
@@ -177,7 +182,7 @@ impl Compiler {
             let errors = problems.map(|p| p.errors.clone()).unwrap_or_default();
             let unresolved = match cluster.flow_policies.get(&key) {
                 // The version in force is the current one: its references.
-                Some(fp) if errors.is_empty() => validate_flow_policy(fp, &cluster.services),
+                Some(fp) if errors.is_empty() => validate_flow_policy(fp, cluster),
                 _ => Vec::new(),
             };
             verdicts.insert(

@@ -3,17 +3,19 @@
 //! event to the [`Compiler`], persists new identity numbers before publishing the node deltas
 //! that use them, and queues FlowPolicy status reconciles.
 //!
-//! Watchers: Namespaces, Nodes, Pods, Services, NetworkPolicies, FlowPolicies (through a
+//! Watchers: Namespaces, Nodes, Pods, Services, EndpointSlices, NetworkPolicies, FlowPolicies (through a
 //! reflector, whose store the status reconcile reads) and ClusterNetworkPolicies. The last is an
 //! upstream CRD that may not be installed: a 404 on its list counts as an empty, synced kind
 //! (logged once) and the watcher keeps retrying with backoff, so installing the CRD later is
 //! picked up. Every watcher relists on 410 Gone (kube's watcher does; the [`Feed`] turns the
 //! relist into exactly the changes missed) and backs off on errors.
 //!
-//! EndpointSlices are not watched: the engine derives each Service's backends from its selector
-//! with EndpointSlice semantics (a named `targetPort` resolved per pod), so slices would only
-//! repeat the pods' churn. Services without a selector (manually managed slices) are reported as
-//! selecting no pods by the FlowPolicy verdicts.
+//! EndpointSlices are watched only where they add to what the engine derives: the engine takes
+//! each Service's selector backends from the pods (EndpointSlice semantics: a named
+//! `targetPort` resolved per pod), so the slices Kubernetes derives from selectors are
+//! filtered out by the API server (a label selector on `managed-by`) and their churn never
+//! reaches the controller. What is left are the slices of Services without a selector, managed
+//! by hand or mirrored from Endpoints, whose addresses are those Services' backends.
 //!
 //! [`Feed`]: crate::feed::Feed
 
@@ -24,6 +26,7 @@ use std::time::Duration;
 use futures::stream::{BoxStream, select_all};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
@@ -209,10 +212,28 @@ fn event_name<K>(event: &Event<K>) -> &'static str {
 type Observations = BoxStream<'static, Result<Observed, watcher::Error>>;
 
 fn watch<K: Watched>(client: &Client, wrap: fn(Event<K>) -> Observed) -> Observations {
-    watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    watch_with(client, watcher::Config::default(), wrap)
+}
+
+fn watch_with<K: Watched>(
+    client: &Client,
+    config: watcher::Config,
+    wrap: fn(Event<K>) -> Observed,
+) -> Observations {
+    watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .map_ok(wrap)
         .boxed()
+}
+
+/// The label selector of the EndpointSlices septum reads: every slice not derived from a
+/// Service's selector by the EndpointSlice controller.
+pub fn manual_slices_selector() -> String {
+    format!(
+        "{}!={}",
+        septum_policy::model::MANAGED_BY_LABEL,
+        septum_policy::model::ENDPOINTSLICE_CONTROLLER
+    )
 }
 
 fn is_not_found(e: &watcher::Error) -> bool {
@@ -299,6 +320,11 @@ impl Controller {
             watch::<core::Node>(client, Observed::Node),
             watch::<core::Pod>(client, Observed::Pod),
             watch::<core::Service>(client, Observed::Service),
+            watch_with::<discovery::EndpointSlice>(
+                client,
+                watcher::Config::default().labels(&manual_slices_selector()),
+                Observed::EndpointSlice,
+            ),
             watch::<net::NetworkPolicy>(client, Observed::NetworkPolicy),
             flow_policies,
             cluster_network_policies,
@@ -325,6 +351,7 @@ fn span_of(observed: &Observed) -> tracing::Span {
         Observed::Node(e) => (event_name(e), describe(e)),
         Observed::Pod(e) => (event_name(e), describe(e)),
         Observed::Service(e) => (event_name(e), describe(e)),
+        Observed::EndpointSlice(e) => (event_name(e), describe(e)),
         Observed::NetworkPolicy(e) => (event_name(e), describe(e)),
         Observed::FlowPolicy(e) => (event_name(e), describe(e)),
         Observed::ClusterNetworkPolicy(e) => (event_name(e), describe(e)),

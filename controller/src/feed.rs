@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use kube::ResourceExt;
 use septum_crd::{ClusterNetworkPolicy, FlowPolicy};
@@ -34,6 +35,8 @@ pub enum Kind {
     Pod,
     /// Services.
     Service,
+    /// EndpointSlices not derived from a selector (the backends of Services without one).
+    EndpointSlice,
     /// NetworkPolicies.
     NetworkPolicy,
     /// septum's FlowPolicies.
@@ -44,11 +47,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in feeding order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::Service,
+        Kind::EndpointSlice,
         Kind::NetworkPolicy,
         Kind::FlowPolicy,
         Kind::ClusterNetworkPolicy,
@@ -61,6 +65,7 @@ impl Kind {
             Self::Node => "Node",
             Self::Pod => "Pod",
             Self::Service => "Service",
+            Self::EndpointSlice => "EndpointSlice",
             Self::NetworkPolicy => "NetworkPolicy",
             Self::FlowPolicy => "FlowPolicy",
             Self::ClusterNetworkPolicy => "ClusterNetworkPolicy",
@@ -83,6 +88,7 @@ impl Kind {
             Self::Node => Change::DeleteNode(key.name.clone()),
             Self::Pod => Change::DeletePod(key.clone()),
             Self::Service => Change::DeleteService(key.clone()),
+            Self::EndpointSlice => Change::DeleteEndpointSlice(key.clone()),
             Self::NetworkPolicy => Change::DeleteNetworkPolicy(key.clone()),
             Self::FlowPolicy => Change::DeleteFlowPolicy(key.clone()),
             Self::ClusterNetworkPolicy => Change::DeleteClusterNetworkPolicy(key.name.clone()),
@@ -107,6 +113,8 @@ pub enum ModelObject {
     Pod(m::Pod),
     /// A Service.
     Service(m::Service),
+    /// An EndpointSlice.
+    EndpointSlice(m::EndpointSlice),
     /// A NetworkPolicy.
     NetworkPolicy(m::NetworkPolicy),
     /// A FlowPolicy.
@@ -123,6 +131,7 @@ impl ModelObject {
             Self::Node(o) => Change::UpsertNode(o),
             Self::Pod(o) => Change::UpsertPod(o),
             Self::Service(o) => Change::UpsertService(o),
+            Self::EndpointSlice(o) => Change::UpsertEndpointSlice(o),
             Self::NetworkPolicy(o) => Change::UpsertNetworkPolicy(o),
             Self::FlowPolicy(o) => Change::UpsertFlowPolicy(o),
             Self::ClusterNetworkPolicy(o) => Change::UpsertClusterNetworkPolicy(o),
@@ -186,6 +195,11 @@ watched!(core::Namespace, Namespace, septum_crd::lint::namespace);
 watched!(core::Node, Node, septum_crd::lint::node);
 watched!(core::Pod, Pod, septum_crd::lint::pod);
 watched!(core::Service, Service, septum_crd::lint::service);
+watched!(
+    discovery::EndpointSlice,
+    EndpointSlice,
+    septum_crd::lint::endpoint_slice
+);
 watched!(
     net::NetworkPolicy,
     NetworkPolicy,

@@ -9,8 +9,10 @@
 //! publishing loop are private to [`crate::context`] and reached only through the watchers, so
 //! feeding them from outside would need a second entry point into that loop. The transport
 //! answers the few calls the controller makes, in-process (no socket, no HTTP server):
-//! - list and watch of the seven kinds (`resourceVersion`, BOOKMARKs, `timeoutSeconds`, 410 Gone
+//! - list and watch of the eight kinds (`resourceVersion`, BOOKMARKs, `timeoutSeconds`, 410 Gone
 //!   for a version whose events were dropped), every watch held open until something changes;
+//!   label selectors are not applied (the one the controller sends, on EndpointSlices, only
+//!   spares it slices derived from selectors, which the engine ignores anyway);
 //! - the `IdentityAllocation` read and server-side apply (kept in memory: the numbers live as
 //!   long as this process, and a restarted local controller sends each agent a snapshot);
 //! - FlowPolicy status patches (merged into the stored object and echoed as a watch event, as
@@ -31,6 +33,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use kube::client::Body;
 use septum_crd::identity_allocation::IdentityAllocation;
@@ -60,7 +63,7 @@ fn typed<K: serde::de::DeserializeOwned>(v: Value) -> Result<(), serde_json::Err
     serde_json::from_value::<K>(v).map(drop)
 }
 
-const KINDS: [KindInfo; 7] = [
+const KINDS: [KindInfo; 8] = [
     KindInfo {
         kind: "Namespace",
         api_version: "v1",
@@ -88,6 +91,13 @@ const KINDS: [KindInfo; 7] = [
         plural: "services",
         namespaced: true,
         check: typed::<core::Service>,
+    },
+    KindInfo {
+        kind: "EndpointSlice",
+        api_version: "discovery.k8s.io/v1",
+        plural: "endpointslices",
+        namespaced: true,
+        check: typed::<discovery::EndpointSlice>,
     },
     KindInfo {
         kind: "NetworkPolicy",
@@ -125,7 +135,7 @@ fn kind_of_plural(plural: &str) -> Option<&'static KindInfo> {
 pub enum LocalError {
     /// The object is of a kind septum does not read.
     #[error(
-        "{label}: kind {kind:?} is not one septum reads (Namespace, Node, Pod, Service, NetworkPolicy, FlowPolicy, ClusterNetworkPolicy)"
+        "{label}: kind {kind:?} is not one septum reads (Namespace, Node, Pod, Service, EndpointSlice, NetworkPolicy, FlowPolicy, ClusterNetworkPolicy)"
     )]
     UnknownKind {
         /// The object.

@@ -1,5 +1,6 @@
 //! The controller against a scripted API server (kube's tower-test mock): initial sync, exact
-//! per-node deltas for pod, namespace, policy and Service changes, FlowPolicy status, identity
+//! per-node deltas for pod, namespace, policy, Service and EndpointSlice changes, FlowPolicy
+//! status, identity
 //! numbers across a restart, recovery from 410 Gone. Expected states are computed independently:
 //! the objects in the fake server converted straight into the model and compiled from scratch
 //! with the numbers the controller persisted.
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use septum_controller::Context;
@@ -190,6 +192,11 @@ fn reference_cluster(api: &FakeApi) -> Cluster {
     for o in each::<core::Service>(api, "services") {
         c.apply(&m::Change::UpsertService(
             m::Service::try_from(&o).expect("service"),
+        ));
+    }
+    for o in each::<discovery::EndpointSlice>(api, "endpointslices") {
+        c.apply(&m::Change::UpsertEndpointSlice(
+            m::EndpointSlice::try_from(&o).expect("endpoint slice"),
         ));
     }
     for o in each::<net::NetworkPolicy>(api, "networkpolicies") {
@@ -592,5 +599,191 @@ async fn a_watch_ending_in_410_gone_relists_and_converges() {
     }
     assert_eq!(endpoint_names(&running.state("a")), ["shop/web"]);
     assert!(running.ctx.metrics.watch_errors.get() >= 1);
+    running.task.abort();
+}
+
+/// An EndpointSlice of `service` in shop, managed by `manager`, with `addresses` and one port.
+fn endpoint_slice(
+    name: &str,
+    service: &str,
+    manager: &str,
+    addresses: &[&str],
+    port: (&str, i32),
+) -> discovery::EndpointSlice {
+    discovery::EndpointSlice {
+        metadata: meta(
+            Some("shop"),
+            name,
+            &[
+                (m::SERVICE_NAME_LABEL, service),
+                (m::MANAGED_BY_LABEL, manager),
+            ],
+        ),
+        address_type: "IPv4".into(),
+        endpoints: addresses
+            .iter()
+            .map(|a| discovery::Endpoint {
+                addresses: vec![a.to_string()],
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![discovery::EndpointPort {
+            name: Some(port.0.into()),
+            port: Some(port.1),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn status_of(api: &FakeApi, name: &str) -> Option<Value> {
+    let path = format!("/apis/septum.dev/v1alpha1/namespaces/shop/flowpolicies/{name}/status");
+    let patches = api.patches(&path);
+    let conditions = patches.last()?["status"]["conditions"].as_array()?.clone();
+    conditions.into_iter().find(|c| c["type"] == "Accepted")
+}
+
+#[tokio::test]
+async fn a_service_without_selector_gets_its_backends_from_manual_endpoint_slices() {
+    let (api, client) = FakeApi::start(&["clusternetworkpolicies"]);
+    seed(&api);
+    // A database outside the cluster behind a selector-less Service: port "pg" 5432 on the
+    // VIP, 6432 on the backends its EndpointSlices name.
+    let mut legacy = service("legacy", "-", "10.96.0.20", 5432);
+    if let Some(spec) = legacy.spec.as_mut() {
+        spec.selector = None;
+        if let Some(p) = spec.ports.as_mut().and_then(|p| p.first_mut()) {
+            p.name = Some("pg".into());
+            p.target_port = None;
+        }
+    }
+    api.put_silently("services", legacy);
+    // A slice the EndpointSlice controller derived from web's selector: its churn must not
+    // reach the controller at all.
+    api.put_silently(
+        "endpointslices",
+        endpoint_slice(
+            "web-x1",
+            "web",
+            m::ENDPOINTSLICE_CONTROLLER,
+            &["10.0.0.1"],
+            ("", 8080),
+        ),
+    );
+    api.put_silently(
+        "flowpolicies",
+        flow_policy(
+            "to-legacy",
+            json!({"subject": {"podSelector": {"matchLabels": {"app": "client"}}},
+                "egress": [{"to": [{"service": {"name": "legacy"}}], "ports": [{"port": "pg"}]}]}),
+        ),
+    );
+    let mut running = synced(client).await;
+    let requests: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/endpointslices"))
+        .collect();
+    assert!(
+        !requests.is_empty(),
+        "EndpointSlices are listed and watched"
+    );
+    for r in &requests {
+        assert_eq!(
+            r.query.get("labelSelector").map(String::as_str),
+            Some("endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io"),
+            "{r:?}"
+        );
+    }
+    api.wait_for("the status of to-legacy", |a| {
+        status_of(a, "to-legacy").is_some()
+    })
+    .await;
+    let accepted = status_of(&api, "to-legacy").expect("status");
+    assert_eq!(accepted["reason"], "UnresolvedReferences", "{accepted}");
+    assert_eq!(
+        accepted["message"].as_str().unwrap_or(""),
+        "spec.egress[0].to[0].service: Service shop/legacy has no selector and no EndpointSlice names endpoints for it, so it has no backends (enforced as written; what does not resolve matches nothing)"
+    );
+
+    // The hand-managed slice: its addresses become the Service's backends on every node (the
+    // ipcache holds them), client's egress to them at the slice's port, on client's node.
+    let before = reference_cluster(&api);
+    api.put(
+        "endpointslices",
+        endpoint_slice(
+            "legacy-1",
+            "legacy",
+            "staff",
+            &["203.0.113.7", "10.0.1.1"],
+            ("pg", 6432),
+        ),
+    );
+    let got = running.next("a manual EndpointSlice").await;
+    assert_eq!(diffs(&got), expected_deltas(&api, &before), "slice create");
+    let a = running.state("a");
+    let host: septum_policy::cidr::Cidr = "203.0.113.7/32".parse().expect("cidr");
+    assert!(a.ipcache.contains_key(&host), "{:?}", a.ipcache.keys());
+    let client = a.endpoints[&ObjectKey::new("shop", "client")].identity;
+    let egress: Vec<_> = a
+        .policy
+        .keys()
+        .filter(|k| {
+            k.subject() == client
+                && k.direction() == Some(septum_datapath_common::Direction::Egress)
+        })
+        .map(|k| k.data().port())
+        .collect();
+    assert!(
+        egress.contains(&6432),
+        "client may reach the backends at 6432: {egress:?}"
+    );
+    assert!(
+        !egress.contains(&5432),
+        "the VIP port is not a backend port: {egress:?}"
+    );
+    api.wait_for("to-legacy accepted", |a| {
+        status_of(a, "to-legacy").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    running.quiet("the slice create").await;
+
+    // The slice moves its endpoint: exactly that delta.
+    let before = reference_cluster(&api);
+    api.put(
+        "endpointslices",
+        endpoint_slice(
+            "legacy-1",
+            "legacy",
+            "staff",
+            &["203.0.113.8"],
+            ("pg", 6432),
+        ),
+    );
+    let got = running.next("a slice update").await;
+    assert_eq!(diffs(&got), expected_deltas(&api, &before), "slice update");
+    running.quiet("the slice update").await;
+
+    // Slices derived from a selector never arrive, whatever they say.
+    api.put(
+        "endpointslices",
+        endpoint_slice(
+            "web-x1",
+            "web",
+            m::ENDPOINTSLICE_CONTROLLER,
+            &["10.0.0.77"],
+            ("", 8080),
+        ),
+    );
+    running.quiet("a derived slice").await;
+
+    // The slice goes: no backends again.
+    let before = reference_cluster(&api);
+    api.delete("endpointslices", "shop/legacy-1");
+    let got = running.next("a slice delete").await;
+    assert_eq!(diffs(&got), expected_deltas(&api, &before), "slice delete");
+    api.wait_for("to-legacy unresolved again", |a| {
+        status_of(a, "to-legacy").is_some_and(|c| c["status"] == "False")
+    })
+    .await;
     running.task.abort();
 }

@@ -70,6 +70,7 @@ fn expected() -> BTreeSet<Grant> {
         ("", "nodes"),
         ("", "pods"),
         ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
         ("networking.k8s.io", "networkpolicies"),
         ("septum.dev", "flowpolicies"),
         ("policy.networking.k8s.io", "clusternetworkpolicies"),

@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -197,6 +198,45 @@ pub fn service(o: &core::Service) -> Vec<Diagnostic> {
             );
         }
         named_port(&mut s, &format!("{f}.targetPort"), p.target_port.as_ref());
+    }
+    s.into_vec()
+}
+
+/// Findings for an EndpointSlice: port names (DNS labels, unique), and slices whose endpoints
+/// septum does not read (FQDN addresses; no `kubernetes.io/service-name` label).
+pub fn endpoint_slice(o: &discovery::EndpointSlice) -> Vec<Diagnostic> {
+    let mut s = Diagnostics::new();
+    metadata(&mut s, &o.metadata, NameRule::Subdomain, true);
+    let mut names = BTreeSet::new();
+    for (i, p) in o.ports.iter().flatten().enumerate() {
+        let name = p.name.clone().unwrap_or_default();
+        let f = format!("ports[{i}].name");
+        if !name.is_empty() {
+            s.check(&f, dns_label(&name));
+        }
+        if !names.insert(name.clone()) {
+            s.error(f, format!("duplicate port name {name:?}"));
+        }
+    }
+    if o.address_type == "FQDN" && !o.endpoints.is_empty() {
+        s.warn(
+            "addressType",
+            "FQDN endpoints name no address septum can enforce: they add no backend to the Service",
+        );
+    }
+    let service = o
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(septum_policy::model::SERVICE_NAME_LABEL));
+    if service.is_none() {
+        s.warn(
+            "metadata.labels",
+            format!(
+                "no {} label: the slice belongs to no Service",
+                septum_policy::model::SERVICE_NAME_LABEL
+            ),
+        );
     }
     s.into_vec()
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -88,6 +89,17 @@ impl Kind for core::Service {
     }
 }
 
+impl Kind for discovery::EndpointSlice {
+    fn lint(&self) -> Vec<Diagnostic> {
+        lint::endpoint_slice(self)
+    }
+    fn insert(&self, c: &mut Cluster) -> Result<(), Vec<Diagnostic>> {
+        let s = m::EndpointSlice::try_from(self)?;
+        c.endpoint_slices.insert(s.key(), s);
+        Ok(())
+    }
+}
+
 impl Kind for net::NetworkPolicy {
     const POLICY: bool = true;
     fn lint(&self) -> Vec<Diagnostic> {
@@ -143,19 +155,20 @@ fn entry<K: Kind>() -> KindEntry {
 }
 
 /// Every kind the loader reads, read off the types once (not per document).
-static KINDS: LazyLock<[KindEntry; 7]> = LazyLock::new(|| {
+static KINDS: LazyLock<[KindEntry; 8]> = LazyLock::new(|| {
     [
         entry::<core::Namespace>(),
         entry::<core::Pod>(),
         entry::<core::Node>(),
         entry::<core::Service>(),
+        entry::<discovery::EndpointSlice>(),
         entry::<net::NetworkPolicy>(),
         entry::<FlowPolicy>(),
         entry::<ClusterNetworkPolicy>(),
     ]
 });
 
-fn kinds() -> &'static [KindEntry; 7] {
+fn kinds() -> &'static [KindEntry; 8] {
     &KINDS
 }
 
@@ -807,13 +820,14 @@ mod tests {
                 "Pod",
                 "Node",
                 "Service",
+                "EndpointSlice",
                 "NetworkPolicy",
                 "FlowPolicy",
                 "ClusterNetworkPolicy"
             ]
         );
         let scoped: Vec<bool> = kinds().iter().map(|k| k.namespaced).collect();
-        assert_eq!(scoped, [false, true, false, true, true, true, false]);
+        assert_eq!(scoped, [false, true, false, true, true, true, true, false]);
         let apis: Vec<&str> = kinds().iter().map(|k| k.api_version.as_str()).collect();
         assert_eq!(
             apis,
@@ -822,10 +836,62 @@ mod tests {
                 "v1",
                 "v1",
                 "v1",
+                "discovery.k8s.io/v1",
                 "networking.k8s.io/v1",
                 "septum.dev/v1alpha1",
                 "policy.networking.k8s.io/v1alpha2"
             ]
+        );
+    }
+
+    #[test]
+    fn endpoint_slices_load_and_bad_ones_say_which_field() {
+        let mut m = Manifests::new();
+        m.load_str(
+            "s.yaml",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: legacy-1\n  namespace: a\n  labels: {kubernetes.io/service-name: legacy}\naddressType: IPv4\nendpoints:\n- addresses: [203.0.113.7]\n  conditions: {ready: false}\n- addresses: [203.0.113.5]\nports: [{name: pg, port: 6432}]\n",
+        );
+        assert!(m.diagnostics.is_empty(), "{:#?}", m.diagnostics);
+        let s = &m.cluster.endpoint_slices[&ObjectKey::new("a", "legacy-1")];
+        assert_eq!(s.service.as_deref(), Some("legacy"));
+        assert_eq!(
+            s.addresses,
+            ["203.0.113.5", "203.0.113.7"]
+                .map(|a| a.parse::<std::net::IpAddr>().expect("ip"))
+                .to_vec(),
+            "every endpoint, whatever its conditions"
+        );
+        assert_eq!(s.ports[0].port, Some(6432));
+
+        let mut m = Manifests::new();
+        m.load_str(
+            "bad.yaml",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: b, namespace: a, labels: {kubernetes.io/service-name: legacy}}\naddressType: IPv4\nendpoints: [{addresses: ['fd00::1']}, {addresses: [nonsense]}]\nports: [{name: pg, port: 0, protocol: tcp}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: c, namespace: a}\naddressType: IP\nendpoints: []\n",
+        );
+        let got: Vec<String> = m
+            .diagnostics
+            .iter()
+            .map(|d| format!("{} {}: {}", d.object, d.field, d.message))
+            .collect();
+        for want in [
+            "EndpointSlice a/b endpoints[0].addresses[0]: \"fd00::1\" is not an IPv4 address",
+            "EndpointSlice a/b endpoints[1].addresses[0]: \"nonsense\" is not an IP address",
+            "EndpointSlice a/b ports[0].port: port 0 is outside 1-65535",
+            "EndpointSlice a/c addressType: unknown address type \"IP\" (IPv4, IPv6 or FQDN)",
+        ] {
+            assert!(
+                got.iter().any(|g| g.starts_with(want)),
+                "{want} in {got:#?}"
+            );
+        }
+        assert!(
+            got.iter()
+                .any(|g| g.starts_with("EndpointSlice a/b ports[0].protocol")),
+            "{got:#?}"
+        );
+        assert!(
+            m.cluster.endpoint_slices.is_empty(),
+            "refused slices are not loaded"
         );
     }
 

@@ -76,8 +76,8 @@ pub enum ExplainError {
         /// Destination.
         destination: String,
     },
-    /// The Service selects no pods.
-    #[error("service {0} has no backend pods")]
+    /// The Service selects no pods and no EndpointSlice names endpoints for it.
+    #[error("service {0} has no backends (no selected pod, no EndpointSlice naming an endpoint)")]
     NoBackends(ObjectKey),
     /// The Service selects pods, but the port's named targetPort resolves on none of them, so
     /// the port has no endpoints and the flow no destination.
@@ -230,22 +230,39 @@ pub fn explain<S: AllocationStore>(
                     service: k.clone(),
                     port: format!("{}/{}", query.port, query.protocol),
                 })?;
-            if !cluster.pods.values().any(|p| svc.selects(p)) {
+            // The Service's manual EndpointSlices add addresses to its selector's pods (and
+            // are all a Service without a selector has); those of the source's family only.
+            let source_v4: Vec<bool> = match &query.from {
+                FlowEnd::Pod(p) => pod(p)?.ips.iter().map(IpAddr::is_ipv4).collect(),
+                FlowEnd::Ip(ip) => vec![ip.is_ipv4()],
+                FlowEnd::Service(_) => Vec::new(),
+            };
+            let manual: Vec<(IpAddr, u16)> = cluster
+                .manual_endpoints(svc, sp)
+                .into_iter()
+                .filter(|(a, _)| source_v4.is_empty() || source_v4.contains(&a.is_ipv4()))
+                .collect();
+            let has_manual = cluster.manual_slices(k).any(|s| !s.addresses.is_empty());
+            if !has_manual && !cluster.pods.values().any(|p| svc.selects(p)) {
                 return Err(ExplainError::NoBackends(k.clone()));
             }
             // EndpointSlice semantics: a selected pod on which a named targetPort does not
             // resolve is not an endpoint of this port.
             let endpoints: Vec<(&Pod, u16)> = svc.endpoints(sp, cluster.pods.values()).collect();
-            if endpoints.is_empty() {
+            if endpoints.is_empty() && manual.is_empty() {
                 return Err(ExplainError::NoEndpoints {
                     service: k.clone(),
                     port: format!("{}/{}", sp.port, sp.protocol),
                     target: sp.target().to_string(),
                 });
             }
-            for (b, target) in endpoints {
+            let backends = endpoints
+                .into_iter()
+                .map(|(b, target)| (FlowEnd::Pod(b.key()), target))
+                .chain(manual.into_iter().map(|(a, t)| (FlowEnd::Ip(a), t)));
+            for (b, target) in backends {
                 dests.push((
-                    FlowEnd::Pod(b.key()),
+                    b,
                     PortRef::Number(target),
                     Some((format!("service/{k}"), sp.protocol)),
                 ));

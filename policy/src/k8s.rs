@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -11,8 +12,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::cidr::Cidr;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::{
-    ContainerPort, Namespace, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicyRule, Node, Pod, PolicyType, PortRef, Protocol, Service, ServicePort,
+    ContainerPort, EndpointPort, EndpointSlice, MANAGED_BY_LABEL, Namespace, NetworkPolicy,
+    NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicyRule, Node, Pod, PolicyType, PortRef,
+    Protocol, SERVICE_NAME_LABEL, Service, ServicePort,
 };
 use crate::selector::{LabelSelector, Operator, Requirement};
 
@@ -322,6 +324,78 @@ impl TryFrom<&core::Service> for Service {
             selector: spec.and_then(|s| s.selector.clone()),
             ports,
             cluster_ips,
+        })
+    }
+}
+
+/// Converts an EndpointSlice, with every error the API server would refuse it for
+/// (`ValidateEndpointSlice`): an unknown `addressType`, an address that is not one of its type,
+/// a port outside 1-65535, an unknown protocol. `FQDN` slices convert with no addresses.
+impl TryFrom<&discovery::EndpointSlice> for EndpointSlice {
+    type Error = Vec<Diagnostic>;
+
+    fn try_from(s: &discovery::EndpointSlice) -> Result<Self, Self::Error> {
+        let mut errors = Diagnostics::new();
+        let family = match s.address_type.as_str() {
+            "IPv4" => Some(Some(true)),
+            "IPv6" => Some(Some(false)),
+            "FQDN" => Some(None),
+            other => {
+                errors.error(
+                    "addressType",
+                    format!("unknown address type {other:?} (IPv4, IPv6 or FQDN)"),
+                );
+                None
+            }
+        };
+        let mut addresses = Vec::new();
+        if let Some(Some(v4)) = family {
+            for (i, e) in s.endpoints.iter().enumerate() {
+                for (j, a) in e.addresses.iter().enumerate() {
+                    let field = format!("endpoints[{i}].addresses[{j}]");
+                    let Some(addr) = errors.ok(ip(a, &field)) else {
+                        continue;
+                    };
+                    if addr.is_ipv4() == v4 {
+                        addresses.push(addr);
+                    } else {
+                        errors.error(field, format!("{a:?} is not an {} address", s.address_type));
+                    }
+                }
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        let mut ports = Vec::new();
+        for (i, p) in s.ports.iter().flatten().enumerate() {
+            let field = format!("ports[{i}]");
+            let port = match p.port {
+                None => Some(None),
+                Some(n) => errors
+                    .ok(port_number(n, &format!("{field}.port")))
+                    .map(Some),
+            };
+            let protocol = errors.ok(protocol(
+                p.protocol.as_deref(),
+                &format!("{field}.protocol"),
+            ));
+            if let (Some(port), Some(protocol)) = (port, protocol) {
+                ports.push(EndpointPort {
+                    name: p.name.clone().unwrap_or_default(),
+                    port,
+                    protocol,
+                });
+            }
+        }
+        let name = name_of(&s.metadata, &mut errors);
+        let label = |k: &str| s.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned();
+        errors.finish(EndpointSlice {
+            namespace: namespace_of(&s.metadata),
+            name,
+            service: label(SERVICE_NAME_LABEL),
+            managed_by: label(MANAGED_BY_LABEL),
+            addresses,
+            ports,
         })
     }
 }

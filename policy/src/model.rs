@@ -1,5 +1,5 @@
-//! The cluster model the compiler reads: namespaces, pods, nodes, services and the three kinds of
-//! policy (NetworkPolicy v1, septum's FlowPolicy, upstream ClusterNetworkPolicy v1alpha2), in the
+//! The cluster model the compiler reads: namespaces, pods, nodes, services (with the EndpointSlices
+//! that name backends beyond their selectors) and the three kinds of policy (NetworkPolicy v1, septum's FlowPolicy, upstream ClusterNetworkPolicy v1alpha2), in the
 //! shapes their APIs define, with the distinctions that carry meaning kept (a missing
 //! `policyTypes` is not an empty one; a missing port is not port 0). Changes to the model are
 //! [`Change`]s.
@@ -305,6 +305,75 @@ impl Service {
     }
 }
 
+/// Label naming the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming the controller that manages an EndpointSlice.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// The `managed-by` value of the slices Kubernetes derives from a Service's selector.
+pub const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
+
+/// A port of an EndpointSlice: the backend port of the Service port with the same name and
+/// protocol.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointPort {
+    /// `name` (`""` when omitted, which matches an unnamed Service port).
+    pub name: String,
+    /// `port`; a port without a number forwards nothing (kube-proxy skips it).
+    pub port: Option<u16>,
+    /// `protocol` (TCP when omitted).
+    pub protocol: Protocol,
+}
+
+/// An EndpointSlice (discovery.k8s.io/v1): what policy needs of one. Every endpoint counts,
+/// whatever its conditions, as every selected pod of a selector counts whatever its readiness.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The Service it belongs to (label `kubernetes.io/service-name`).
+    pub service: Option<String>,
+    /// Label `endpointslice.kubernetes.io/managed-by`.
+    pub managed_by: Option<String>,
+    /// Every address of every endpoint, sorted and without duplicates (none for `FQDN`
+    /// slices, whose names septum cannot enforce).
+    pub addresses: Vec<IpAddr>,
+    /// Ports.
+    pub ports: Vec<EndpointPort>,
+}
+
+impl EndpointSlice {
+    /// The slice's key.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.name)
+    }
+
+    /// Whether Kubernetes derived the slice from its Service's selector: the engine derives
+    /// those endpoints from the selector itself, so such slices are ignored.
+    pub fn is_derived(&self) -> bool {
+        self.managed_by.as_deref() == Some(ENDPOINTSLICE_CONTROLLER)
+    }
+
+    /// The Service whose backends the slice adds to, if it adds any.
+    pub fn manual_service(&self) -> Option<ObjectKey> {
+        match &self.service {
+            Some(s) if !self.is_derived() => Some(ObjectKey::new(&self.namespace, s)),
+            _ => None,
+        }
+    }
+
+    /// The backend port of Service port `sp` on this slice's endpoints, as kube-proxy pairs
+    /// them: the slice port of the same name (`""` for an unnamed one) and protocol.
+    pub fn port_for(&self, sp: &ServicePort) -> Option<u16> {
+        let name = sp.name.as_deref().unwrap_or("");
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == sp.protocol)
+            .and_then(|p| p.port)
+    }
+}
+
 /// `policyTypes` entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PolicyType {
@@ -605,6 +674,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, Node>,
     /// Services by key.
     pub services: BTreeMap<ObjectKey, Service>,
+    /// EndpointSlices by key.
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     /// NetworkPolicies by key.
     pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
     /// FlowPolicies by key.
@@ -624,6 +695,35 @@ impl Cluster {
             .unwrap_or_default();
         labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
         labels
+    }
+
+    /// The EndpointSlices that add backends to Service `svc` beyond its selector: those naming
+    /// it, except the ones Kubernetes derives from the selector. A Service without a selector
+    /// has only these (its endpoints are managed by hand, or mirrored from its Endpoints).
+    pub fn manual_slices<'a>(
+        &'a self,
+        svc: &'a ObjectKey,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        let start = ObjectKey::new(&svc.namespace, "");
+        self.endpoint_slices
+            .range(start..)
+            .take_while(move |(k, _)| k.namespace == svc.namespace)
+            .map(|(_, s)| s)
+            .filter(move |s| !s.is_derived() && s.service.as_deref() == Some(svc.name.as_str()))
+    }
+
+    /// The endpoints of Service port `sp` of `svc` that its manual slices name: each address
+    /// with its backend port, sorted and without duplicates.
+    pub fn manual_endpoints(&self, svc: &Service, sp: &ServicePort) -> Vec<(IpAddr, u16)> {
+        let key = svc.key();
+        let mut out: Vec<(IpAddr, u16)> = self
+            .manual_slices(&key)
+            .filter_map(|s| s.port_for(sp).map(|port| (s, port)))
+            .flat_map(|(s, port)| s.addresses.iter().map(move |a| (*a, port)))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Applies one change.
@@ -652,6 +752,12 @@ impl Cluster {
             }
             Change::DeleteService(k) => {
                 self.services.remove(&k);
+            }
+            Change::UpsertEndpointSlice(s) => {
+                self.endpoint_slices.insert(s.key(), s);
+            }
+            Change::DeleteEndpointSlice(k) => {
+                self.endpoint_slices.remove(&k);
             }
             Change::UpsertNetworkPolicy(p) => {
                 self.network_policies.insert(p.key(), p);
@@ -695,6 +801,10 @@ pub enum Change {
     UpsertService(Service),
     /// A Service was deleted.
     DeleteService(ObjectKey),
+    /// An EndpointSlice was created or changed.
+    UpsertEndpointSlice(EndpointSlice),
+    /// An EndpointSlice was deleted.
+    DeleteEndpointSlice(ObjectKey),
     /// A NetworkPolicy was created or changed.
     UpsertNetworkPolicy(NetworkPolicy),
     /// A NetworkPolicy was deleted.

@@ -1,9 +1,7 @@
 //! Semantic validation of model objects: the problems a schema cannot catch (contradictory port
-//! ranges, carve-outs outside their prefix, references to missing Services or Service ports,
-//! malformed selectors). Each problem is a [`Diagnostic`] naming the object and the field; these become status
+//! ranges, carve-outs outside their prefix, references to missing Services, Service ports or
+//! backends, malformed selectors). Each problem is a [`Diagnostic`] naming the object and the field; these become status
 //! conditions on our CRDs and `septum policy check` messages.
-
-use std::collections::BTreeMap;
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::model::{
@@ -153,11 +151,54 @@ fn check_service_ports(sink: &mut Diagnostics, field: &str, ports: &[FlowPort], 
     }
 }
 
-/// Problems of a FlowPolicy, including references to missing Services and Service ports.
-pub fn validate_flow_policy(
-    fp: &FlowPolicy,
-    services: &BTreeMap<ObjectKey, Service>,
-) -> Vec<Diagnostic> {
+fn has_selector(s: &Service) -> bool {
+    s.selector.as_ref().is_some_and(|x| !x.is_empty())
+}
+
+/// A Service peer's backends: a warning when it has none (no selector and no EndpointSlice
+/// naming addresses for it), or when a rule port toward it resolves on none of its slices.
+fn check_service_backends(
+    sink: &mut Diagnostics,
+    (field, rule_field): (&str, &str),
+    cluster: &Cluster,
+    svc: &Service,
+    egress_ports: Option<&[FlowPort]>,
+) {
+    if has_selector(svc) {
+        return;
+    }
+    let key = svc.key();
+    let slices: Vec<_> = cluster
+        .manual_slices(&key)
+        .filter(|s| !s.addresses.is_empty())
+        .collect();
+    if slices.is_empty() {
+        sink.warn(
+            field,
+            format!(
+                "Service {key} has no selector and no EndpointSlice names endpoints for it, so it has no backends"
+            ),
+        );
+        return;
+    }
+    for (i, p) in egress_ports.into_iter().flatten().enumerate() {
+        let Some(port) = &p.port else { continue };
+        let resolves = svc
+            .ports_matching(port, p.protocol)
+            .any(|sp| slices.iter().any(|s| s.port_for(sp).is_some()));
+        if !resolves && svc.ports_matching(port, p.protocol).next().is_some() {
+            sink.warn(
+                format!("{rule_field}.ports[{i}].port"),
+                format!("no EndpointSlice of Service {key} has a port for its port {port}"),
+            );
+        }
+    }
+}
+
+/// Problems of a FlowPolicy, including references to missing Services, Service ports and
+/// backends.
+pub fn validate_flow_policy(fp: &FlowPolicy, cluster: &Cluster) -> Vec<Diagnostic> {
+    let services = &cluster.services;
     let mut sink = Diagnostics::for_object(format!("FlowPolicy {}", fp.key()));
     let mut subject_service = None;
     match &fp.subject {
@@ -166,10 +207,10 @@ pub fn validate_flow_policy(
                 "spec.subject.service",
                 format!("Service {}/{name} does not exist", fp.namespace),
             ),
-            Some(s) if s.selector.as_ref().is_none_or(|x| x.is_empty()) => sink.warn(
+            Some(s) if !has_selector(s) => sink.warn(
                 "spec.subject.service",
                 format!(
-                    "Service {}/{name} has no selector, so it selects no pods",
+                    "Service {}/{name} has no selector, so the policy applies to no pod (a subject is pods; its EndpointSlices may name any address): select the pods with podSelector",
                     fp.namespace
                 ),
             ),
@@ -233,14 +274,13 @@ pub fn validate_flow_policy(
                                 format!("Service {key} does not exist"),
                             ),
                             Some(s) => {
-                                if s.selector.as_ref().is_none_or(|x| x.is_empty()) {
-                                    sink.warn(
-                                        format!("{pf}.service"),
-                                        format!(
-                                            "Service {key} has no selector, so it selects no pods"
-                                        ),
-                                    );
-                                }
+                                check_service_backends(
+                                    &mut sink,
+                                    (&format!("{pf}.service"), &field),
+                                    cluster,
+                                    s,
+                                    (dir == "egress").then_some(r.ports.as_slice()),
+                                );
                                 if dir == "egress" {
                                     check_service_ports(&mut sink, &field, &r.ports, s);
                                 }
@@ -352,7 +392,7 @@ pub fn validate_cluster(cluster: &Cluster) -> Vec<Diagnostic> {
         out.extend(validate_network_policy(np));
     }
     for fp in cluster.flow_policies.values() {
-        out.extend(validate_flow_policy(fp, &cluster.services));
+        out.extend(validate_flow_policy(fp, cluster));
     }
     for cnp in cluster.cluster_network_policies.values() {
         out.extend(validate_cluster_network_policy(cnp));

@@ -34,6 +34,9 @@ struct Shared {
     leases: BTreeMap<String, Value>,
     queued: BTreeMap<String, Vec<Value>>,
     pending: BTreeMap<String, Vec<Send>>,
+    /// The `labelSelector` of each kind's last list or watch (one watcher per kind), applied
+    /// to lists and watch events as the API server does.
+    selectors: BTreeMap<String, String>,
     requests: Vec<LoggedRequest>,
 }
 
@@ -95,6 +98,7 @@ fn plural_kind(plural: &str) -> (&'static str, &'static str) {
         "nodes" => ("v1", "Node"),
         "pods" => ("v1", "Pod"),
         "services" => ("v1", "Service"),
+        "endpointslices" => ("discovery.k8s.io/v1", "EndpointSlice"),
         "networkpolicies" => ("networking.k8s.io/v1", "NetworkPolicy"),
         "flowpolicies" => ("septum.dev/v1alpha1", "FlowPolicy"),
         "clusternetworkpolicies" => ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy"),
@@ -124,6 +128,9 @@ impl Shared {
             return;
         };
         let mut events = self.queued.remove(plural).unwrap_or_default();
+        if let Some(sel) = self.selectors.get(plural) {
+            events.retain(|e| e["type"] == "ERROR" || selected(sel, &e["object"]));
+        }
         let gone = events.iter().any(|e| e["type"] == "ERROR");
         if !gone {
             events.push(self.bookmark(plural));
@@ -164,8 +171,51 @@ fn query(uri: &http::Uri) -> BTreeMap<String, String> {
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), percent_decoded(v)))
         .collect()
+}
+
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `object`'s labels satisfy a label selector of `k=v`, `k==v` and `k!=v` terms (the
+/// forms the controller sends).
+fn selected(selector: &str, object: &Value) -> bool {
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+        } else {
+            labels.get(term.trim()).is_some()
+        }
+    })
 }
 
 impl FakeApi {
@@ -298,6 +348,10 @@ impl FakeApi {
             not_found(send);
             return;
         }
+        match q.get("labelSelector") {
+            Some(sel) => s.selectors.insert(plural.clone(), sel.clone()),
+            None => s.selectors.remove(&plural),
+        };
         if watch {
             let rv = q.get("resourceVersion").cloned().unwrap_or_default();
             s.watch_rvs.entry(plural.clone()).or_default().push(rv);
@@ -311,6 +365,10 @@ impl FakeApi {
             .get(&plural)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
+        let items: Vec<Value> = match s.selectors.get(&plural) {
+            Some(sel) => items.into_iter().filter(|o| selected(sel, o)).collect(),
+            None => items,
+        };
         let list = json!({"apiVersion": api_version, "kind": format!("{kind}List"),
             "metadata": {"resourceVersion": s.rv.to_string()}, "items": items});
         respond(send, StatusCode::OK, list.to_string().into_bytes());

@@ -11,7 +11,7 @@ use super::{Engine, IdentityInfo};
 use crate::allocation::AllocationStore;
 use crate::cidr::Cidr;
 use crate::identity::IdentityKey;
-use crate::model::{Change, ObjectKey, Pod};
+use crate::model::{Change, EndpointSlice, ObjectKey, Pod};
 use crate::rules::{PolicySlot, RuleDescription};
 use crate::state::{
     ClusterState, EndpointState, IdentityDescription, MapDiff, PolicyKey, ServiceVip, StateDiff,
@@ -123,6 +123,8 @@ impl<S: AllocationStore> Engine<S> {
             }
             Change::UpsertService(s) => self.apply_service(change, s.key()),
             Change::DeleteService(k) => self.apply_service(change, k.clone()),
+            Change::UpsertEndpointSlice(s) => self.apply_endpoint_slice(change, s.key(), Some(s)),
+            Change::DeleteEndpointSlice(k) => self.apply_endpoint_slice(change, k.clone(), None),
             _ => {
                 self.cluster.apply(change);
                 self.rebuild()
@@ -584,13 +586,44 @@ impl<S: AllocationStore> Engine<S> {
 
     fn apply_service(&mut self, change: &Change, key: ObjectKey) -> StateDiff {
         self.cluster.apply(change);
-        let slots: Vec<PolicySlot> = self
-            .cluster
+        let slots = self.slots_naming(std::slice::from_ref(&key));
+        self.refresh_slots(&slots, vec![key])
+    }
+
+    /// A slice changes the backends of the Service it named before and of the one it names now
+    /// (its label may move it); only FlowPolicies naming those read slices. VIPs stay.
+    fn apply_endpoint_slice(
+        &mut self,
+        change: &Change,
+        key: ObjectKey,
+        new: Option<&EndpointSlice>,
+    ) -> StateDiff {
+        let old = self.cluster.endpoint_slices.get(&key);
+        if old == new {
+            return StateDiff::default();
+        }
+        let mut services: Vec<ObjectKey> = old
+            .and_then(|s| s.manual_service())
+            .into_iter()
+            .chain(new.and_then(|s| s.manual_service()))
+            .collect();
+        services.dedup();
+        self.cluster.apply(change);
+        let slots = self.slots_naming(&services);
+        self.refresh_slots(&slots, Vec::new())
+    }
+
+    /// The FlowPolicies that name any of `services` (as subject or peer).
+    fn slots_naming(&self, services: &[ObjectKey]) -> Vec<PolicySlot> {
+        self.cluster
             .flow_policies
             .iter()
-            .filter(|(_, fp)| crate::rules::references_service(fp, &key))
+            .filter(|(_, fp)| {
+                services
+                    .iter()
+                    .any(|s| crate::rules::references_service(fp, s))
+            })
             .map(|(k, _)| PolicySlot::Flow(k.clone()))
-            .collect();
-        self.refresh_slots(&slots, vec![key])
+            .collect()
     }
 }

@@ -1,8 +1,13 @@
 //! FlowPolicy (septum.dev/v1alpha1): subjects and peers by Service, selector or service account;
 //! ports through a Service's ports to their `targetPort` where the destination is a Service;
 //! Audit mode.
-
-use std::collections::BTreeMap;
+//!
+//! A Service peer means the Service's backends: the pods its selector picks, and the addresses
+//! its manual EndpointSlices name (a Service without a selector has only those: endpoints
+//! managed by hand, or mirrored from its Endpoints). Those addresses are host prefixes, as an
+//! ipBlock of each would be, with each slice's own backend port for each Service port, the way
+//! kube-proxy pairs them by port name. A subject must be pods, so a Service subject needs a
+//! selector.
 
 use super::describe::describe_rule;
 use super::network_policy::np_port;
@@ -11,9 +16,10 @@ use super::{
     PortItem, PortMatch, Rule, RuleAction, RuleOrder, Section, Tier, rule_cookie,
 };
 use crate::allocation::AllocationStore;
+use crate::cidr::Cidr;
 use crate::model::{
-    FlowMode, FlowPeer, FlowPolicy, FlowPort, FlowSubject, NetworkPolicyPort, ObjectKey, PortRef,
-    Service,
+    Cluster, EndpointSlice, FlowMode, FlowPeer, FlowPolicy, FlowPort, FlowSubject,
+    NetworkPolicyPort, ObjectKey, PortRef, Service,
 };
 use crate::ports::PortSel;
 use crate::selector::LabelSelector;
@@ -69,12 +75,69 @@ fn flow_ports(ports: &[FlowPort], service: Option<Option<&Service>>) -> PortMatc
     PortMatch::Items(items)
 }
 
-/// Normalizes a FlowPolicy; `services` resolves Service subjects, peers and ports.
+/// The ports toward Service `svc` on the endpoints of its manual slice `slice`: each Service
+/// port a rule port means, at the slice's backend port for it. `None` when none resolves.
+fn slice_ports(ports: &[FlowPort], svc: &Service, slice: &EndpointSlice) -> Option<PortMatch> {
+    if ports.is_empty() {
+        return Some(PortMatch::Any);
+    }
+    let mut items = Vec::new();
+    for p in ports {
+        match &p.port {
+            Some(port) => items.extend(svc.ports_matching(port, p.protocol).filter_map(|sp| {
+                let t = slice.port_for(sp)?;
+                Some(PortItem::Sel(PortSel::Range(sp.protocol, t, t)))
+            })),
+            None => items.extend(np_port(&NetworkPolicyPort {
+                protocol: p.protocol,
+                port: None,
+                end_port: p.end_port,
+            })),
+        }
+    }
+    (!items.is_empty()).then_some(PortMatch::Items(items))
+}
+
+/// The (peers, ports) groups of a Service peer's manual EndpointSlices: one per slice naming
+/// addresses, its addresses as host prefixes. Toward the Service (egress), ports resolve on
+/// each slice; from it (ingress), they are the rule's `ingress` ports as for any peer.
+fn manual_groups(
+    cluster: &Cluster,
+    svc: &Service,
+    direction: Direction,
+    ports: &[FlowPort],
+    ingress_ports: &PortMatch,
+) -> Vec<(Vec<PeerMatch>, PortMatch)> {
+    let key = svc.key();
+    cluster
+        .manual_slices(&key)
+        .filter(|s| !s.addresses.is_empty())
+        .filter_map(|s| {
+            let ports = match direction {
+                Direction::Egress => slice_ports(ports, svc, s)?,
+                Direction::Ingress => ingress_ports.clone(),
+            };
+            let peers = s
+                .addresses
+                .iter()
+                .map(|a| PeerMatch::Cidr {
+                    cidr: Cidr::host(*a),
+                    except: Vec::new(),
+                })
+                .collect();
+            Some((peers, ports))
+        })
+        .collect()
+}
+
+/// Normalizes a FlowPolicy; the cluster's Services and EndpointSlices resolve Service
+/// subjects, peers and ports.
 pub fn normalize_flow_policy(
     fp: &FlowPolicy,
-    services: &BTreeMap<ObjectKey, Service>,
+    cluster: &Cluster,
     store: &mut dyn AllocationStore,
 ) -> NormalizedPolicy {
+    let services = &cluster.services;
     let policy = PolicyRef {
         kind: PolicyKind::FlowPolicy,
         object: fp.key(),
@@ -140,6 +203,15 @@ pub fn normalize_flow_policy(
                                 Direction::Ingress => default_ports.clone(),
                             };
                             groups.push((vec![PeerMatch::Pods(m)], ports));
+                        }
+                        if let Some(svc) = svc {
+                            groups.extend(manual_groups(
+                                cluster,
+                                svc,
+                                direction,
+                                &r.ports,
+                                &default_ports,
+                            ));
                         }
                     }
                     FlowPeer::Pods {

@@ -414,7 +414,7 @@ impl RuleSet {
         for (k, p) in &cluster.flow_policies {
             policies.insert(
                 PolicySlot::Flow(k.clone()),
-                normalize_flow_policy(p, &cluster.services, store),
+                normalize_flow_policy(p, cluster, store),
             );
         }
         Self { policies }
@@ -439,7 +439,7 @@ impl RuleSet {
             PolicySlot::Flow(k) => cluster
                 .flow_policies
                 .get(k)
-                .map(|p| normalize_flow_policy(p, &cluster.services, store)),
+                .map(|p| normalize_flow_policy(p, cluster, store)),
         };
         match n {
             Some(n) => {

@@ -431,6 +431,26 @@ pub fn side(
                 if peer_ok && port_ok && !svc_missing {
                     hit = true;
                 }
+                if let FlowPeer::Service { namespace, name } = p
+                    && let Some(s) = c.services.get(&ObjectKey::new(
+                        namespace.as_deref().unwrap_or(&fp.namespace),
+                        name,
+                    ))
+                {
+                    let ports_ok = |slice: &EndpointSlice| {
+                        r.ports.is_empty()
+                            || r.ports.iter().any(|pt| {
+                                if ingress {
+                                    flow_port_matches(pt, subject_svc, dest, proto, port)
+                                } else {
+                                    slice_port_matches(s, slice, pt, dest, proto, port)
+                                }
+                            })
+                    };
+                    if manual_slices(c, s).any(|sl| sl.addresses.contains(&pip) && ports_ok(sl)) {
+                        hit = true;
+                    }
+                }
             }
             if hit {
                 let id = rid("FlowPolicy", fp.key(), section, i);
@@ -497,6 +517,52 @@ pub fn service_ports<'a>(
             same && protocol.is_none_or(|p| p == sp.protocol)
         })
         .collect()
+}
+
+/// The EndpointSlices that name backends of `svc` beyond its selector: those in its namespace
+/// labelled with its name, except the ones the EndpointSlice controller derives from selectors.
+pub fn manual_slices<'a>(
+    c: &'a Cluster,
+    svc: &'a Service,
+) -> impl Iterator<Item = &'a EndpointSlice> {
+    c.endpoint_slices.values().filter(move |sl| {
+        sl.namespace == svc.namespace
+            && sl.service.as_deref() == Some(svc.name.as_str())
+            && sl.managed_by.as_deref() != Some("endpointslice-controller.k8s.io")
+    })
+}
+
+/// A FlowPolicy port toward Service `svc` vs a flow to an endpoint of its manual slice
+/// `slice`: a named or numbered Service port means the slice's port of the same name (unnamed:
+/// `""`) and protocol; a port without number or name, every port of its protocol.
+fn slice_port_matches(
+    svc: &Service,
+    slice: &EndpointSlice,
+    pt: &FlowPort,
+    dest: Option<&Pod>,
+    proto: u8,
+    port: u16,
+) -> bool {
+    match &pt.port {
+        None => np_port_matches(
+            &NetworkPolicyPort {
+                protocol: pt.protocol,
+                port: None,
+                end_port: pt.end_port,
+            },
+            dest,
+            proto,
+            port,
+        ),
+        Some(pr) => service_ports(svc, pr, pt.protocol).into_iter().any(|sp| {
+            sp.protocol.number() == proto
+                && slice.ports.iter().any(|ep| {
+                    ep.name == sp.name.clone().unwrap_or_default()
+                        && ep.protocol == sp.protocol
+                        && ep.port == Some(port)
+                })
+        }),
+    }
 }
 
 /// The pods a Service selects: those of its namespace whose labels include every entry of a

@@ -245,7 +245,7 @@ fn flow_peer() -> impl Strategy<Value = FlowPeer> {
                 namespace_selector,
                 pod_selector,
             }),
-        1 => (optional_namespace(), select(&["web", "db", "gone"][..]))
+        2 => (optional_namespace(), select(&["web", "db", "gone"][..]))
             .prop_map(|(namespace, name)| FlowPeer::Service {
                 namespace,
                 name: name.into(),
@@ -508,7 +508,7 @@ pub fn pod() -> BoxedStrategy<PodDraw> {
 pub fn service(name: &'static str) -> BoxedStrategy<Service> {
     (
         select(&NAMESPACES[..]),
-        option::weighted(0.85, select(&["web", "db", "api"][..])),
+        option::weighted(0.75, select(&["web", "db", "api"][..])),
         prop_oneof![
             Just(PortRef::Number(8080)),
             Just(PortRef::Name("http".into()))
@@ -545,6 +545,92 @@ pub fn service(name: &'static str) -> BoxedStrategy<Service> {
         .boxed()
 }
 
+/// Addresses EndpointSlices name: pods' (p0 on subnet 0, p1 on subnet 1, p2 on subnet 0,
+/// p1's IPv6), a node's, and outside ones the checks probe.
+const SLICE_ADDRESSES: [&str; 8] = [
+    "10.0.0.2",
+    "10.0.1.3",
+    "10.0.0.4",
+    "fd00::3",
+    "10.1.0.2",
+    "8.8.8.8",
+    "10.0.1.77",
+    "fd00::99",
+];
+
+/// An EndpointSlice of Service `web` or `db` (now and then of none), managed by hand, with no
+/// manager, or derived by the EndpointSlice controller (which the engine ignores): up to three
+/// addresses, port `web` at 9090 or 8080 (or without a number, or missing), maybe `svc-dns`
+/// 53/UDP, now and then a `web` of the wrong protocol.
+pub fn endpoint_slice() -> BoxedStrategy<EndpointSlice> {
+    let web = prop_oneof![
+        4 => (prop_oneof![Just(9090u16), Just(8080)]).prop_map(|n| Some(EndpointPort {
+            name: "web".into(),
+            port: Some(n),
+            protocol: Protocol::Tcp,
+        })),
+        1 => Just(None),
+        1 => Just(Some(EndpointPort {
+            name: "web".into(),
+            port: None,
+            protocol: Protocol::Tcp,
+        })),
+        1 => Just(Some(EndpointPort {
+            name: "web".into(),
+            port: Some(9090),
+            protocol: Protocol::Udp,
+        })),
+    ];
+    (
+        select(&NAMESPACES[..]),
+        option::weighted(0.9, select(&["web", "db"][..])),
+        prop_oneof![
+            4 => Just(Some("staff")),
+            2 => Just(None),
+            1 => Just(Some(ENDPOINTSLICE_CONTROLLER)),
+        ],
+        subsequence(&SLICE_ADDRESSES[..], 0..=3),
+        web,
+        option::weighted(0.4, Just(())),
+    )
+        .prop_map(|(namespace, service, manager, addresses, web, dns)| {
+            let mut addresses: Vec<IpAddr> = addresses
+                .iter()
+                .map(|a| a.parse().expect("slice address"))
+                .collect();
+            addresses.sort();
+            EndpointSlice {
+                namespace: namespace.to_string(),
+                name: String::new(),
+                service: service.map(str::to_string),
+                managed_by: manager.map(str::to_string),
+                addresses,
+                ports: web
+                    .into_iter()
+                    .chain(dns.map(|()| EndpointPort {
+                        name: "svc-dns".into(),
+                        port: Some(53),
+                        protocol: Protocol::Udp,
+                    }))
+                    .collect(),
+            }
+        })
+        .boxed()
+}
+
+/// The slice in the namespace of the Service it names, when that Service exists (a slice
+/// belongs to a Service of its own namespace; elsewhere it would name nothing).
+fn beside_its_service(c: &Cluster, mut s: EndpointSlice) -> EndpointSlice {
+    if let Some(svc) = c
+        .services
+        .values()
+        .find(|x| Some(&x.name) == s.service.as_ref())
+    {
+        s.namespace = svc.namespace.clone();
+    }
+    s
+}
+
 fn named<T>(items: Vec<T>, prefix: &str, set: impl Fn(&mut T, String)) -> Vec<T> {
     items
         .into_iter()
@@ -557,7 +643,8 @@ fn named<T>(items: Vec<T>, prefix: &str, set: impl Fn(&mut T, String)) -> Vec<T>
 }
 
 /// A whole world: some of the namespaces, both nodes, 1..=6 pods, Services `web` and `db` (each
-/// maybe), up to 3 NetworkPolicies, 2 FlowPolicies and 2 ClusterNetworkPolicies.
+/// maybe), up to 3 NetworkPolicies, 2 FlowPolicies, 2 ClusterNetworkPolicies and 2
+/// EndpointSlices.
 pub fn world() -> impl Strategy<Value = Cluster> {
     (
         NAMESPACES
@@ -572,8 +659,9 @@ pub fn world() -> impl Strategy<Value = Cluster> {
         vec(network_policy(), 0..4),
         vec(flow_policy(), 0..3),
         vec(cluster_network_policy(), 0..3),
+        vec(endpoint_slice(), 0..3),
     )
-        .prop_map(|(namespaces, pods, (web, db), nps, fps, cnps)| {
+        .prop_map(|(namespaces, pods, (web, db), nps, fps, cnps, slices)| {
             let mut c = Cluster::default();
             for (name, labels) in NAMESPACES.iter().zip(namespaces) {
                 if let Some(labels) = labels {
@@ -611,6 +699,10 @@ pub fn world() -> impl Strategy<Value = Cluster> {
             for p in named(cnps, "cnp", |p, n| p.name = n) {
                 c.cluster_network_policies.insert(p.name.clone(), p);
             }
+            for s in named(slices, "es", |s, n| s.name = n) {
+                let s = beside_its_service(&c, s);
+                c.endpoint_slices.insert(s.key(), s);
+            }
             c
         })
 }
@@ -644,6 +736,10 @@ pub enum Step {
     UpsertService(Service),
     /// Delete an existing Service.
     DeleteService(Index),
+    /// Create or replace `es{i}` (which may move it to another Service or namespace).
+    UpsertEndpointSlice(usize, EndpointSlice),
+    /// Delete an existing EndpointSlice.
+    DeleteEndpointSlice(Index),
 }
 
 /// A change step: the kinds and weights of the old hand-rolled generator (new pods a little more
@@ -664,6 +760,8 @@ pub fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(i, p)| Step::UpsertClusterNetworkPolicy(i, p)),
         3 => prop_oneof![service("web"), service("db")].prop_map(Step::UpsertService),
         3 => any::<Index>().prop_map(Step::DeleteService),
+        3 => (0usize..3, endpoint_slice()).prop_map(|(i, s)| Step::UpsertEndpointSlice(i, s)),
+        2 => any::<Index>().prop_map(Step::DeleteEndpointSlice),
         1 => select(&NAMESPACES[..]).prop_map(Step::DeleteNamespace),
         1 => any::<Index>().prop_map(Step::DeleteFlowPolicy),
         1 => any::<Index>().prop_map(Step::DeleteClusterNetworkPolicy),
@@ -736,6 +834,16 @@ impl Step {
             )),
             Step::UpsertService(s) => Change::UpsertService(s),
             Step::DeleteService(i) => Change::DeleteService(pick_key(&c.services, &i, absent())),
+            Step::UpsertEndpointSlice(i, s) => Change::UpsertEndpointSlice(beside_its_service(
+                c,
+                EndpointSlice {
+                    name: format!("es{i}"),
+                    ..s
+                },
+            )),
+            Step::DeleteEndpointSlice(i) => {
+                Change::DeleteEndpointSlice(pick_key(&c.endpoint_slices, &i, absent()))
+            }
         }
     }
 }
