@@ -184,9 +184,10 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
     if let FlowEnd::Service(k) = &query.to
         && let Some(svc) = m.cluster.services.get(k)
         && svc.selector.as_ref().is_none_or(|s| s.is_empty())
+        && !m.cluster.manual_slices(k).any(|s| !s.addresses.is_empty())
     {
         bail!(
-            "cannot explain this flow: service {k} has no selector, so septum does not know its endpoints; explain to a backend pod or IP instead"
+            "cannot explain this flow: service {k} has no selector and no EndpointSlice names endpoints for it, so septum does not know its endpoints; explain to a backend pod or IP instead"
         );
     }
     match (&query.from, &query.to) {

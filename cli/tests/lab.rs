@@ -421,6 +421,91 @@ fn udp_and_sctp_through_pods_and_services() {
     assert_eq!(cell("82", "SCTP", "pod"), "connected");
 }
 
+#[test]
+fn a_service_without_selector_reaches_what_its_endpoint_slice_names() {
+    let lab = TestLab::new("slice");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lab");
+    lab.ok(&["lab", "up", path(&data.join("manual-slice.yaml"))]);
+    let cell = |to: &str, port: u16, via: &str| {
+        let v = lab.json(&[
+            "lab",
+            "probe",
+            "--port",
+            &port.to_string(),
+            "--protocol",
+            "TCP",
+            "--via",
+            via,
+            "--from",
+            "x/a",
+            "--to",
+            to,
+            "--timeout",
+            "700ms",
+            "--output",
+            "json",
+        ]);
+        v["results"][0]["result"].as_str().unwrap().to_string()
+    };
+    // The Service's backend: `web` (80 on the VIP) is 8080 on the address the slice names.
+    let slice_file = lab.dir.join("legacy-slice.yaml");
+    let write_slice = |backend: &str| {
+        let pod_ip = lab.pod_ip(backend);
+        std::fs::write(
+            &slice_file,
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: legacy-1\n  namespace: x\n  labels: {{kubernetes.io/service-name: legacy, endpointslice.kubernetes.io/managed-by: staff}}\naddressType: IPv4\nendpoints: [{{addresses: ['{pod_ip}']}}]\nports: [{{name: web, port: 8080}}]\n"
+            ),
+        )
+        .expect("slice file");
+        lab.ok(&["lab", "apply", path(&slice_file)]);
+    };
+    // Without a slice the Service has no backend: a reaches nothing of it.
+    assert_eq!(cell("x/b", 8080, "pod"), "timeout", "no backend yet");
+    write_slice("x/b");
+    // Through the ClusterIP (kube-proxy-style DNAT to the slice's endpoint), and straight to
+    // the endpoint at the slice's port: allowed; another port of the same pod: dropped.
+    assert_eq!(cell("x/b", 80, "service"), "connected", "VIP:80 -> b:8080");
+    assert_eq!(cell("x/b", 8080, "pod"), "connected", "b:8080 directly");
+    assert_eq!(
+        cell("x/b", 9090, "pod"),
+        "timeout",
+        "b:9090 is not the backend port"
+    );
+    assert_eq!(cell("x/c", 8080, "pod"), "timeout", "c is no backend");
+    // The slice moves to c: the kernel follows.
+    write_slice("x/c");
+    assert_eq!(
+        cell("x/c", 8080, "pod"),
+        "connected",
+        "c is the backend now"
+    );
+    assert_eq!(
+        cell("x/b", 8080, "pod"),
+        "timeout",
+        "b is no backend any more"
+    );
+    assert_eq!(cell("x/c", 80, "service"), "connected", "VIP:80 -> c:8080");
+    // And explain over the datastore agrees.
+    let ds = lab.datastore();
+    let v = lab.json(&[
+        "explain",
+        "--manifests",
+        path(&ds),
+        "--from",
+        "x/a",
+        "--to",
+        "service/x/legacy",
+        "--port",
+        "web",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(v["verdict"], "allow", "{v}");
+    assert_eq!(v["port"], 8080, "{v}");
+    assert_eq!(v["dstIP"], lab.pod_ip("x/c").to_string(), "{v}");
+}
+
 /// Hammers `addr` from `pod` with short connects until `stop`; how many got through.
 fn hammer(
     lab: &TestLab,

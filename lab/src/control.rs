@@ -670,7 +670,9 @@ impl Lab {
             for ip in &svc.cluster_ips {
                 let IpAddr::V4(vip) = ip else { continue };
                 for sp in &svc.ports {
-                    let endpoints = svc
+                    // The selector's pods, then what the Service's manual EndpointSlices name
+                    // (all a Service without a selector has), as kube-proxy merges them.
+                    let mut endpoints: Vec<(std::net::Ipv4Addr, u16)> = svc
                         .endpoints(sp, cluster.pods.values())
                         .filter_map(|(pod, port)| {
                             pod.ips.iter().find_map(|ip| match ip {
@@ -679,6 +681,13 @@ impl Lab {
                             })
                         })
                         .collect();
+                    endpoints.extend(cluster.manual_endpoints(svc, sp).into_iter().filter_map(
+                        |(ip, port)| match ip {
+                            IpAddr::V4(v4) => Some((v4, port)),
+                            IpAddr::V6(_) => None,
+                        },
+                    ));
+                    endpoints.dedup();
                     rules.push(proxy::ServicePortRule {
                         namespace: svc.namespace.clone(),
                         name: svc.name.clone(),

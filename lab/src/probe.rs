@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use septum_policy::model::{PortRef, Protocol as ModelProtocol};
+use septum_policy::model::{PortRef, Protocol as ModelProtocol, ServicePort};
 
 use crate::connect::{self, ProbeResult, Protocol};
 use crate::control::Lab;
@@ -114,21 +114,25 @@ fn target(
                 Protocol::Udp => ModelProtocol::Udp,
                 Protocol::Sctp => ModelProtocol::Sctp,
             };
+            let port = PortRef::Number(spec.port);
             for svc in cluster.services.values() {
-                if !svc.selects(pod) {
-                    continue;
-                }
-                let port = PortRef::Number(spec.port);
-                if svc
-                    .ports_matching(&port, Some(proto))
-                    .any(|sp| sp.target_on(pod).is_some())
+                // The pod is a backend of the Service port through the selector, or because a
+                // manual EndpointSlice of the Service names one of its addresses for it.
+                let backend = |sp: &ServicePort| {
+                    (svc.selects(pod) && sp.target_on(pod).is_some())
+                        || cluster
+                            .manual_endpoints(svc, sp)
+                            .iter()
+                            .any(|(ip, _)| pod.ips.contains(ip))
+                };
+                if svc.ports_matching(&port, Some(proto)).any(backend)
                     && let Some(ip) = v4(&svc.cluster_ips)
                 {
                     return Ok(SocketAddr::new(ip, spec.port));
                 }
             }
             Err(format!(
-                "no Service selects {to} and exposes {}/{}",
+                "no Service has {to} as a backend of {}/{}",
                 spec.port,
                 spec.protocol.as_str()
             ))
