@@ -9,6 +9,7 @@
 
 mod common;
 
+use proptest::prelude::*;
 use septum_datapath_common::{ACTION_ALLOW, ACTION_DENY};
 use septum_policy::allocation::InMemoryAllocations;
 use septum_policy::compile::Engine;
@@ -17,6 +18,7 @@ use septum_policy::model::*;
 use septum_policy::selector::{LabelSelector, Labels};
 
 use common::naive::{self, End};
+use common::world::{slice_world, steps};
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
     kv.iter()
@@ -343,4 +345,31 @@ fn a_service_without_backends_is_reported_and_a_subject_needs_a_selector() {
         "{:?}",
         problems(&c)
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::proptest_cases()))]
+
+    /// On worlds where FlowPolicies name a Service with manual slices: the compiled entries
+    /// agree with the naive evaluator on every flow, and changes (slices among them) applied
+    /// incrementally equal the full recompile.
+    #[test]
+    fn slice_worlds_agree_with_the_naive_evaluator_and_apply_incrementally(
+        c in slice_world(),
+        steps in steps(),
+    ) {
+        let mut engine = Engine::new(c, InMemoryAllocations::new());
+        if let Err(e) = common::check_world(engine.cluster(), engine.state(), engine.store()) {
+            prop_assert!(false, "{e}\nstate:\n{}", engine.state());
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let ch = step.resolve(engine.cluster(), i);
+            engine.apply(&ch);
+            let full = engine.full_recompile();
+            prop_assert!(engine.state() == &full, "step {i}: incremental differs after {ch:?}");
+        }
+        if let Err(e) = common::check_world(engine.cluster(), engine.state(), engine.store()) {
+            prop_assert!(false, "after {} changes: {e}", steps.len());
+        }
+    }
 }

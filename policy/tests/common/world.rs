@@ -618,6 +618,25 @@ pub fn endpoint_slice() -> BoxedStrategy<EndpointSlice> {
         .boxed()
 }
 
+/// The policy with each Service peer that names a namespace pointed at the namespace of the
+/// Service of that name, when one exists (so Service peers resolve often enough to matter;
+/// peers without a namespace still mean the policy's own).
+fn naming_existing_services(c: &Cluster, mut fp: FlowPolicy) -> FlowPolicy {
+    for r in fp.ingress.iter_mut().chain(fp.egress.iter_mut()).flatten() {
+        for p in &mut r.peers {
+            if let FlowPeer::Service {
+                namespace: Some(ns),
+                name,
+            } = p
+                && let Some(svc) = c.services.values().find(|s| &s.name == name)
+            {
+                *ns = svc.namespace.clone();
+            }
+        }
+    }
+    fp
+}
+
 /// The slice in the namespace of the Service it names, when that Service exists (a slice
 /// belongs to a Service of its own namespace; elsewhere it would name nothing).
 fn beside_its_service(c: &Cluster, mut s: EndpointSlice) -> EndpointSlice {
@@ -694,6 +713,7 @@ pub fn world() -> impl Strategy<Value = Cluster> {
                 c.network_policies.insert(p.key(), p);
             }
             for p in named(fps, "fp", |p, n| p.name = n) {
+                let p = naming_existing_services(&c, p);
                 c.flow_policies.insert(p.key(), p);
             }
             for p in named(cnps, "cnp", |p, n| p.name = n) {
@@ -703,6 +723,56 @@ pub fn world() -> impl Strategy<Value = Cluster> {
                 let s = beside_its_service(&c, s);
                 c.endpoint_slices.insert(s.key(), s);
             }
+            c
+        })
+}
+
+/// A [`world`] around Service `web` with 1..=3 manual EndpointSlices of its own, and 1..=2
+/// FlowPolicies of its namespace each with a rule whose peers include `web` (egress or
+/// ingress, with drawn ports): the worlds where slice resolution decides verdicts, which the
+/// general worlds reach only now and then.
+pub fn slice_world() -> impl Strategy<Value = Cluster> {
+    (
+        world(),
+        service("web"),
+        vec(endpoint_slice(), 1..=3),
+        vec(
+            (flow_policy(), vec(flow_port(), 0..3), any::<bool>()),
+            1..=2,
+        ),
+    )
+        .prop_map(|(mut c, web, slices, fps)| {
+            for s in named(slices, "ms", |s, n| s.name = n) {
+                let s = EndpointSlice {
+                    namespace: web.namespace.clone(),
+                    service: Some(web.name.clone()),
+                    managed_by: s.managed_by.filter(|m| m != ENDPOINTSLICE_CONTROLLER),
+                    ..s
+                };
+                c.endpoint_slices.insert(s.key(), s);
+            }
+            for (i, (fp, ports, egress)) in fps.into_iter().enumerate() {
+                let mut fp = FlowPolicy {
+                    namespace: web.namespace.clone(),
+                    name: format!("sfp{i}"),
+                    ..fp
+                };
+                let rule = FlowRule {
+                    peers: vec![FlowPeer::Service {
+                        namespace: None,
+                        name: web.name.clone(),
+                    }],
+                    ports,
+                };
+                let rules = if egress {
+                    &mut fp.egress
+                } else {
+                    &mut fp.ingress
+                };
+                rules.get_or_insert_with(Vec::new).push(rule);
+                c.flow_policies.insert(fp.key(), fp);
+            }
+            c.services.insert(web.key(), web);
             c
         })
 }
@@ -814,10 +884,13 @@ impl Step {
             Step::DeleteNetworkPolicy(i) => {
                 Change::DeleteNetworkPolicy(pick_key(&c.network_policies, &i, absent()))
             }
-            Step::UpsertFlowPolicy(i, p) => Change::UpsertFlowPolicy(FlowPolicy {
-                name: format!("fp{i}"),
-                ..p
-            }),
+            Step::UpsertFlowPolicy(i, p) => Change::UpsertFlowPolicy(naming_existing_services(
+                c,
+                FlowPolicy {
+                    name: format!("fp{i}"),
+                    ..p
+                },
+            )),
             Step::DeleteFlowPolicy(i) => {
                 Change::DeleteFlowPolicy(pick_key(&c.flow_policies, &i, absent()))
             }
