@@ -73,10 +73,10 @@ const PODS: [&str; 4] = [
     "shop/frontend",
 ];
 
-/// What `septum explain` says of a flow over the lab's datastore: "allow" or "deny".
-fn explain(lab: &TestLab, from: &str, to: &str, port: u16) -> String {
+/// `septum explain --output json` of a flow over the lab's datastore.
+fn explain_json(lab: &TestLab, from: &str, to: &str, port: &str) -> Value {
     let ds = lab.datastore();
-    let v = lab.json(&[
+    lab.json(&[
         "explain",
         "--manifests",
         path(&ds),
@@ -85,10 +85,15 @@ fn explain(lab: &TestLab, from: &str, to: &str, port: u16) -> String {
         "--to",
         to,
         "--port",
-        &port.to_string(),
+        port,
         "--output",
         "json",
-    ]);
+    ])
+}
+
+/// What `septum explain` says of a flow over the lab's datastore: "allow" or "deny".
+fn explain(lab: &TestLab, from: &str, to: &str, port: u16) -> String {
+    let v = explain_json(lab, from, to, &port.to_string());
     v["verdict"].as_str().unwrap().to_string()
 }
 
@@ -487,20 +492,7 @@ fn a_service_without_selector_reaches_what_its_endpoint_slice_names() {
     );
     assert_eq!(cell("x/c", 80, "service"), "connected", "VIP:80 -> c:8080");
     // And explain over the datastore agrees.
-    let ds = lab.datastore();
-    let v = lab.json(&[
-        "explain",
-        "--manifests",
-        path(&ds),
-        "--from",
-        "x/a",
-        "--to",
-        "service/x/legacy",
-        "--port",
-        "web",
-        "--output",
-        "json",
-    ]);
+    let v = explain_json(&lab, "x/a", "service/x/legacy", "web");
     assert_eq!(v["verdict"], "allow", "{v}");
     assert_eq!(v["port"], 8080, "{v}");
     assert_eq!(v["dstIP"], lab.pod_ip("x/c").to_string(), "{v}");
