@@ -1,7 +1,8 @@
 //! Per-node slices of the cluster state: what one node's agent needs. The node gets the policy
 //! entries of the identities of its own pods (both directions) and the egress entries of every
-//! other identity that can concern its pods (egress is also checked at the destination's
-//! `to_pod`, after Service DNAT), the full ipcache with the node's own addresses marked as the
+//! other identity toward its pods (egress is also checked at the destination's `to_pod`, after
+//! Service DNAT, where the peer is always one of the node's pods: its identity, its address's
+//! CIDR identity, or any peer), the full ipcache with the node's own addresses marked as the
 //! host, every Service VIP, and for its flow logs what the numbers mean: the rules its policy
 //! entries name, the cluster's identity table, the Services' names and the pods' addresses.
 
@@ -110,7 +111,10 @@ impl NodeStateDiff {
 }
 
 /// Which policy entries a node needs: those of the identities of its own pods, and the egress
-/// entries towards peers that can concern its pods.
+/// entries of other identities toward its pods. A remote source's egress is decided here only
+/// by a `to_pod`, whose peer is the destination pod: the lookups are its identity, its
+/// address's CIDR identity (a pod-in-CIDR identity of it) and any peer. Entries toward the
+/// world, nodes or plain CIDR identities are decided at the source's own node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyFilter {
     local: BTreeSet<Identity>,
@@ -124,22 +128,13 @@ impl PolicyFilter {
         endpoints: impl IntoIterator<Item = &'a EndpointState>,
     ) -> Self {
         let local: BTreeSet<Identity> = endpoints.into_iter().map(|e| e.identity).collect();
-        let mut allowed_peers: BTreeSet<Identity> = BTreeSet::from([
-            Identity::ANY,
-            Identity::HOST,
-            Identity::WORLD,
-            Identity::REMOTE_NODE,
-        ]);
+        let mut allowed_peers: BTreeSet<Identity> = BTreeSet::from([Identity::ANY]);
         allowed_peers.extend(local.iter().copied());
         for (n, d) in &state.identities {
-            match d {
-                IdentityDescription::Cidr(_) => {
-                    allowed_peers.insert(*n);
-                }
-                IdentityDescription::PodInCidr { identity, .. } if local.contains(identity) => {
-                    allowed_peers.insert(*n);
-                }
-                _ => {}
+            if let IdentityDescription::PodInCidr { identity, .. } = d
+                && local.contains(identity)
+            {
+                allowed_peers.insert(*n);
             }
         }
         Self {
