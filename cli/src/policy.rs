@@ -12,8 +12,8 @@ use septum_crd::files as manifest_files;
 /// Policy subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate multi-document YAML (Namespaces, Pods, Nodes, Services, NetworkPolicies,
-    /// FlowPolicies, ClusterNetworkPolicies). Exits non-zero on any error.
+    /// Validate multi-document YAML (Namespaces, Pods, Nodes, Services, EndpointSlices,
+    /// NetworkPolicies, FlowPolicies, ClusterNetworkPolicies). Exits non-zero on any error.
     Check {
         /// Files or directories.
         #[arg(required = true)]

@@ -1,5 +1,6 @@
 //! Property tests: on generated worlds (namespaces, pods with labels, named ports and IPs,
-//! Services, NetworkPolicies, FlowPolicies and ClusterNetworkPolicies of both tiers), the verdict
+//! Services and EndpointSlices, NetworkPolicies, FlowPolicies and ClusterNetworkPolicies of both
+//! tiers), the verdict
 //! read off the compiled per-identity entries the way the datapath reads them equals the naive
 //! evaluator's, side by side with the decisive rule's cookie; and applying generated changes
 //! incrementally yields exactly the full recompile, through minimal diffs. Worlds and changes
