@@ -398,6 +398,8 @@ impl Agent {
                     });
             }
         }
+        // Those too are this node's pods.
+        desired.mark_local_pods();
         let previous = self.enricher.read().ok().map(|g| g.clone());
         let enricher = Enricher::from_endpoints(
             &self.cfg.node_name,

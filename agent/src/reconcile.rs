@@ -69,6 +69,11 @@ pub fn map_contents(state: &NodeState, registry: &Registry) -> MapContents {
             },
         };
         out.endpoints.insert(ep.host_ifindex, info);
+        // Its addresses: a flow to one of them from another pod here is decided whole at the
+        // source's from_pod.
+        for ip in &ep.ips {
+            out.add_local_addr(*ip, ep.host_ifindex);
+        }
     }
     for (cidr, entry) in &state.ipcache {
         out.ipcache.insert(cidr.lpm_key(), *entry);
@@ -79,6 +84,8 @@ pub fn map_contents(state: &NodeState, registry: &Registry) -> MapContents {
     for (vip, v) in &state.services {
         out.services.insert(vip.key(), *v);
     }
+    // The endpoints' addresses are this node's pods in the ipcache.
+    out.mark_local_pods();
     out
 }
 
@@ -139,5 +146,7 @@ mod tests {
         assert_ne!(contents.endpoints[&10].identity, 0);
         assert_eq!(contents.endpoints[&11].state, STATE_INIT_DENY);
         assert_eq!(contents.endpoints[&11].endpoint_id, 2);
+        assert_eq!(contents.local_addrs.len(), 2);
+        assert!(contents.local_addrs.values().all(|i| [10, 11].contains(i)));
     }
 }

@@ -10,7 +10,8 @@
 //! What the kernel must do, per program, for a new flow (TCP SYN, UDP, SCTP INIT-less packets,
 //! ICMP echo requests), with the naive verdicts `egress` (the source pod's side) and `ingress`
 //! (the destination pod's side):
-//! - `from_pod` on a pod of this node (the packet leaves the pod): dropped iff egress is deny;
+//! - `from_pod` on a pod of this node (the packet leaves the pod): dropped iff egress is deny,
+//!   or, to another pod of this node (decided whole at the source), ingress is deny;
 //! - `to_pod` on a pod of this node: passed when the source is this node; otherwise dropped iff
 //!   ingress is deny or the source is a pod (of any node) whose egress is deny (egress is
 //!   enforced again at the destination, which is what keeps it after a Service's DNAT).
@@ -32,6 +33,7 @@ use septum_datapath::{Datapath, DatapathOptions};
 use septum_datapath_common::{ACTION_DENY, proto};
 use septum_policy::model::Cluster;
 use septum_tests::packet::Flow;
+use septum_tests::reference::Reference as _;
 
 /// The node the agent runs on; the world's other node is remote.
 const NODE: &str = "n1";
@@ -181,10 +183,15 @@ fn check(world: &Cluster) -> Result<usize, TestCaseError> {
                     continue;
                 }
                 for (protocol, port) in probes(me.ip().is_ipv6()) {
-                    // Leaving the pod: its egress.
+                    // Leaving the pod: its egress, and a pod of this node's ingress.
                     let (eg, ing) = naive::flow(&model, &me, other, protocol, port);
                     let f = run.packet(me.ip(), other.ip(), protocol, port);
-                    let want = if denies(&eg) { TC_ACT_SHOT } else { TC_ACT_OK };
+                    let local = maps.local_destination(&f).is_some();
+                    let want = if denies(&eg) || (local && denies(&ing)) {
+                        TC_ACT_SHOT
+                    } else {
+                        TC_ACT_OK
+                    };
                     run.expect(
                         "from_pod",
                         &f,

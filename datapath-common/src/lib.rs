@@ -55,8 +55,12 @@ pub mod map_names {
     pub const POLICY: &str = "septum_pol_v1";
     /// [`super::ServiceKey`] -> [`super::ServiceEntry`].
     pub const SERVICES: &str = "septum_svc_v1";
-    /// LRU [`super::CtKey`] -> [`super::CtEntry`].
-    pub const CONNTRACK: &str = "septum_ct_v1";
+    /// LRU [`super::CtKey`] -> [`super::CtEntry`]. Version 2: a node-local flow (both ends
+    /// pods of this node) has both of its entries keyed at [`super::POINT_FROM_POD`], flagged
+    /// [`super::CT_F_LOCAL`] (version 1 had every flow's reply keyed at the other point). The
+    /// key and value sizes did not change, so the name carries the version: a version 1 pin is
+    /// [`RETIRED`], never adopted.
+    pub const CONNTRACK: &str = "septum_ct_v2";
     /// LRU [`super::FragKey`] -> [`super::FragEntry`].
     pub const FRAGMENTS: &str = "septum_frag_v1";
     /// LRU [`super::CtKey`] -> last drop event time (ns), for rate-limiting drop events.
@@ -67,9 +71,17 @@ pub mod map_names {
     pub const COUNTERS: &str = "septum_cnt_v1";
     /// Array with one [`super::DatapathConfig`] at index 0.
     pub const CONFIG: &str = "septum_cfg_v1";
+    /// Hash {family, address} ([`super::IpPrefixData`]) -> host ifindex of the endpoint of
+    /// this node that owns the address: how `from_pod` knows that a destination is a pod on
+    /// this node.
+    pub const LOCAL_ADDRS: &str = "septum_lip_v1";
+
+    /// Names of maps that earlier layouts pinned and this one replaced: a pin of one of them
+    /// is refused (or, migrating, removed), never left to be mistaken for live state.
+    pub const RETIRED: [&str; 1] = ["septum_ct_v1"];
 
     /// Every map name, in a stable order.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         ENDPOINTS,
         IPCACHE,
         POLICY,
@@ -80,6 +92,7 @@ pub mod map_names {
         EVENTS,
         COUNTERS,
         CONFIG,
+        LOCAL_ADDRS,
     ];
 }
 
@@ -102,6 +115,8 @@ pub mod map_sizes {
     pub const CONNTRACK: u32 = 524_288;
     pub const FRAGMENTS: u32 = 8_192;
     pub const DROP_EVENTS: u32 = 16_384;
+    /// Four addresses per endpoint.
+    pub const LOCAL_ADDRS: u32 = 65_536;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 22;
     /// The programs wake the event reader only when this much is waiting in the ring (a
@@ -473,6 +488,12 @@ pub enum Counter {
     IcmpRelated = 12,
     /// Service VIP flows whose egress check was deferred to the backend's to_pod.
     EgressDeferred = 13,
+    /// New node-local flows decided whole (source's egress and destination's ingress) at the
+    /// source's from_pod.
+    NodeLocalDecided = 14,
+    /// Packets the destination's to_pod passed because the source's from_pod decided their
+    /// node-local flow ([`SKB_MARK_NODE_LOCAL`], or the flow's local conntrack entry).
+    NodeLocalPassed = 15,
 }
 
 /// Number of counters (the array's size).
@@ -480,7 +501,7 @@ pub const COUNTER_COUNT: u32 = 16;
 
 impl Counter {
     /// Every counter with its metric-friendly name.
-    pub const ALL: [(Counter, &'static str); 14] = [
+    pub const ALL: [(Counter, &'static str); 16] = [
         (Counter::PacketsFromPod, "packets_from_pod"),
         (Counter::PacketsToPod, "packets_to_pod"),
         (Counter::ConntrackHit, "conntrack_hit"),
@@ -495,6 +516,8 @@ impl Counter {
         (Counter::NonIp, "non_ip"),
         (Counter::IcmpRelated, "icmp_related"),
         (Counter::EgressDeferred, "egress_deferred"),
+        (Counter::NodeLocalDecided, "node_local_decided"),
+        (Counter::NodeLocalPassed, "node_local_passed"),
     ];
 }
 
@@ -558,6 +581,15 @@ pub const IPCACHE_KIND_REMOTE_NODE: u8 = 3;
 pub const IPCACHE_KIND_WORLD: u8 = 4;
 /// See [`IPCACHE_KIND_POD`].
 pub const IPCACHE_KIND_CIDR: u8 = 5;
+/// A pod of this node: the agent gives this kind to its own endpoints' addresses (which the
+/// node state names as pods) and lists them in the local addresses map, so `from_pod` looks an
+/// address up there only when it is one of them. Otherwise a pod like [`IPCACHE_KIND_POD`].
+pub const IPCACHE_KIND_LOCAL_POD: u8 = 6;
+
+/// Whether an ipcache kind is a pod's, of this node or another.
+pub const fn is_pod_kind(kind: u8) -> bool {
+    kind == IPCACHE_KIND_POD || kind == IPCACHE_KIND_LOCAL_POD
+}
 
 /// Value of the ipcache LPM trie.
 #[repr(C)]
@@ -678,6 +710,17 @@ impl CtKey {
             _pad: 0,
         }
     }
+
+    /// The key of the other direction's entry of the flow whose entry is keyed `self` and
+    /// flagged `flags`: [`reversed`](Self::reversed), at the same point for a node-local flow
+    /// ([`CT_F_LOCAL`]).
+    pub const fn reply_key(&self, flags: u16) -> Self {
+        let mut r = self.reversed();
+        if flags & CT_F_LOCAL != 0 {
+            r.point = self.point;
+        }
+        r
+    }
 }
 
 /// The other observation point.
@@ -701,6 +744,21 @@ pub const CT_F_AUDIT: u16 = 1 << 3;
 pub const CT_F_PICKUP: u16 = 1 << 4;
 /// A FIN or RST was seen.
 pub const CT_F_CLOSING: u16 = 1 << 5;
+/// A node-local flow, decided whole at the source's `from_pod`: this entry and its other
+/// direction's are both keyed at [`POINT_FROM_POD`] (see [`CtKey::reply_key`]), and the
+/// destination's `to_pod` keeps no entry of its own.
+pub const CT_F_LOCAL: u16 = 1 << 6;
+
+/// `skb->mark` bits that say "`from_pod` decided this packet's node-local flow": the
+/// destination's `to_pod` passes it without a conntrack lookup. The bits sit in the nibble
+/// [`SKB_MARK_MASK`] (where Cilium keeps its magics; the two do not run together), clear of
+/// kube-proxy's 0x4000 (masquerade) and 0x8000 (drop) and of Calico's 0xffff0000. A pod cannot
+/// forge them: a veth clears `skb->mark` when a packet changes network namespace, and `to_pod`
+/// ignores them on a packet not received from an interface (locally generated: a host process
+/// with `SO_MARK`).
+pub const SKB_MARK_NODE_LOCAL: u32 = 0x0700;
+/// The nibble of `skb->mark` that [`SKB_MARK_NODE_LOCAL`] is compared in.
+pub const SKB_MARK_MASK: u32 = 0x0F00;
 
 /// Conntrack value: one direction of a flow.
 #[repr(C)]
@@ -780,6 +838,9 @@ pub const EVENT_F_PICKUP: u8 = 1 << 4;
 pub const EVENT_F_RELATED: u8 = 1 << 5;
 /// The source was the host, which may always reach its pods.
 pub const EVENT_F_FROM_HOST: u8 = 1 << 6;
+/// A node-local flow, decided whole at the source's `from_pod`: the event carries both sides'
+/// decisions (egress and ingress cookies) and the destination's `to_pod` reports nothing.
+pub const EVENT_F_NODE_LOCAL: u8 = 1 << 7;
 
 /// One flow event: a new flow, or a drop.
 #[repr(C)]
@@ -869,6 +930,9 @@ mod tests {
         assert_eq!(r.point, POINT_TO_POD);
         assert_eq!((r.sport, r.dport), (80, 1234));
         assert_eq!(r.reversed(), k);
+        let local = k.reply_key(CT_F_LOCAL);
+        assert_eq!((local.point, local.sport), (POINT_FROM_POD, 80));
+        assert_eq!(k.reply_key(0), r);
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! Connection tracking: the fast path for packets of known flows (counted on their entry,
 //! atomically, since both directions and several CPUs update one flow), ICMP errors related to a
 //! tracked flow, and the two entries (forward and reply) a new flow creates.
+//!
+//! Keys carry the observation point. A flow seen at one point (to or from another node, the
+//! host, a Service VIP) keeps its forward entry at that point and its reply at the other, as
+//! the reply is seen there. A node-local flow ([`CT_F_LOCAL`]) is decided whole at the source's
+//! `from_pod` and the destination's `to_pod` keeps nothing, so both of its entries are keyed at
+//! `from_pod`, where each direction enters the datapath ([`CtKey::reply_key`]).
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use septum_datapath_common::{
-    CT_F_CLOSING, CT_F_EGRESS_EVALUATED, CT_F_REPLY, CtEntry, CtKey, POINT_FROM_POD,
-    opposite_point, proto,
+    CT_F_CLOSING, CT_F_LOCAL, CT_F_REPLY, CtEntry, CtKey, POINT_FROM_POD, opposite_point, proto,
 };
 
 use crate::{
@@ -20,10 +25,11 @@ pub(crate) fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The fast path, one lookup for every packet of a known flow, either way: true if the packet
-/// belongs to a tracked flow, and then it is counted on that flow's entry.
+/// The fast path, one lookup for every packet of a known flow, either way: the entry's
+/// `CT_F_*` flags if the packet belongs to a tracked flow (and then it is counted on that
+/// flow's entry), `None` if it is new.
 #[inline(always)]
-pub(crate) fn established(pkt: &Packet) -> bool {
+pub(crate) fn established(pkt: &Packet) -> Option<u16> {
     if let Some(ct) = CONNTRACK.get_ptr_mut(&pkt.key) {
         // SAFETY: the map value stays valid for the program's run; concurrent writers only
         // race on statistics.
@@ -33,12 +39,22 @@ pub(crate) fn established(pkt: &Packet) -> bool {
             && entry.flags & CT_F_REPLY == 0;
         if !fresh_syn {
             touch(entry, pkt);
-            return true;
+            return Some(entry.flags);
         }
         // A new SYN on a known tuple is a new connection (port reuse, or a retransmitted SYN):
         // evaluate it against the current policy.
     }
-    false
+    None
+}
+
+/// Whether two 16-byte addresses are equal (written out: the BPF target has no `bcmp`).
+#[inline(always)]
+pub(crate) fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut diff = 0u8;
+    for i in 0..16 {
+        diff |= a[i] ^ b[i];
+    }
+    diff == 0
 }
 
 /// Whether the flow an ICMP error quotes (`s.pkt.inner`, as it was sent the other way) is
@@ -47,19 +63,33 @@ pub(crate) fn established(pkt: &Packet) -> bool {
 pub(crate) fn related(s: &mut Scratch, point: u8) -> bool {
     s.key = s.pkt.inner;
     s.key.point = opposite_point(point);
-    CONNTRACK.get_ptr(&s.key).is_some()
+    if CONNTRACK.get_ptr(&s.key).is_some() {
+        return true;
+    }
+    // A node-local flow's entries are both at from_pod: there, the error a pod sends about a
+    // packet of such a flow it received (it is that packet's destination) quotes an entry
+    // keyed at from_pod.
+    if point != POINT_FROM_POD || !same_addr(&s.pkt.inner.daddr, &s.pkt.key.saddr) {
+        return false;
+    }
+    s.key.point = POINT_FROM_POD;
+    match CONNTRACK.get_ptr(&s.key) {
+        // SAFETY: plain data read at once.
+        Some(e) => (unsafe { (*e).flags } & CT_F_LOCAL) != 0,
+        None => false,
+    }
 }
 
-/// Whether the source's `from_pod` already evaluated its egress for this flow (`pkt` as seen at
-/// `to_pod`; `key` is scratch space for the lookup).
+/// The `CT_F_*` flags of the entry the source's `from_pod` keeps for this flow (`pkt` as seen
+/// at `to_pod`; `key` is scratch space for the lookup), 0 if there is none.
 #[inline(always)]
-pub(crate) fn egress_evaluated_at_source(key: &mut CtKey, pkt: &CtKey) -> bool {
+pub(crate) fn source_entry_flags(key: &mut CtKey, pkt: &CtKey) -> u16 {
     *key = *pkt;
     key.point = POINT_FROM_POD;
     match CONNTRACK.get_ptr(key) {
         // SAFETY: plain data read at once.
-        Some(e) => (unsafe { (*e).flags } & CT_F_EGRESS_EVALUATED) != 0,
-        None => false,
+        Some(e) => unsafe { (*e).flags },
+        None => 0,
     }
 }
 
@@ -104,8 +134,9 @@ fn touch(entry: &mut CtEntry, pkt: &Packet) {
     }
 }
 
-/// Writes both conntrack entries of the new flow. The packet at hand is counted on the entry it
-/// matches: the forward one, or with `pickup_reply` the reply one.
+/// Writes both conntrack entries of the new flow (both at this point for a node-local flow,
+/// else the reply at the other). The packet at hand is counted on the entry it matches: the
+/// forward one, or with `pickup_reply` the reply one.
 #[inline(always)]
 pub(crate) fn create_flow(s: &mut Scratch, pickup_reply: bool) {
     let now = now_ns();
@@ -129,7 +160,7 @@ pub(crate) fn create_flow(s: &mut Scratch, pickup_reply: bool) {
     other.bytes = 0;
     other.tcp_flags = 0;
     // The packet's own tuple, and the reversed one for the other way.
-    s.key = s.pkt.key.reversed();
+    s.key = s.pkt.key.reply_key(s.ct_forward.flags);
     if pickup_reply {
         let _ = CONNTRACK.insert(&s.key, &s.ct_forward, 0);
         let _ = CONNTRACK.insert(&s.pkt.key, &s.ct_reply, 0);

@@ -30,7 +30,7 @@ pub(crate) static POLICY: LpmTrie<PolicyKeyData, PolicyEntry> =
 pub(crate) static SERVICES: HashMap<ServiceKey, ServiceEntry> =
     HashMap::with_max_entries(map_sizes::SERVICES, 0);
 
-#[map(name = "septum_ct_v1")]
+#[map(name = "septum_ct_v2")]
 pub(crate) static CONNTRACK: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(map_sizes::CONNTRACK, 0);
 
@@ -50,6 +50,10 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COU
 
 #[map(name = "septum_cfg_v1")]
 pub(crate) static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "septum_lip_v1")]
+pub(crate) static LOCAL_ADDRS: HashMap<IpPrefixData, u32> =
+    HashMap::with_max_entries(map_sizes::LOCAL_ADDRS, 0);
 
 /// Per-CPU working memory: the BPF stack (512 bytes) cannot hold a packet's tuples, two
 /// decisions and two conntrack entries at once. Not part of the pinned layout.

@@ -10,7 +10,7 @@ use septum_datapath_common::{
     PRECEDENCE_DEFAULT_DENY, PolicyKeyData, ServiceKey, Verdict,
 };
 
-use crate::maps::{ENDPOINTS, IPCACHE, POLICY, SERVICES};
+use crate::maps::{ENDPOINTS, IPCACHE, LOCAL_ADDRS, POLICY, SERVICES};
 
 /// The endpoint (pod) behind host-side interface `ifindex`, if septum knows one.
 #[inline(always)]
@@ -18,6 +18,14 @@ pub(crate) fn endpoint(ifindex: u32) -> Option<&'static EndpointInfo> {
     // SAFETY: map values stay valid for the program's run. A reference, not a copy: a copied
     // Option lets LLVM read the (uninitialised) payload of None, which the verifier rejects.
     unsafe { ENDPOINTS.get(&ifindex) }
+}
+
+/// The host ifindex of the endpoint of this node that owns `addr`, if one does.
+#[inline(always)]
+pub(crate) fn local_endpoint(family: u8, addr: &[u8; 16]) -> Option<u32> {
+    let key = IpPrefixData::new(family, *addr);
+    // SAFETY: plain data copied out at once.
+    unsafe { LOCAL_ADDRS.get(&key) }.copied()
 }
 
 /// What septum knows of an address: its identity and kind, or "world" when nothing.
@@ -155,6 +163,13 @@ impl FlowDecision {
         self.reason = DropReason::None;
         self.event_flags = 0;
         self.ct_flags = 0;
+    }
+
+    /// Decisions applied from now on relax to audit as `ep`'s mode says (a node-local flow's
+    /// ingress side is the destination's, in its mode).
+    #[inline(always)]
+    pub(crate) fn set_audit_mode(&mut self, ep: &EndpointInfo) {
+        self.audit_mode = ep.mode == MODE_AUDIT;
     }
 
     #[inline(always)]

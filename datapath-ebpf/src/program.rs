@@ -26,6 +26,18 @@
 //! - **Services**: at `from_pod`, a flow to a Service VIP is passed with its egress check
 //!   deferred; kube-proxy then DNATs it, and the backend's `to_pod` evaluates the source identity's
 //!   egress on the real backend address and port, together with the backend's ingress.
+//! - **Node-local flows** (the destination address is a local pod's in the ipcache,
+//!   `IPCACHE_KIND_LOCAL_POD`, and one of this node's endpoints' in the local addresses map,
+//!   that endpoint ready; not a Service VIP, not mid-stream TCP) are decided whole at the
+//!   source's `from_pod`: the source's egress and the destination's ingress (in the
+//!   destination's mode), one pair of conntrack entries both keyed at `from_pod` and one flow
+//!   event carrying both sides. Every packet of such a flow leaves `from_pod` with
+//!   [`SKB_MARK_NODE_LOCAL`] in `skb->mark`, and the destination's `to_pod` passes it at once
+//!   after checking that it was received from an interface (a veth clears the mark when a
+//!   packet leaves a pod's namespace; a locally generated packet has no ingress interface) and
+//!   is addressed to its own pod (so a packet the host redirected elsewhere is evaluated
+//!   there). Should the mark be lost on the way, `to_pod` finds the flow's local entry and
+//!   passes it all the same. The destination's `to_pod` reports nothing for such a flow.
 //! - **Host**: the node (identity host) may always reach its pods.
 //! - **Deny** is `TC_ACT_SHOT`, a silent drop: the peer sees a timeout, never a reset.
 
@@ -35,11 +47,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use septum_datapath_common::{
-    CONFIG_F_TRACE_FORWARDED, CT_F_EGRESS_DEFERRED, CT_F_EGRESS_EVALUATED, CT_F_PICKUP, Counter,
-    DIRECTION_EGRESS, DIRECTION_INGRESS, DropReason, ENDPOINT_F_EGRESS_POLICY,
-    ENDPOINT_F_INGRESS_POLICY, EVENT_F_EGRESS_DEFERRED, EVENT_F_FROM_HOST, EVENT_F_PICKUP,
-    EVENT_F_REPLY, EndpointInfo, IDENTITY_HOST, IPCACHE_KIND_POD, POINT_FROM_POD, POINT_TO_POD,
-    STATE_READY, Verdict,
+    CONFIG_F_TRACE_FORWARDED, CT_F_EGRESS_DEFERRED, CT_F_EGRESS_EVALUATED, CT_F_LOCAL, CT_F_PICKUP,
+    Counter, DIRECTION_EGRESS, DIRECTION_INGRESS, DropReason, ENDPOINT_F_EGRESS_POLICY,
+    ENDPOINT_F_INGRESS_POLICY, EVENT_F_EGRESS_DEFERRED, EVENT_F_FROM_HOST, EVENT_F_NODE_LOCAL,
+    EVENT_F_PICKUP, EVENT_F_REPLY, EndpointInfo, IDENTITY_HOST, IPCACHE_KIND_LOCAL_POD,
+    POINT_FROM_POD, POINT_TO_POD, SKB_MARK_MASK, SKB_MARK_NODE_LOCAL, STATE_READY, Verdict,
+    is_pod_kind,
 };
 
 use crate::{
@@ -47,7 +60,7 @@ use crate::{
     events::{count, emit, finish_drop},
     maps::{SCRATCH, Scratch, config},
     parse::{Parsed, is_midstream_tcp, parse},
-    policy::{self, endpoint, evaluate, ipcache},
+    policy::{self, endpoint, evaluate, ipcache, local_endpoint},
 };
 
 #[classifier]
@@ -102,9 +115,18 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
         }
     }
 
+    // A node-local flow that the source's from_pod decided: nothing more to do here.
+    if point == POINT_TO_POD && marked_node_local(ctx) && for_me(&s.pkt, ifindex(ctx)) {
+        count(Counter::NodeLocalPassed);
+        return TC_ACT_OK;
+    }
+
     // Fast path: one lookup for every packet of a known flow, either way.
-    if conntrack::established(&s.pkt) {
+    if let Some(flags) = conntrack::established(&s.pkt) {
         count(Counter::ConntrackHit);
+        if flags & CT_F_LOCAL != 0 {
+            mark_node_local(ctx);
+        }
         return TC_ACT_OK;
     }
 
@@ -117,9 +139,9 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
     let ifindex = ifindex(ctx);
     let ep = endpoint(ifindex);
     if point == POINT_FROM_POD {
-        new_flow_from_pod(s, ifindex, ep)
+        new_flow_from_pod(ctx, s, ifindex, ep)
     } else {
-        new_flow_to_pod(s, ifindex, ep)
+        new_flow_to_pod(ctx, s, ifindex, ep)
     }
 }
 
@@ -129,10 +151,42 @@ fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// A new flow leaving a pod: the pod's egress (deferred for a Service VIP), or, for mid-stream
-/// TCP it denies, its ingress as the reply of a flow the peer opened.
+/// Whether the packet carries [`SKB_MARK_NODE_LOCAL`] and was received from an interface
+/// (only a from_pod can have set it then: a veth clears the mark when a packet leaves a pod's
+/// namespace, and a host process's `SO_MARK` marks a locally generated packet, which has no
+/// ingress interface).
 #[inline(always)]
-fn new_flow_from_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> i32 {
+fn marked_node_local(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's run.
+    let (mark, ingress) = unsafe { ((*ctx.skb.skb).mark, (*ctx.skb.skb).ingress_ifindex) };
+    mark & SKB_MARK_MASK == SKB_MARK_NODE_LOCAL && ingress != 0
+}
+
+/// Marks the packet as one of a node-local flow decided here.
+#[inline(always)]
+fn mark_node_local(ctx: &TcContext) {
+    // SAFETY: the context pointer is valid for the program's run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark((mark & !SKB_MARK_MASK) | SKB_MARK_NODE_LOCAL);
+}
+
+/// Whether the packet is addressed to the pod behind `ifindex` (what the source's from_pod
+/// decided its node-local flow for).
+#[inline(always)]
+fn for_me(pkt: &crate::parse::Packet, ifindex: u32) -> bool {
+    local_endpoint(pkt.key.family, &pkt.key.daddr) == Some(ifindex)
+}
+
+/// A new flow leaving a pod: the pod's egress (deferred for a Service VIP) and, to a pod of this
+/// node, that pod's ingress; or, for mid-stream TCP it denies, its ingress as the reply of a
+/// flow the peer opened.
+#[inline(always)]
+fn new_flow_from_pod(
+    ctx: &TcContext,
+    s: &mut Scratch,
+    ifindex: u32,
+    ep: Option<&EndpointInfo>,
+) -> i32 {
     let pkt = &s.pkt;
     let d = &mut s.decision;
     d.init(ifindex, ep);
@@ -152,7 +206,7 @@ fn new_flow_from_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -
         count(Counter::EgressDeferred);
         d.ct_flags |= CT_F_EGRESS_DEFERRED;
         d.event_flags |= EVENT_F_EGRESS_DEFERRED;
-        return finish(s, false);
+        return finish(ctx, s, false);
     }
 
     d.ct_flags |= CT_F_EGRESS_EVALUATED;
@@ -165,6 +219,21 @@ fn new_flow_from_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -
             pkt.key.dport,
         );
         d.apply(&e, DIRECTION_EGRESS);
+    }
+
+    // To a pod of this node: its ingress too, here. Only an address the ipcache knows as a pod
+    // of this node's is looked up (another node's pod costs nothing more), and not when the
+    // egress already drops it (the drop and its event are the same either way). Mid-stream TCP
+    // takes the two-point path: each point may pick it up as the reply of a connection the
+    // other end opened.
+    if d.verdict != Verdict::Dropped
+        && peer.kind == IPCACHE_KIND_LOCAL_POD
+        && !is_midstream_tcp(pkt)
+        && let Some(dst_ifindex) = local_endpoint(pkt.key.family, &pkt.key.daddr)
+        && let Some(dst) = endpoint(dst_ifindex)
+        && dst.state == STATE_READY
+    {
+        return new_local_flow(ctx, s, dst);
     }
 
     if d.verdict == Verdict::Dropped && is_midstream_tcp(pkt) {
@@ -185,16 +254,48 @@ fn new_flow_from_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -
             r.apply(&i, DIRECTION_INGRESS);
         }
         if r.verdict != Verdict::Dropped {
-            return finish(s, true);
+            return finish(ctx, s, true);
         }
     }
-    finish(s, false)
+    finish(ctx, s, false)
+}
+
+/// A new node-local flow at its source's from_pod, its egress decided in `s.decision` (not a
+/// drop): the destination `dst`'s ingress as its `to_pod` would decide it (the node's
+/// addresses pass), in the destination's mode.
+#[inline(always)]
+fn new_local_flow(ctx: &TcContext, s: &mut Scratch, dst: &EndpointInfo) -> i32 {
+    count(Counter::NodeLocalDecided);
+    let pkt = &s.pkt;
+    let d = &mut s.decision;
+    d.ct_flags |= CT_F_LOCAL;
+    d.event_flags |= EVENT_F_NODE_LOCAL;
+    let src = ipcache(pkt.key.family, &pkt.key.saddr);
+    if src.identity == IDENTITY_HOST {
+        d.event_flags |= EVENT_F_FROM_HOST;
+    } else if dst.flags & ENDPOINT_F_INGRESS_POLICY != 0 {
+        d.set_audit_mode(dst);
+        let i = evaluate(
+            dst.identity,
+            DIRECTION_INGRESS,
+            &src,
+            &pkt.key,
+            pkt.key.dport,
+        );
+        d.apply(&i, DIRECTION_INGRESS);
+    }
+    finish(ctx, s, false)
 }
 
 /// A new flow entering a pod: the source's egress unless its `from_pod` decided it, and the
 /// pod's ingress, or, for mid-stream TCP they deny, its egress as the reply of a flow it opened.
 #[inline(always)]
-fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> i32 {
+fn new_flow_to_pod(
+    ctx: &TcContext,
+    s: &mut Scratch,
+    ifindex: u32,
+    ep: Option<&EndpointInfo>,
+) -> i32 {
     let pkt = &s.pkt;
     let d = &mut s.decision;
     d.init(ifindex, ep);
@@ -206,7 +307,7 @@ fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> 
             d.dst_identity = ep.identity;
         }
         d.event_flags |= EVENT_F_FROM_HOST;
-        return finish(s, false);
+        return finish(ctx, s, false);
     }
     let Some(ep) = ep else {
         d.drop_hard(DropReason::UnknownEndpoint);
@@ -218,10 +319,16 @@ fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> 
         return finish_drop(pkt, d);
     }
     // The source's egress: done by a local source's from_pod unless it was deferred (Service VIP)
-    // or the source lives elsewhere; then it is decided here, after DNAT.
-    if conntrack::egress_evaluated_at_source(&mut s.key, &pkt.key) {
+    // or the source lives elsewhere; then it is decided here, after DNAT. A node-local flow that
+    // from_pod decided whole, whose packet lost its mark on the way: passed as marked.
+    let at_source = conntrack::source_entry_flags(&mut s.key, &pkt.key);
+    if at_source & CT_F_LOCAL != 0 && for_me(pkt, ifindex) {
+        count(Counter::NodeLocalPassed);
+        return TC_ACT_OK;
+    }
+    if at_source & CT_F_EGRESS_EVALUATED != 0 {
         d.ct_flags |= CT_F_EGRESS_EVALUATED;
-    } else if src.kind == IPCACHE_KIND_POD {
+    } else if is_pod_kind(src.kind) {
         d.ct_flags |= CT_F_EGRESS_EVALUATED;
         d.event_flags |= EVENT_F_EGRESS_DEFERRED;
         // Only here is this pod's own address (its CIDR identity) needed: as the source's peer.
@@ -254,17 +361,17 @@ fn new_flow_to_pod(s: &mut Scratch, ifindex: u32, ep: Option<&EndpointInfo>) -> 
         }
         if r.verdict != Verdict::Dropped {
             r.ct_flags |= CT_F_EGRESS_EVALUATED;
-            return finish(s, true);
+            return finish(ctx, s, true);
         }
     }
-    finish(s, false)
+    finish(ctx, s, false)
 }
 
 /// Passes or drops a new flow and reports it. With `pickup_reply`, the packet is the reply of a
 /// flow its destination opened before enforcement started (decided in `s.reply`): the flow is
-/// tracked in that orientation.
+/// tracked in that orientation. A passed node-local flow's packet is marked for its `to_pod`.
 #[inline(always)]
-fn finish(s: &mut Scratch, pickup_reply: bool) -> i32 {
+fn finish(ctx: &TcContext, s: &mut Scratch, pickup_reply: bool) -> i32 {
     let d = if pickup_reply {
         s.reply.ct_flags |= CT_F_PICKUP;
         s.reply.event_flags |= EVENT_F_PICKUP | EVENT_F_REPLY;
@@ -278,6 +385,9 @@ fn finish(s: &mut Scratch, pickup_reply: bool) -> i32 {
     }
     create_flow(s, pickup_reply);
     let d = if pickup_reply { &s.reply } else { &s.decision };
+    if d.ct_flags & CT_F_LOCAL != 0 {
+        mark_node_local(ctx);
+    }
     count(if d.verdict == Verdict::Audit {
         Counter::Audit
     } else {

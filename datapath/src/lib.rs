@@ -36,7 +36,8 @@ use aya::{
 pub use contents::{ContentsDiff, MapContents, WriteStats};
 pub use events::{AsyncEventReader, EventReader, decode_event};
 pub use maps::{
-    ConntrackMap, DiffStats, EndpointsMap, IpCacheMap, MapDiff, PolicyMap, ServicesMap,
+    ConntrackMap, DiffStats, EndpointsMap, IpCacheMap, LocalAddrsMap, MapDiff, PolicyMap,
+    ServicesMap,
 };
 use septum_datapath_common::{
     COUNTER_COUNT, Counter, CtEntry, CtKey, DatapathConfig, EndpointInfo, FragEntry, FragKey,
@@ -171,7 +172,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
 }
 
 /// The expected kernel shape of each map: (name, type, key size, value size, max entries).
-fn expected_layout() -> [(&'static str, MapType, u32, u32, u32); 10] {
+fn expected_layout() -> [(&'static str, MapType, u32, u32, u32); 11] {
     use std::mem::size_of;
     let lpm = |k: usize| (k + 4) as u32;
     [
@@ -245,6 +246,13 @@ fn expected_layout() -> [(&'static str, MapType, u32, u32, u32); 10] {
             size_of::<DatapathConfig>() as u32,
             1,
         ),
+        (
+            map_names::LOCAL_ADDRS,
+            MapType::Hash,
+            size_of::<IpPrefixData>() as u32,
+            4,
+            map_sizes::LOCAL_ADDRS,
+        ),
     ]
 }
 
@@ -260,6 +268,7 @@ pub struct Datapath {
     pub policy: PolicyMap,
     pub services: ServicesMap,
     pub conntrack: ConntrackMap,
+    pub local_addrs: LocalAddrsMap,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, DatapathConfig>,
     events: Option<aya::maps::RingBuf<MapData>>,
@@ -357,6 +366,10 @@ impl Datapath {
             HashMap::try_from(take(&mut ebpf, map_names::CONNTRACK)?)
                 .map_err(map_err(map_names::CONNTRACK))?,
         );
+        let local_addrs = LocalAddrsMap(
+            HashMap::try_from(take(&mut ebpf, map_names::LOCAL_ADDRS)?)
+                .map_err(map_err(map_names::LOCAL_ADDRS))?,
+        );
         let counters = PerCpuArray::try_from(take(&mut ebpf, map_names::COUNTERS)?)
             .map_err(map_err(map_names::COUNTERS))?;
         let mut config: Array<MapData, DatapathConfig> =
@@ -378,6 +391,7 @@ impl Datapath {
             policy,
             services,
             conntrack,
+            local_addrs,
             counters,
             config,
             events: Some(events),
@@ -476,14 +490,36 @@ impl Datapath {
         ifindex: u32,
         repeat: u32,
     ) -> Result<(i32, std::time::Duration), DatapathError> {
-        // struct __sk_buff: ifindex is at byte 40; everything else zero.
+        let skb = TestSkb {
+            ifindex,
+            ..TestSkb::default()
+        };
+        self.test_run_skb(program, packet, skb, repeat)
+            .map(|(verdict, took, _)| (verdict, took))
+    }
+
+    /// [`test_run`](Self::test_run) with the packet's metadata (`skb->mark`, the interface it
+    /// was received from) given, and the mark the program left on it returned.
+    pub fn test_run_skb(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        skb: TestSkb,
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration, u32), DatapathError> {
+        // struct __sk_buff: mark at byte 8, ingress_ifindex at 36, ifindex at 40; everything
+        // else zero (the fields BPF_PROG_TEST_RUN accepts).
         let mut ctx = [0u8; 192];
-        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[8..12].copy_from_slice(&skb.mark.to_ne_bytes());
+        ctx[36..40].copy_from_slice(&skb.ingress_ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&skb.ifindex.to_ne_bytes());
+        let mut ctx_out = [0u8; 192];
         let mut out = vec![0u8; packet.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
         opts.ctx_in = Some(&ctx);
+        opts.ctx_out = Some(&mut ctx_out);
         opts.repeat = repeat.max(1);
         let res =
             self.program(program)?
@@ -492,7 +528,8 @@ impl Datapath {
                     name: program,
                     source,
                 })?;
-        Ok((res.return_value as i32, res.duration))
+        let mark = u32::from_ne_bytes(ctx_out[8..12].try_into().expect("4 bytes"));
+        Ok((res.return_value as i32, res.duration, mark))
     }
 
     /// Attaches `from_pod` (TC ingress) and `to_pod` (TC egress) to the host-side interface
@@ -720,6 +757,21 @@ fn sum_counters(map: &PerCpuArray<MapData, u64>) -> Result<Vec<(Counter, u64)>, 
 /// already pinned (an adoption).
 fn check_pinned_layout(dir: &Path, migrate: bool) -> Result<bool, DatapathError> {
     let mut adopted = false;
+    for name in map_names::RETIRED {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        if !migrate {
+            return Err(DatapathError::LayoutMismatch {
+                path,
+                expected: "no such map (this layout replaced it)".into(),
+                found: "a map of an earlier layout".into(),
+            });
+        }
+        tracing::warn!(map = name, "removing the pinned map of an earlier layout");
+        fs::remove_file(&path).map_err(io_err(&path))?;
+    }
     for (name, ty, key, value, max) in expected_layout() {
         let path = dir.join(name);
         if !path.exists() {
@@ -754,6 +806,17 @@ fn check_pinned_layout(dir: &Path, migrate: bool) -> Result<bool, DatapathError>
         fs::remove_file(&path).map_err(io_err(&path))?;
     }
     Ok(adopted)
+}
+
+/// The metadata of a test packet ([`Datapath::test_run_skb`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestSkb {
+    /// The interface the program runs on (must exist in the caller's network namespace).
+    pub ifindex: u32,
+    /// The interface the packet was received from (0: generated on this host).
+    pub ingress_ifindex: u32,
+    /// `skb->mark` on entry.
+    pub mark: u32,
 }
 
 /// A program's kernel run statistics (`run_cnt`, `run_time_ns` of its fdinfo).

@@ -169,6 +169,33 @@ impl ServicesMap {
     }
 }
 
+/// This node's endpoints by address: {family, address} -> host ifindex.
+pub struct LocalAddrsMap(pub(crate) HashMap<MapData, IpPrefixData, u32>);
+
+impl LocalAddrsMap {
+    const NAME: &'static str = septum_datapath_common::map_names::LOCAL_ADDRS;
+
+    pub fn insert(&mut self, addr: IpPrefixData, ifindex: u32) -> Result<(), crate::DatapathError> {
+        self.0
+            .insert(addr, ifindex, 0)
+            .map_err(map_error!(Self::NAME))
+    }
+
+    pub fn remove(&mut self, addr: &IpPrefixData) -> Result<(), crate::DatapathError> {
+        match self.0.remove(addr) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_error!(Self::NAME)(e)),
+        }
+    }
+
+    pub fn entries(&self) -> Result<BTreeMap<IpPrefixData, u32>, crate::DatapathError> {
+        self.0
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error!(Self::NAME))
+    }
+}
+
 /// Conntrack: read-only from user space except for flushing.
 pub struct ConntrackMap(pub(crate) HashMap<MapData, CtKey, CtEntry>);
 
@@ -215,5 +242,6 @@ opaque_debug!(
     IpCacheMap,
     PolicyMap,
     ServicesMap,
-    ConntrackMap
+    ConntrackMap,
+    LocalAddrsMap
 );

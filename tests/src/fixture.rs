@@ -29,7 +29,9 @@ impl Drop for PinRoot {
 }
 
 /// Endpoints for every pod (pod i gets `identities[i]` and `flags[i]`), pod IPs in the
-/// ipcache, and the node's addresses as the host identity.
+/// ipcache and as the endpoints' local addresses (as the agent writes them: a flow between two
+/// of these pods is decided whole at its source's from_pod), and the node's addresses as the
+/// host identity.
 pub fn topology_maps(topo: &Topology, identities: &[u32], flags: &[u8]) -> MapContents {
     let mut maps = MapContents::default();
     for (i, pod) in topo.pods.iter().enumerate() {
@@ -40,6 +42,8 @@ pub fn topology_maps(topo: &Topology, identities: &[u32], flags: &[u8]) -> MapCo
             &[IpAddr::V4(pod.ip4), IpAddr::V6(pod.ip6)],
             flags[i],
         );
+        maps.add_local_addr(IpAddr::V4(pod.ip4), pod.host_ifindex);
+        maps.add_local_addr(IpAddr::V6(pod.ip6), pod.host_ifindex);
         for (gw, bits) in [(IpAddr::V4(pod.gw4), 32), (IpAddr::V6(pod.gw6), 128)] {
             maps.add_ip(
                 gw,

@@ -3,6 +3,11 @@
 //! checks, the decision on each side and the mid-stream pickup rules, with every map read through
 //! the contract's one reader (`septum_datapath_common::lpm`). The differential tests check the
 //! real program against it.
+//!
+//! A new flow from a pod to a pod of this node (its address a local pod's in the ipcache and
+//! among the local addresses, its endpoint ready; not a Service VIP, not mid-stream TCP) is
+//! decided at `from_pod` as both points together would: the source's egress as `from_pod`
+//! decides it, then the destination's ingress as its `to_pod` would, in the destination's mode.
 
 use std::net::IpAddr;
 
@@ -10,9 +15,9 @@ use septum_datapath::{Datapath, DatapathError};
 use septum_datapath_common::lpm::{decide, longest_match};
 use septum_datapath_common::{
     ACTION_DENY, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_F_EGRESS_POLICY,
-    ENDPOINT_F_INGRESS_POLICY, FAMILY_IPV4, FAMILY_IPV6, IDENTITY_HOST, IDENTITY_WORLD,
-    IPCACHE_KIND_POD, IPCACHE_KIND_WORLD, IpCacheEntry, IpPrefixData, MODE_AUDIT, POINT_FROM_POD,
-    STATE_READY, ServiceKey, proto,
+    ENDPOINT_F_INGRESS_POLICY, EndpointInfo, FAMILY_IPV4, FAMILY_IPV6, IDENTITY_HOST,
+    IDENTITY_WORLD, IPCACHE_KIND_LOCAL_POD, IPCACHE_KIND_WORLD, IpCacheEntry, IpPrefixData,
+    MODE_AUDIT, POINT_FROM_POD, STATE_READY, ServiceKey, is_pod_kind, proto,
 };
 
 use crate::packet::{ACK, Flow, SYN};
@@ -56,6 +61,10 @@ pub trait Reference {
     /// The TC verdict the program must return for `flow`, seen at `point` on `ifindex`, when
     /// no conntrack state exists.
     fn expected_verdict(&self, point: u8, ifindex: u32, flow: &Flow) -> i32;
+    /// The endpoint of this node a new flow from `from_pod` is addressed to, when the datapath
+    /// decides the flow whole there (a pod address, not a Service VIP, the endpoint ready, not
+    /// mid-stream TCP).
+    fn local_destination(&self, flow: &Flow) -> Option<EndpointInfo>;
     /// A compact, one-line-per-entry rendering for failure messages.
     fn describe(&self) -> String;
 }
@@ -122,6 +131,25 @@ impl Reference for MapContents {
             let egress = (ep.flags & ENDPOINT_F_EGRESS_POLICY != 0)
                 .then(|| self.decide(ep.identity, DIRECTION_EGRESS, &peer, flow.protocol, dport))
                 .flatten();
+            if let Some(dst) = self.local_destination(flow) {
+                if denied(egress) && !audit {
+                    return TC_ACT_SHOT;
+                }
+                let src = self.ipcache_lookup(flow.src);
+                if src.identity == IDENTITY_HOST {
+                    return TC_ACT_OK;
+                }
+                let ingress = (dst.flags & ENDPOINT_F_INGRESS_POLICY != 0)
+                    .then(|| {
+                        self.decide(dst.identity, DIRECTION_INGRESS, &src, flow.protocol, dport)
+                    })
+                    .flatten();
+                return if !denied(ingress) || dst.mode == MODE_AUDIT {
+                    TC_ACT_OK
+                } else {
+                    TC_ACT_SHOT
+                };
+            }
             if !denied(egress) || audit {
                 return TC_ACT_OK;
             }
@@ -146,7 +174,7 @@ impl Reference for MapContents {
                 return TC_ACT_SHOT;
             }
             let me = self.ipcache_lookup(flow.dst);
-            let egress = (src.kind == IPCACHE_KIND_POD)
+            let egress = is_pod_kind(src.kind)
                 .then(|| self.decide(src.identity, DIRECTION_EGRESS, &me, flow.protocol, dport))
                 .flatten();
             let ingress = (ep.flags & ENDPOINT_F_INGRESS_POLICY != 0)
@@ -167,9 +195,37 @@ impl Reference for MapContents {
         }
     }
 
+    fn local_destination(&self, flow: &Flow) -> Option<EndpointInfo> {
+        let midstream = flow.protocol == proto::TCP && flow.tcp_flags & (SYN | ACK) == ACK;
+        if midstream {
+            return None;
+        }
+        if self.ipcache_lookup(flow.dst).kind != IPCACHE_KIND_LOCAL_POD {
+            return None;
+        }
+        let (family, addr) = addr16(flow.dst);
+        let svc = ServiceKey {
+            addr,
+            port: ports(flow).1.to_be_bytes(),
+            protocol: flow.protocol,
+            family,
+        };
+        if self.services.contains_key(&svc) {
+            return None;
+        }
+        let ifindex = self.local_addrs.get(&IpPrefixData::new(family, addr))?;
+        self.endpoints
+            .get(ifindex)
+            .filter(|e| e.state == STATE_READY)
+            .copied()
+    }
+
     fn describe(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
+        for (k, v) in &self.local_addrs {
+            let _ = writeln!(s, "local {:?}/{:?} -> if{v}", k.family[3], &k.addr);
+        }
         for (k, v) in &self.endpoints {
             let _ = writeln!(
                 s,

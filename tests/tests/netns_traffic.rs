@@ -10,7 +10,8 @@ use std::{net::IpAddr, time::Duration};
 use septum_datapath::AttachMode;
 use septum_datapath_common::{
     ACTION_ALLOW, Counter, DIRECTION_EGRESS, DIRECTION_INGRESS, ENDPOINT_F_EGRESS_POLICY,
-    ENDPOINT_F_INGRESS_POLICY, POINT_FROM_POD, POINT_TO_POD, Verdict, proto,
+    ENDPOINT_F_INGRESS_POLICY, EVENT_F_DENIED_BY_INGRESS, EVENT_F_NODE_LOCAL, POINT_FROM_POD,
+    POINT_TO_POD, SKB_MARK_NODE_LOCAL, Verdict, proto,
 };
 use septum_tests::{
     fixture::{PinRoot, enforce, topology_maps},
@@ -271,30 +272,130 @@ fn flow_events_arrive_in_user_space_with_the_right_fields() {
         }
         all
     });
+    // Both pods are on this node: the connection is decided whole at the client's from_pod,
+    // and its one event carries the server's ingress decision too.
     let allowed = events
         .iter()
         .find(|e| {
-            e.point == POINT_TO_POD
+            e.point == POINT_FROM_POD
                 && e.src_identity == P0
                 && e.dst_identity == P1
                 && e.dport == 8080
         })
-        .unwrap_or_else(|| panic!("no forwarded to_pod event for p0 -> p1:8080 in {events:#?}"));
+        .unwrap_or_else(|| panic!("no forwarded from_pod event for p0 -> p1:8080 in {events:#?}"));
     assert_eq!(allowed.verdict, Verdict::Forwarded as u8);
     assert_eq!(allowed.ingress_cookie, 40);
+    assert_ne!(allowed.flags & EVENT_F_NODE_LOCAL, 0);
     assert_eq!(allowed.protocol, proto::TCP);
     assert_eq!(&allowed.saddr[..4], &p0.ip4.octets());
     assert_eq!(&allowed.daddr[..4], &p1.ip4.octets());
-    assert_eq!(allowed.ifindex, p1.host_ifindex);
-    let from_p0 = events
+    assert_eq!(allowed.ifindex, p0.host_ifindex);
+    let at_server = events
         .iter()
-        .any(|e| e.point == POINT_FROM_POD && e.src_identity == P0 && e.dport == 8080);
-    assert!(from_p0, "the client's side reports its new flow too");
+        .filter(|e| e.point == POINT_TO_POD && e.dport == 8080)
+        .count();
+    assert_eq!(
+        at_server, 0,
+        "the server's to_pod reports nothing: {events:#?}"
+    );
     let dropped = events
         .iter()
         .find(|e| e.verdict == Verdict::Dropped as u8)
         .unwrap_or_else(|| panic!("no drop event in {events:#?}"));
     assert_eq!((dropped.src_identity, dropped.dst_identity), (P2, P1));
     assert_eq!(dropped.ingress_cookie, 41, "the isolation entry decided it");
+    assert_eq!(dropped.point, POINT_FROM_POD, "dropped where it left p2");
+    assert_ne!(dropped.flags & EVENT_F_DENIED_BY_INGRESS, 0);
     assert_eq!(&dropped.saddr[..4], &p2.ip4.octets());
+}
+
+/// A pod marks every packet it sends with the node-local mark (an nftables rule in its own
+/// namespace, the same as SO_MARK on each socket): the veth clears the mark on the way to the
+/// node, so a connection the destination's ingress denies stays denied, and the allowed one
+/// still works.
+#[test]
+fn a_pod_cannot_forge_the_node_local_mark() {
+    let topo = Topology::new(3).expect("topology");
+    let pins = PinRoot::new(&topo.tag);
+    let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    let mut maps = topology_maps(&topo, &[P0, P1, P2], &[0, ENDPOINT_F_INGRESS_POLICY, 0]);
+    maps.isolate(P1, DIRECTION_INGRESS, 51);
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 8080, 50));
+    let _srv = tcp_echo_server(&p1.ns, 8080);
+    let _srv2 = tcp_echo_server(&p1.ns, 8081);
+    // A Service VIP in front of p1: its flows are decided at p1's to_pod alone (after DNAT), so
+    // there a trusted mark would skip everything.
+    let vip: std::net::Ipv4Addr = "10.96.0.11".parse().expect("vip");
+    topo.add_service(vip, 80, "tcp", p1.ip4, 8080)
+        .expect("nftables DNAT rule");
+    maps.add_service(IpAddr::V4(vip), 80, proto::TCP, 1);
+    let dp = enforce(&topo, &maps, AttachMode::detect(), &pins).expect("enforce");
+    let mark = format!("{SKB_MARK_NODE_LOCAL:#x}");
+    for pod in [p0, p2] {
+        for cmd in [
+            "add table inet forge".to_string(),
+            "add chain inet forge out { type route hook output priority mangle ; }".to_string(),
+            format!("add rule inet forge out meta mark set {mark}"),
+        ] {
+            let args: Vec<&str> = cmd.split(' ').collect();
+            let out = pod.ns.exec("nft", &args).expect("nft");
+            assert!(out.status.success(), "nft {cmd} in the pod: {out:?}");
+        }
+    }
+    // The mark is really set inside the pod.
+    let out = p2.ns.exec("nft", &["list", "ruleset"]).expect("nft");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("meta mark set"),
+        "{out:?}"
+    );
+    for v6 in [false, true] {
+        let dst = p1.ip(v6);
+        assert_eq!(
+            tcp_probe(&p2.ns, dst, 8080, T),
+            Outcome::Timeout,
+            "a marked connection from a denied peer stays denied, v6={v6}"
+        );
+        assert_eq!(
+            tcp_probe(&p0.ns, dst, 8081, T),
+            Outcome::Timeout,
+            "a marked connection to a denied port stays denied, v6={v6}"
+        );
+        assert_eq!(
+            tcp_probe(&p0.ns, dst, 8080, T),
+            Outcome::Ok,
+            "the allowed connection works, v6={v6}"
+        );
+    }
+    assert_eq!(
+        tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T),
+        Outcome::Timeout,
+        "a marked connection through the VIP from a denied peer stays denied"
+    );
+    assert_eq!(
+        tcp_probe(&p0.ns, IpAddr::V4(vip), 80, T),
+        Outcome::Ok,
+        "the allowed one through the VIP works"
+    );
+    assert!(dp.counter(Counter::Dropped).expect("counter") > 0);
+    assert!(dp.counter(Counter::NodeLocalPassed).expect("counter") > 0);
+
+    // The control: the same mark set in the node's namespace (by a rule only root can write,
+    // after from_pod) is trusted, so what keeps the pods' marks out above is the veth.
+    for cmd in [
+        "add table ip forge".to_string(),
+        "add chain ip forge pre { type filter hook prerouting priority mangle ; }".to_string(),
+        format!(
+            "add rule ip forge pre ip saddr {} meta mark set {mark}",
+            p2.ip4
+        ),
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let out = topo.node.exec("nft", &args).expect("nft");
+        assert!(out.status.success(), "nft {cmd} in the node: {out:?}");
+    }
+    assert_eq!(
+        tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T),
+        Outcome::Ok,
+        "a mark set in the node namespace is taken for from_pod's"
+    );
 }

@@ -225,3 +225,48 @@ fn a_pinned_map_with_another_layout_is_refused_not_reused() {
     .expect("migrate replaces the stale pin");
     drop(dp);
 }
+
+/// The conntrack map of layout 1 (`septum_ct_v1`: its entries have the same size as version
+/// 2's but another meaning, node-local flows keyed at both points) left pinned by an older
+/// loader: refused with a clear error, removed when migrating, never adopted.
+#[test]
+fn a_retired_conntrack_pin_is_refused_then_migrated() {
+    let tag = septum_tests::netns::unique_tag();
+    let pins = PinRoot::new(&tag);
+    let dir = pins
+        .0
+        .join(format!("v{}", septum_datapath_common::LAYOUT_VERSION));
+    std::fs::create_dir_all(&dir).expect("pin dir");
+    let mut ebpf = aya::EbpfLoader::new()
+        .map_max_entries(septum_datapath_common::map_names::CONNTRACK, 1024)
+        .load(septum_datapath::OBJECT)
+        .expect("load the object's maps");
+    let old = ebpf
+        .take_map(septum_datapath_common::map_names::CONNTRACK)
+        .expect("conntrack map");
+    let retired = dir.join(septum_datapath_common::map_names::RETIRED[0]);
+    old.pin(&retired).expect("pin the old conntrack map");
+    drop(ebpf);
+    let opts = septum_datapath::DatapathOptions {
+        pin_root: Some(pins.0.clone()),
+        attach_mode: AttachMode::Tcx,
+        ..Default::default()
+    };
+    let err = septum_datapath::Datapath::load(&opts).expect_err("a retired pin must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("refusing to reuse") && msg.contains("septum_ct_v1"),
+        "{msg}"
+    );
+    let dp = septum_datapath::Datapath::load(&septum_datapath::DatapathOptions {
+        migrate: true,
+        ..opts
+    })
+    .expect("migrate removes the retired pin");
+    assert!(!retired.exists());
+    assert!(
+        dir.join(septum_datapath_common::map_names::CONNTRACK)
+            .exists()
+    );
+    drop(dp);
+}

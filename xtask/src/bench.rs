@@ -1,6 +1,9 @@
 //! ns/packet of the real programs via BPF_PROG_TEST_RUN, printed side by side with an empty
 //! classifier measured in the same run: the established-flow fast path, a new-flow allow and a
-//! new-flow deny, with 10, 1,000 and 100,000 policy entries, IPv4 and IPv6.
+//! new-flow deny, with 10, 1,000 and 100,000 policy entries, IPv4 and IPv6, through `from_pod`
+//! to a pod of another node; then a node-local connection (both pods on this node) through both
+//! programs it meets, the client's `from_pod` and the server's `to_pod`, as one figure per
+//! packet beside two empty classifiers.
 //!
 //! Method. Repeatable packets (the established fast path, the empty classifier, a repeated
 //! deny) run `repeat` times in the kernel and report the kernel's average. A new flow is new
@@ -179,7 +182,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             }
         }
     }
-    drop(events);
     println!("\nscaling (100,000 entries / 10 entries):");
     for case in ["established", "new flow, allow", "new flow, deny"] {
         for family in ["ipv4", "ipv6"] {
@@ -192,8 +194,146 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             println!("  {case:<18} {family}: {:.2}x", get(100_000) / get(10));
         }
     }
+    node_local_pair(&mut dp, &mut events, repeat, distinct)?;
+    drop(events);
     drop(dp);
     ring_capacity(if quick { 1.0 } else { 2.0 })
+}
+
+/// The ifindex of pod B in [`node_local_pair`]: a veth in the benchmark's own
+/// network namespace (BPF_PROG_TEST_RUN needs the interface to exist).
+const B_IF: u32 = 50;
+
+/// A node-local connection A -> B, B an endpoint of this node too (isolated ingress, allowed
+/// from A on port 80): every packet runs A's `from_pod` then B's `to_pod` (with the mark
+/// `from_pod` left on it, received from A's interface), measured as the sum of the two runs
+/// beside two runs of the empty classifier.
+fn node_local_pair(
+    dp: &mut Datapath,
+    events: &mut septum_datapath::EventReader,
+    repeat: u32,
+    distinct: usize,
+) -> anyhow::Result<()> {
+    use septum_datapath::TestSkb;
+    use septum_tests::netns::{NetNs, unique_tag};
+    let ns = NetNs::new(&format!("sbench-{}", unique_tag()))?;
+    let out = ns.ip(&[
+        "link",
+        "add",
+        "b0",
+        "index",
+        &B_IF.to_string(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "b1",
+    ])?;
+    anyhow::ensure!(out.status.success(), "creating a veth: {out:?}");
+    ns.ip(&["link", "set", "b0", "up"])?;
+    println!(
+        "\nnode-local connection (both pods on this node): client's from_pod + server's to_pod per packet"
+    );
+    println!(
+        "{:<22} {:<6} {:>8} {:>10} {:>10} {:>9}",
+        "case", "family", "entries", "ns/packet", "2x empty", "delta"
+    );
+    for entries in [10usize, 100_000] {
+        let mut m = maps(entries);
+        m.add_pod(
+            B_IF,
+            2,
+            B,
+            &[ip("10.0.0.2"), ip("fd00::2")],
+            ENDPOINT_F_INGRESS_POLICY,
+        );
+        m.isolate(B, DIRECTION_INGRESS, 2);
+        m.add_rule(&Rule {
+            subject: B,
+            direction: DIRECTION_INGRESS,
+            peer: A,
+            protocol: Some(proto::TCP),
+            ports: Some((80, 80)),
+            action: ACTION_ALLOW,
+            precedence: 100,
+            cookie: 8,
+        });
+        for (addr, ifindex) in [
+            ("10.0.0.1", LO),
+            ("fd00::1", LO),
+            ("10.0.0.2", B_IF),
+            ("fd00::2", B_IF),
+        ] {
+            m.add_local_addr(ip(addr), ifindex);
+        }
+        m.write_to(dp)?;
+        let (dp, events) = (&mut *dp, &mut *events);
+        let result: anyhow::Result<()> = ns.run(move || {
+            for v6 in [false, true] {
+                let (a, b) = if v6 {
+                    (ip("fd00::1"), ip("fd00::2"))
+                } else {
+                    (ip("10.0.0.1"), ip("10.0.0.2"))
+                };
+                let family = if v6 { "ipv6" } else { "ipv4" };
+                let client = TestSkb {
+                    ifindex: LO,
+                    ..TestSkb::default()
+                };
+                let pair = |dp: &Datapath, pkt: &[u8], repeat: u32| -> anyhow::Result<(f64, i32)> {
+                    let (v1, d1, mark) =
+                        dp.test_run_skb(program_names::FROM_POD, pkt, client, repeat)?;
+                    let server = TestSkb {
+                        ifindex: B_IF,
+                        ingress_ifindex: LO,
+                        mark,
+                    };
+                    let (v2, d2, _) =
+                        dp.test_run_skb(program_names::TO_POD, pkt, server, repeat)?;
+                    Ok(((d1 + d2).as_nanos() as f64, v1.max(v2)))
+                };
+                let empty = |dp: &Datapath, pkt: &[u8], repeat: u32| -> anyhow::Result<f64> {
+                    let (_, d, _) =
+                        dp.test_run_skb(program_names::BENCH_EMPTY, pkt, client, repeat)?;
+                    Ok(2.0 * d.as_nanos() as f64)
+                };
+                dp.conntrack.flush()?;
+                let est = Flow::tcp(a, b, 40000, 80);
+                let (_, verdict) = pair(dp, &est.build(), 1)?;
+                anyhow::ensure!(verdict == 0, "the node-local benchmark flow is not allowed");
+                let ack = est.with_flags(ACK).build();
+                let established = pair(dp, &ack, repeat)?.0;
+                let empty_rep = empty(dp, &ack, repeat)?;
+                let allow: Vec<Vec<u8>> = (0..distinct)
+                    .map(|i| Flow::tcp(a, b, 1024 + (i % 60000) as u16, 80).build())
+                    .collect();
+                let mut empty_one = 0.0;
+                for p in &allow {
+                    empty_one += empty(dp, p, 1)?;
+                }
+                empty_one /= allow.len() as f64;
+                dp.conntrack.flush()?;
+                let mut new_allow = 0.0;
+                for p in &allow {
+                    new_allow += pair(dp, p, 1)?.0;
+                }
+                new_allow /= allow.len() as f64;
+                events.drain();
+                for (case, ns, base) in [
+                    ("established", established, empty_rep),
+                    ("new flow, allow", new_allow, empty_one),
+                ] {
+                    println!(
+                        "{case:<22} {family:<6} {entries:>8} {ns:>10.1} {base:>10.1} {:>+9.1}",
+                        ns - base
+                    );
+                }
+            }
+            Ok(())
+        });
+        result?;
+    }
+    Ok(())
 }
 
 /// The event ring under a paced new-flow load with a reader attached, as the agent reads it

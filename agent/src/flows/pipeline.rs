@@ -475,7 +475,11 @@ impl Pipeline {
         for key in &keys[self.cursor..end] {
             let Some(ct) = ct_key(key) else { continue };
             let fwd = observer.conntrack.get(&ct);
-            let rev = observer.conntrack.get(&ct.reversed());
+            // The other direction's entry: at the other point, or at the same one for a
+            // node-local flow (which its forward entry's flags say).
+            let rev = observer
+                .conntrack
+                .get(&ct.reply_key(fwd.map_or(0, |f| f.flags)));
             match (fwd, rev) {
                 (None, None) => {
                     let young = self
