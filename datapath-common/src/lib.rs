@@ -681,7 +681,10 @@ pub struct ServiceEntry {
 /// Conntrack key: a 5-tuple as seen at one observation point (`POINT_*`). A new flow writes two
 /// entries: the forward tuple at the point that saw it and the reversed tuple at the other point,
 /// so every later packet, either way, costs one lookup.
-#[repr(C)]
+///
+/// 8-byte aligned (its bytes are the same): the BPF target copies and clears an aligned key
+/// with word stores, and a byte-aligned one with a call to a byte-at-a-time loop.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CtKey {
     pub saddr: [u8; 16],
