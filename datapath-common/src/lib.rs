@@ -661,7 +661,10 @@ pub struct PolicyEntry {
 }
 
 /// Key of the services map: a Service VIP (ClusterIP, externalIP, LoadBalancer IP) and port.
-#[repr(C)]
+///
+/// 4-byte aligned (its bytes are the same), so the BPF target copies an address into it with
+/// word moves.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
     pub addr: [u8; 16],

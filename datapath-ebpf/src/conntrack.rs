@@ -15,6 +15,7 @@ use septum_datapath_common::{
 
 use crate::{
     maps::{CONNTRACK, Scratch},
+    mem::put,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -142,23 +143,26 @@ pub(crate) fn create_flow(s: &mut Scratch, pickup_reply: bool) {
     let now = now_ns();
     let d = if pickup_reply { &s.reply } else { &s.decision };
     let (fwd, rep) = (&mut s.ct_forward, &mut s.ct_reply);
-    fwd.created_ns = now;
-    fwd.last_seen_ns = now;
-    fwd.src_identity = d.src_identity;
-    fwd.dst_identity = d.dst_identity;
-    fwd.egress_cookie = d.egress_cookie;
-    fwd.ingress_cookie = d.ingress_cookie;
-    fwd.flags = d.ct_flags;
-    fwd._pad = [0; 5];
+    // One store each (`put`): plain zero stores would be merged into memset calls.
+    put(&mut fwd.created_ns, now);
+    put(&mut fwd.last_seen_ns, now);
+    put(&mut fwd.src_identity, d.src_identity);
+    put(&mut fwd.dst_identity, d.dst_identity);
+    put(&mut fwd.egress_cookie, d.egress_cookie);
+    put(&mut fwd.ingress_cookie, d.ingress_cookie);
+    put(&mut fwd.flags, d.ct_flags);
+    for b in &mut fwd._pad {
+        put(b, 0);
+    }
     *rep = *fwd;
     rep.flags |= CT_F_REPLY;
     let (counted, other) = if pickup_reply { (rep, fwd) } else { (fwd, rep) };
-    counted.packets = 1;
-    counted.bytes = s.pkt.len as u64;
-    counted.tcp_flags = s.pkt.tcp_flags;
-    other.packets = 0;
-    other.bytes = 0;
-    other.tcp_flags = 0;
+    put(&mut counted.packets, 1);
+    put(&mut counted.bytes, s.pkt.len as u64);
+    put(&mut counted.tcp_flags, s.pkt.tcp_flags);
+    put(&mut other.packets, 0);
+    put(&mut other.bytes, 0);
+    put(&mut other.tcp_flags, 0);
     // The packet's own tuple, and the reversed one for the other way.
     s.key = s.pkt.key.reply_key(s.ct_forward.flags);
     if pickup_reply {

@@ -9,6 +9,7 @@ use septum_datapath_common::{Counter, EVENT_F_RELATED, FlowEvent, map_sizes};
 use crate::{
     conntrack::now_ns,
     maps::{COUNTERS, DROP_EVENTS, EVENTS, config},
+    mem::{End, set_words, words},
     parse::Packet,
     policy::FlowDecision,
 };
@@ -75,8 +76,9 @@ pub(crate) fn emit(pkt: &Packet, d: &FlowDecision) {
         (*ev).dst_identity = d.dst_identity;
         (*ev).egress_cookie = d.egress_cookie;
         (*ev).ingress_cookie = d.ingress_cookie;
-        (*ev).saddr = pkt.key.saddr;
-        (*ev).daddr = pkt.key.daddr;
+        // Addresses as words: FlowEvent is 8-byte aligned and they sit at offsets 32 and 48.
+        set_words(&mut (*ev).saddr, words(&pkt.key, End::Source));
+        set_words(&mut (*ev).daddr, words(&pkt.key, End::Destination));
         (*ev).sport = pkt.key.sport;
         (*ev).dport = pkt.key.dport;
         (*ev).packet_len = pkt.len;

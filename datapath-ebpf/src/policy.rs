@@ -6,11 +6,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use septum_datapath_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CT_F_AUDIT, CtKey, DIRECTION_EGRESS, DropReason,
     EVENT_F_DENIED_BY_EGRESS, EVENT_F_DENIED_BY_INGRESS, EndpointInfo, IDENTITY_WORLD,
-    IPCACHE_KIND_WORLD, IpCacheEntry, IpPrefixData, MODE_AUDIT, POLICY_PREFIX_FULL,
-    PRECEDENCE_DEFAULT_DENY, PolicyKeyData, ServiceKey, Verdict,
+    IPCACHE_KIND_WORLD, IpCacheEntry, MODE_AUDIT, POLICY_PREFIX_FULL, PRECEDENCE_DEFAULT_DENY,
+    PolicyKeyData, ServiceKey, Verdict,
 };
 
-use crate::maps::{ENDPOINTS, IPCACHE, LOCAL_ADDRS, POLICY, SERVICES};
+use crate::{
+    maps::{ENDPOINTS, IPCACHE, LOCAL_ADDRS, POLICY, SERVICES},
+    mem::{AddrKey, AddrLpmKey, End, put},
+};
 
 /// The endpoint (pod) behind host-side interface `ifindex`, if septum knows one.
 #[inline(always)]
@@ -20,22 +23,19 @@ pub(crate) fn endpoint(ifindex: u32) -> Option<&'static EndpointInfo> {
     unsafe { ENDPOINTS.get(&ifindex) }
 }
 
-/// The host ifindex of the endpoint of this node that owns `addr`, if one does.
+/// The host ifindex of the endpoint of this node that owns address `end` of `key`, if one does.
 #[inline(always)]
-pub(crate) fn local_endpoint(family: u8, addr: &[u8; 16]) -> Option<u32> {
-    let key = IpPrefixData::new(family, *addr);
+pub(crate) fn local_endpoint(key: &CtKey, end: End) -> Option<u32> {
+    let k = AddrKey::new(key, end);
     // SAFETY: plain data copied out at once.
-    unsafe { LOCAL_ADDRS.get(&key) }.copied()
+    unsafe { LOCAL_ADDRS.get(k.as_key()) }.copied()
 }
 
-/// What septum knows of an address: its identity and kind, or "world" when nothing.
+/// What septum knows of address `end` of `key`: its identity and kind, or "world" when nothing.
 #[inline(always)]
-pub(crate) fn ipcache(family: u8, addr: &[u8; 16]) -> IpCacheEntry {
-    let key = Key::new(
-        IpPrefixData::full_prefix_len(family),
-        IpPrefixData::new(family, *addr),
-    );
-    match IPCACHE.get(&key) {
+pub(crate) fn ipcache(key: &CtKey, end: End) -> IpCacheEntry {
+    let k = AddrLpmKey::new(key, end);
+    match IPCACHE.get(k.as_key()) {
         Some(e) => *e,
         None => IpCacheEntry {
             identity: IDENTITY_WORLD,
@@ -152,17 +152,18 @@ impl FlowDecision {
             Some(ep) => (ep.endpoint_id, ep.mode == MODE_AUDIT),
             None => (0, false),
         };
-        self.ifindex = ifindex;
-        self.endpoint_id = endpoint_id;
-        self.audit_mode = audit_mode;
-        self.src_identity = 0;
-        self.dst_identity = 0;
-        self.egress_cookie = 0;
-        self.ingress_cookie = 0;
-        self.verdict = Verdict::Forwarded;
-        self.reason = DropReason::None;
-        self.event_flags = 0;
-        self.ct_flags = 0;
+        // One store each (`put`): plain zero stores would be merged into a memset call.
+        put(&mut self.ifindex, ifindex);
+        put(&mut self.endpoint_id, endpoint_id);
+        put(&mut self.audit_mode, audit_mode);
+        put(&mut self.src_identity, 0);
+        put(&mut self.dst_identity, 0);
+        put(&mut self.egress_cookie, 0);
+        put(&mut self.ingress_cookie, 0);
+        put(&mut self.verdict, Verdict::Forwarded);
+        put(&mut self.reason, DropReason::None);
+        put(&mut self.event_flags, 0);
+        put(&mut self.ct_flags, 0);
     }
 
     /// Decisions applied from now on relax to audit as `ep`'s mode says (a node-local flow's

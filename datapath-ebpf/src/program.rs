@@ -59,6 +59,7 @@ use crate::{
     conntrack::{self, create_flow},
     events::{count, emit, finish_drop},
     maps::{SCRATCH, Scratch, config},
+    mem::End,
     parse::{Parsed, is_midstream_tcp, parse},
     policy::{self, endpoint, evaluate, ipcache, local_endpoint},
 };
@@ -174,7 +175,7 @@ fn mark_node_local(ctx: &TcContext) {
 /// decided its node-local flow for).
 #[inline(always)]
 fn for_me(pkt: &crate::parse::Packet, ifindex: u32) -> bool {
-    local_endpoint(pkt.key.family, &pkt.key.daddr) == Some(ifindex)
+    local_endpoint(&pkt.key, End::Destination) == Some(ifindex)
 }
 
 /// A new flow leaving a pod: the pod's egress (deferred for a Service VIP) and, to a pod of this
@@ -195,7 +196,7 @@ fn new_flow_from_pod(
         return finish_drop(pkt, d);
     };
     d.src_identity = ep.identity;
-    let peer = ipcache(pkt.key.family, &pkt.key.daddr);
+    let peer = ipcache(&pkt.key, End::Destination);
     d.dst_identity = peer.identity;
     if ep.state != STATE_READY {
         d.drop_hard(DropReason::EndpointNotReady);
@@ -229,7 +230,7 @@ fn new_flow_from_pod(
     if d.verdict != Verdict::Dropped
         && peer.kind == IPCACHE_KIND_LOCAL_POD
         && !is_midstream_tcp(pkt)
-        && let Some(dst_ifindex) = local_endpoint(pkt.key.family, &pkt.key.daddr)
+        && let Some(dst_ifindex) = local_endpoint(&pkt.key, End::Destination)
         && let Some(dst) = endpoint(dst_ifindex)
         && dst.state == STATE_READY
     {
@@ -270,7 +271,7 @@ fn new_local_flow(ctx: &TcContext, s: &mut Scratch, dst: &EndpointInfo) -> i32 {
     let d = &mut s.decision;
     d.ct_flags |= CT_F_LOCAL;
     d.event_flags |= EVENT_F_NODE_LOCAL;
-    let src = ipcache(pkt.key.family, &pkt.key.saddr);
+    let src = ipcache(&pkt.key, End::Source);
     if src.identity == IDENTITY_HOST {
         d.event_flags |= EVENT_F_FROM_HOST;
     } else if dst.flags & ENDPOINT_F_INGRESS_POLICY != 0 {
@@ -299,7 +300,7 @@ fn new_flow_to_pod(
     let pkt = &s.pkt;
     let d = &mut s.decision;
     d.init(ifindex, ep);
-    let src = ipcache(pkt.key.family, &pkt.key.saddr);
+    let src = ipcache(&pkt.key, End::Source);
     d.src_identity = src.identity;
     if src.identity == IDENTITY_HOST {
         // The node may always reach its pods (kubelet probes).
@@ -332,7 +333,7 @@ fn new_flow_to_pod(
         d.ct_flags |= CT_F_EGRESS_EVALUATED;
         d.event_flags |= EVENT_F_EGRESS_DEFERRED;
         // Only here is this pod's own address (its CIDR identity) needed: as the source's peer.
-        let me = ipcache(pkt.key.family, &pkt.key.daddr);
+        let me = ipcache(&pkt.key, End::Destination);
         let e = evaluate(src.identity, DIRECTION_EGRESS, &me, &pkt.key, pkt.key.dport);
         d.apply(&e, DIRECTION_EGRESS);
     }

@@ -9,9 +9,9 @@ use septum_datapath::{Datapath, DatapathOptions};
 use septum_datapath_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, Counter, DIRECTION_EGRESS, DIRECTION_INGRESS,
     DatapathConfig, DropReason, ENDPOINT_F_EGRESS_POLICY, ENDPOINT_F_INGRESS_POLICY,
-    EVENT_F_DENIED_BY_EGRESS, EVENT_F_DENIED_BY_INGRESS, IDENTITY_ANY, IDENTITY_FIRST_CIDR,
-    IDENTITY_HOST, IPCACHE_KIND_CIDR, IPCACHE_KIND_HOST, IPCACHE_KIND_POD, IpCacheEntry,
-    MODE_AUDIT, POINT_FROM_POD, POINT_TO_POD, STATE_INIT_DENY, Verdict, proto,
+    EVENT_F_DENIED_BY_EGRESS, EVENT_F_DENIED_BY_INGRESS, FAMILY_IPV4, IDENTITY_ANY,
+    IDENTITY_FIRST_CIDR, IDENTITY_HOST, IPCACHE_KIND_CIDR, IPCACHE_KIND_HOST, IPCACHE_KIND_POD,
+    IpCacheEntry, MODE_AUDIT, POINT_FROM_POD, POINT_TO_POD, STATE_INIT_DENY, Verdict, proto,
 };
 use septum_tests::{
     packet::{ACK, Flow, Options, SYN, arp, build},
@@ -973,7 +973,16 @@ fn drop_and_flow_events_carry_the_decision() {
         (fwd.sport, fwd.dport, fwd.protocol, fwd.point),
         (1234, 80, proto::TCP, POINT_FROM_POD)
     );
-    assert_eq!(&fwd.saddr[..4], &[10, 0, 0, 1]);
+    // Whole addresses, as the event is written word by word.
+    let v4 = |a: [u8; 4]| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a);
+        b
+    };
+    assert_eq!(
+        (fwd.saddr, fwd.daddr, fwd.family),
+        (v4([10, 0, 0, 1]), v4([10, 0, 0, 2]), FAMILY_IPV4)
+    );
     assert_eq!(fwd.endpoint_id, 7);
     assert_eq!(Verdict::from_u8(deny.verdict), Some(Verdict::Dropped));
     assert_eq!(
