@@ -135,12 +135,11 @@ fn touch(entry: &mut CtEntry, pkt: &Packet) {
     }
 }
 
-/// Writes both conntrack entries of the new flow (both at this point for a node-local flow,
-/// else the reply at the other). The packet at hand is counted on the entry it matches: the
-/// forward one, or with `pickup_reply` the reply one.
+/// Writes both conntrack entries of the new flow, created at `now` ([`now_ns`]): both at this
+/// point for a node-local flow, else the reply at the other. The packet at hand is counted on
+/// the entry it matches: the forward one, or with `pickup_reply` the reply one.
 #[inline(always)]
-pub(crate) fn create_flow(s: &mut Scratch, pickup_reply: bool) {
-    let now = now_ns();
+pub(crate) fn create_flow(s: &mut Scratch, pickup_reply: bool, now: u64) {
     let d = if pickup_reply { &s.reply } else { &s.decision };
     let (fwd, rep) = (&mut s.ct_forward, &mut s.ct_reply);
     // One store each (`put`): plain zero stores would be merged into memset calls.

@@ -44,7 +44,7 @@ pub(crate) fn finish_drop(pkt: &Packet, d: &FlowDecision) -> i32 {
         }
     }
     if report {
-        emit(pkt, d);
+        emit(pkt, d, now);
     } else {
         count(Counter::DropEventsSuppressed);
     }
@@ -54,9 +54,9 @@ pub(crate) fn finish_drop(pkt: &Packet, d: &FlowDecision) -> i32 {
 /// One event's footprint in the ring: the record and its 8-byte header.
 const EVENT_RECORD_BYTES: u64 = (size_of::<FlowEvent>() + 8) as u64;
 
-/// Writes the flow event of `pkt` decided by `d` to the ring buffer.
+/// Writes the flow event of `pkt` decided by `d` at `now` (ns, [`now_ns`]) to the ring buffer.
 #[inline(always)]
-pub(crate) fn emit(pkt: &Packet, d: &FlowDecision) {
+pub(crate) fn emit(pkt: &Packet, d: &FlowDecision, now: u64) {
     let Some(mut slot) = EVENTS.reserve::<FlowEvent>(0) else {
         count(Counter::EventsLost);
         return;
@@ -69,7 +69,7 @@ pub(crate) fn emit(pkt: &Packet, d: &FlowDecision) {
     let ev = slot.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot of FlowEvent's size.
     unsafe {
-        (*ev).timestamp_ns = now_ns();
+        (*ev).timestamp_ns = now;
         (*ev).ifindex = d.ifindex;
         (*ev).endpoint_id = d.endpoint_id;
         (*ev).src_identity = d.src_identity;

@@ -56,7 +56,7 @@ use septum_datapath_common::{
 };
 
 use crate::{
-    conntrack::{self, create_flow},
+    conntrack::{self, create_flow, now_ns},
     events::{count, emit, finish_drop},
     maps::{SCRATCH, Scratch, config},
     mem::End,
@@ -384,7 +384,9 @@ fn finish(ctx: &TcContext, s: &mut Scratch, pickup_reply: bool) -> i32 {
     if d.verdict == Verdict::Dropped {
         return finish_drop(&s.pkt, d);
     }
-    create_flow(s, pickup_reply);
+    // One clock read for the entries and the event.
+    let now = now_ns();
+    create_flow(s, pickup_reply, now);
     let d = if pickup_reply { &s.reply } else { &s.decision };
     if d.ct_flags & CT_F_LOCAL != 0 {
         mark_node_local(ctx);
@@ -395,7 +397,7 @@ fn finish(ctx: &TcContext, s: &mut Scratch, pickup_reply: bool) -> i32 {
         Counter::Forwarded
     });
     if config().flags & CONFIG_F_TRACE_FORWARDED != 0 || d.verdict == Verdict::Audit {
-        emit(&s.pkt, d);
+        emit(&s.pkt, d, now);
     }
     TC_ACT_OK
 }
