@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use septum_policy::model::{ContainerPort, Pod, PortRef, Protocol as ModelProtocol};
+use septum_policy::model::{
+    ContainerPort, Pod, PortRef, Protocol as ModelProtocol, ServiceBackend,
+};
 
 use crate::cni;
 use crate::connect::Protocol;
@@ -672,21 +674,22 @@ impl Lab {
                 for sp in &svc.ports {
                     // The selector's pods, then what the Service's manual EndpointSlices name
                     // (all a Service without a selector has), as kube-proxy merges them.
-                    let mut endpoints: Vec<(std::net::Ipv4Addr, u16)> = svc
-                        .endpoints(sp, cluster.pods.values())
-                        .filter_map(|(pod, port)| {
-                            pod.ips.iter().find_map(|ip| match ip {
-                                IpAddr::V4(v4) => Some((*v4, port)),
-                                IpAddr::V6(_) => None,
-                            })
+                    let mut endpoints: Vec<(Ipv4Addr, u16)> = cluster
+                        .service_backends(svc, sp)
+                        .filter_map(|b| match b {
+                            ServiceBackend::Pod { pod, port } => {
+                                pod.ips.iter().find_map(|ip| match ip {
+                                    IpAddr::V4(v4) => Some((*v4, port)),
+                                    IpAddr::V6(_) => None,
+                                })
+                            }
+                            ServiceBackend::Address {
+                                ip: IpAddr::V4(v4),
+                                port,
+                            } => Some((v4, port)),
+                            ServiceBackend::Address { .. } => None,
                         })
                         .collect();
-                    endpoints.extend(cluster.manual_endpoints(svc, sp).into_iter().filter_map(
-                        |(ip, port)| match ip {
-                            IpAddr::V4(v4) => Some((v4, port)),
-                            IpAddr::V6(_) => None,
-                        },
-                    ));
                     endpoints.dedup();
                     rules.push(proxy::ServicePortRule {
                         namespace: svc.namespace.clone(),

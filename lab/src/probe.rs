@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use septum_policy::model::{PortRef, Protocol as ModelProtocol, ServicePort};
+use septum_policy::model::{PortRef, Protocol as ModelProtocol, ServiceBackend, ServicePort};
 
 use crate::connect::{self, ProbeResult, Protocol};
 use crate::control::Lab;
@@ -119,11 +119,10 @@ fn target(
                 // The pod is a backend of the Service port through the selector, or because a
                 // manual EndpointSlice of the Service names one of its addresses for it.
                 let backend = |sp: &ServicePort| {
-                    (svc.selects(pod) && sp.target_on(pod).is_some())
-                        || cluster
-                            .manual_endpoints(svc, sp)
-                            .iter()
-                            .any(|(ip, _)| pod.ips.contains(ip))
+                    cluster.service_backends(svc, sp).any(|b| match b {
+                        ServiceBackend::Pod { pod: p, .. } => p == pod,
+                        ServiceBackend::Address { ip, .. } => pod.ips.contains(&ip),
+                    })
                 };
                 if svc.ports_matching(&port, Some(proto)).any(backend)
                     && let Some(ip) = v4(&svc.cluster_ips)

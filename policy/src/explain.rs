@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::allocation::AllocationStore;
 use crate::compile::{Decision, Engine, Peer};
 use crate::lpm;
-use crate::model::{ObjectKey, Pod, PortRef, Protocol};
+use crate::model::{ObjectKey, Pod, PortRef, Protocol, ServiceBackend};
 use crate::rules::{Direction, PeerMatch, RuleAction, Tier};
 use crate::state::action_name;
 
@@ -230,39 +230,41 @@ pub fn explain<S: AllocationStore>(
                     service: k.clone(),
                     port: format!("{}/{}", query.port, query.protocol),
                 })?;
-            // The Service's manual EndpointSlices add addresses to its selector's pods (and
-            // are all a Service without a selector has); those of the source's family only.
             let source_v4: Vec<bool> = match &query.from {
                 FlowEnd::Pod(p) => pod(p)?.ips.iter().map(IpAddr::is_ipv4).collect(),
                 FlowEnd::Ip(ip) => vec![ip.is_ipv4()],
                 FlowEnd::Service(_) => Vec::new(),
             };
-            let manual: Vec<(IpAddr, u16)> = cluster
-                .manual_endpoints(svc, sp)
-                .into_iter()
-                .filter(|(a, _)| source_v4.is_empty() || source_v4.contains(&a.is_ipv4()))
-                .collect();
             let has_manual = cluster.manual_slices(k).any(|s| !s.addresses.is_empty());
             if !has_manual && !cluster.pods.values().any(|p| svc.selects(p)) {
                 return Err(ExplainError::NoBackends(k.clone()));
             }
-            // EndpointSlice semantics: a selected pod on which a named targetPort does not
-            // resolve is not an endpoint of this port.
-            let endpoints: Vec<(&Pod, u16)> = svc.endpoints(sp, cluster.pods.values()).collect();
-            if endpoints.is_empty() && manual.is_empty() {
+            // The selected pods on which the targetPort resolves (EndpointSlice semantics),
+            // then the addresses the manual EndpointSlices name, those of the source's family
+            // only.
+            let backends: Vec<ServiceBackend> = cluster
+                .service_backends(svc, sp)
+                .filter(|b| match b {
+                    ServiceBackend::Pod { .. } => true,
+                    ServiceBackend::Address { ip, .. } => {
+                        source_v4.is_empty() || source_v4.contains(&ip.is_ipv4())
+                    }
+                })
+                .collect();
+            if backends.is_empty() {
                 return Err(ExplainError::NoEndpoints {
                     service: k.clone(),
                     port: format!("{}/{}", sp.port, sp.protocol),
                     target: sp.target().to_string(),
                 });
             }
-            let backends = endpoints
-                .into_iter()
-                .map(|(b, target)| (FlowEnd::Pod(b.key()), target))
-                .chain(manual.into_iter().map(|(a, t)| (FlowEnd::Ip(a), t)));
-            for (b, target) in backends {
+            for b in backends {
+                let (end, target) = match b {
+                    ServiceBackend::Pod { pod, port } => (FlowEnd::Pod(pod.key()), port),
+                    ServiceBackend::Address { ip, port } => (FlowEnd::Ip(ip), port),
+                };
                 dests.push((
-                    b,
+                    end,
                     PortRef::Number(target),
                     Some((format!("service/{k}"), sp.protocol)),
                 ));

@@ -374,6 +374,26 @@ impl EndpointSlice {
     }
 }
 
+/// One backend of a Service port: where kube-proxy sends what reaches the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceBackend<'a> {
+    /// A pod the Service's selector selects, on which the port's targetPort resolves.
+    Pod {
+        /// The pod.
+        pod: &'a Pod,
+        /// The targetPort resolved on the pod.
+        port: u16,
+    },
+    /// An address a manual EndpointSlice of the Service names for the port. It is not matched
+    /// to a pod even when it is one's: a slice names addresses, not pods.
+    Address {
+        /// The address.
+        ip: IpAddr,
+        /// The slice's port for the Service port.
+        port: u16,
+    },
+}
+
 /// `policyTypes` entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PolicyType {
@@ -724,6 +744,25 @@ impl Cluster {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The backends of Service port `sp` of `svc`, as kube-proxy merges them: the selected pods
+    /// on which its targetPort resolves, in key order, then what its manual EndpointSlices name
+    /// for it ([`Cluster::manual_endpoints`], all a Service without a selector has). The two
+    /// parts are not deduplicated against each other.
+    pub fn service_backends<'a>(
+        &'a self,
+        svc: &'a Service,
+        sp: &'a ServicePort,
+    ) -> impl Iterator<Item = ServiceBackend<'a>> + 'a {
+        let selected = svc
+            .endpoints(sp, self.pods.values())
+            .map(|(pod, port)| ServiceBackend::Pod { pod, port });
+        let manual = self
+            .manual_endpoints(svc, sp)
+            .into_iter()
+            .map(|(ip, port)| ServiceBackend::Address { ip, port });
+        selected.chain(manual)
     }
 
     /// Applies one change.

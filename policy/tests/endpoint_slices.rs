@@ -246,6 +246,66 @@ fn a_service_peer_reaches_the_addresses_of_its_manual_slices_at_their_ports() {
 }
 
 #[test]
+fn service_backends_are_the_selected_pods_then_the_manual_slices_addresses() {
+    let mut c = world();
+    // `front` selects db and has manual slices too; `legacy` has only slices.
+    let front = Service {
+        namespace: "a".into(),
+        name: "front".into(),
+        selector: Some(labels(&[("app", "db")])),
+        ports: vec![ServicePort {
+            name: Some("web".into()),
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: Some(PortRef::Number(8080)),
+        }],
+        cluster_ips: vec!["10.96.0.21".parse().expect("ip")],
+    };
+    c.services.insert(front.key(), front.clone());
+    let mut no_web = slice("legacy-2", "legacy", "staff", &["192.168.1.1"]);
+    no_web.ports.retain(|p| p.name != "web");
+    for s in [
+        // Names db's address too: a slice's address is an address, not the pod.
+        slice("front-1", "front", "staff", &["8.8.8.8", "10.0.1.3"]),
+        slice("front-2", "front", "staff", &["8.8.8.8"]),
+        slice("front-x", "front", ENDPOINTSLICE_CONTROLLER, &["10.0.1.77"]),
+        slice("legacy-1", "legacy", "staff", &["8.8.8.8"]),
+        no_web,
+    ] {
+        c.endpoint_slices.insert(s.key(), s);
+    }
+    let db = &c.pods[&ObjectKey::new("a", "db")];
+    let address = |ip: &str, port| ServiceBackend::Address {
+        ip: ip.parse().expect("ip"),
+        port,
+    };
+    assert_eq!(
+        c.service_backends(&front, &front.ports[0])
+            .collect::<Vec<_>>(),
+        [
+            ServiceBackend::Pod {
+                pod: db,
+                port: 8080
+            },
+            address("8.8.8.8", 9090),
+            address("10.0.1.3", 9090),
+        ],
+        "the selected pod at its targetPort, then each slice address once at the slice port"
+    );
+    let legacy = &c.services[&ObjectKey::new("a", "legacy")];
+    let backends = |port: usize| {
+        c.service_backends(legacy, &legacy.ports[port])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(backends(0), [address("8.8.8.8", 9090)]);
+    assert_eq!(
+        backends(1),
+        [address("8.8.8.8", 53), address("192.168.1.1", 53)],
+        "a slice without the web port still serves svc-dns"
+    );
+}
+
+#[test]
 fn slices_arriving_moving_and_leaving_apply_incrementally() {
     let mut engine = Engine::new(world(), InMemoryAllocations::new());
     let steps = [
