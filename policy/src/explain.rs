@@ -12,7 +12,9 @@ use serde::Serialize;
 use crate::allocation::AllocationStore;
 use crate::compile::{Decision, Engine, Peer};
 use crate::lpm;
-use crate::model::{ObjectKey, Pod, PortRef, Protocol, ServiceBackend};
+use crate::model::{
+    Cluster, EndpointSlice, ObjectKey, Pod, PortRef, Protocol, Service, ServiceBackend, ServicePort,
+};
 use crate::rules::{Direction, PeerMatch, RuleAction, Tier};
 use crate::state::action_name;
 
@@ -79,19 +81,78 @@ pub enum ExplainError {
     /// The Service selects no pods and no EndpointSlice names endpoints for it.
     #[error("service {0} has no backends (no selected pod, no EndpointSlice naming an endpoint)")]
     NoBackends(ObjectKey),
-    /// The Service selects pods, but the port's named targetPort resolves on none of them, so
-    /// the port has no endpoints and the flow no destination.
+    /// The Service has backends, but none for this port toward the source: its targetPort
+    /// resolves on none of the selected pods, and its manual EndpointSlices have no port for
+    /// it or name only addresses of another IP family, so the flow has no destination.
     #[error(
-        "service {service} port {port} has no endpoints: its targetPort {target:?} resolves on none of the selected pods, so the flow has no destination"
+        "service {service} port {port} has no endpoints: {}, so the flow has no destination",
+        no_endpoints_cause(.target, .slices, .other_family)
     )]
     NoEndpoints {
         /// Service.
         service: ObjectKey,
         /// The Service port, `number/protocol`.
         port: String,
-        /// Its targetPort.
-        target: String,
+        /// Its targetPort, when the Service has a selector.
+        target: Option<String>,
+        /// The Service's manual EndpointSlices that name addresses (those with a port for it
+        /// when `other_family`).
+        slices: Vec<String>,
+        /// Whether the slices with a port for it name only addresses of an IP family the
+        /// source lacks.
+        other_family: bool,
     },
+}
+
+/// What [`ExplainError::NoEndpoints`] says of the selector's pods and of the slices.
+fn no_endpoints_cause(target: &Option<String>, slices: &[String], other_family: &bool) -> String {
+    let mut causes = Vec::new();
+    if let Some(target) = target {
+        causes.push(format!(
+            "its targetPort {target:?} resolves on none of the selected pods"
+        ));
+    }
+    if !slices.is_empty() {
+        let slices = slices.join(", ");
+        causes.push(if *other_family {
+            format!(
+                "its EndpointSlices with a port for it ({slices}) name no address of the source's IP family"
+            )
+        } else {
+            format!(
+                "none of its EndpointSlices ({slices}) has a port with this port's name and protocol"
+            )
+        });
+    }
+    causes.join(", and ")
+}
+
+/// Why Service port `sp` of `svc` has no backend toward the source.
+fn no_endpoints(cluster: &Cluster, svc: &Service, sp: &ServicePort) -> ExplainError {
+    let key = svc.key();
+    let (with_port, without_port): (Vec<&EndpointSlice>, Vec<&EndpointSlice>) = cluster
+        .manual_slices(&key)
+        .filter(|s| !s.addresses.is_empty())
+        .partition(|s| s.port_for(sp).is_some());
+    // Slices with a port for it name addresses, so those were all of the other family.
+    let other_family = !with_port.is_empty();
+    let named = if other_family {
+        with_port
+    } else {
+        without_port
+    };
+    let slices = named.iter().map(|s| s.name.clone()).collect();
+    ExplainError::NoEndpoints {
+        service: svc.key(),
+        port: format!("{}/{}", sp.port, sp.protocol),
+        target: svc
+            .selector
+            .as_ref()
+            .is_some_and(|s| !s.is_empty())
+            .then(|| sp.target().to_string()),
+        slices,
+        other_family,
+    }
 }
 
 /// One rule considered on one side.
@@ -252,11 +313,7 @@ pub fn explain<S: AllocationStore>(
                 })
                 .collect();
             if backends.is_empty() {
-                return Err(ExplainError::NoEndpoints {
-                    service: k.clone(),
-                    port: format!("{}/{}", sp.port, sp.protocol),
-                    target: sp.target().to_string(),
-                });
+                return Err(no_endpoints(cluster, svc, sp));
             }
             for b in backends {
                 let (end, target) = match b {

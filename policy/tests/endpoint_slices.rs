@@ -306,6 +306,40 @@ fn service_backends_are_the_selected_pods_then_the_manual_slices_addresses() {
 }
 
 #[test]
+fn explain_to_a_port_no_slice_has_names_the_slices() {
+    let mut c = world();
+    let mut s = slice("legacy-1", "legacy", "staff", &["8.8.8.8"]);
+    s.ports.retain(|p| p.name != "web");
+    c.endpoint_slices.insert(s.key(), s);
+    let mut engine = Engine::new(c, InMemoryAllocations::new());
+    let query = ExplainQuery {
+        from: FlowEnd::Pod(ObjectKey::new("a", "client")),
+        to: FlowEnd::Service(ObjectKey::new("a", "legacy")),
+        port: PortRef::Name("web".into()),
+        protocol: Protocol::Tcp,
+    };
+    let err = explain(&engine, &query).expect_err("no endpoint for web");
+    assert_eq!(
+        err.to_string(),
+        "service a/legacy port 80/TCP has no endpoints: none of its EndpointSlices (legacy-1) \
+         has a port with this port's name and protocol, so the flow has no destination"
+    );
+    // A slice with the port, but only addresses the IPv4 client cannot reach.
+    engine.apply(&Change::UpsertEndpointSlice(slice(
+        "legacy-6",
+        "legacy",
+        "staff",
+        &["2001:db8::6"],
+    )));
+    let err = explain(&engine, &query).expect_err("no IPv4 endpoint for web");
+    assert_eq!(
+        err.to_string(),
+        "service a/legacy port 80/TCP has no endpoints: its EndpointSlices with a port for it \
+         (legacy-6) name no address of the source's IP family, so the flow has no destination"
+    );
+}
+
+#[test]
 fn slices_arriving_moving_and_leaving_apply_incrementally() {
     let mut engine = Engine::new(world(), InMemoryAllocations::new());
     let steps = [
