@@ -183,10 +183,10 @@ fn check_service_backends(
     }
     for (i, p) in egress_ports.into_iter().flatten().enumerate() {
         let Some(port) = &p.port else { continue };
-        let resolves = svc
-            .ports_matching(port, p.protocol)
-            .any(|sp| slices.iter().any(|s| s.port_for(sp).is_some()));
-        if !resolves && svc.ports_matching(port, p.protocol).next().is_some() {
+        let mut matching = svc.ports_matching(port, p.protocol).peekable();
+        // A port the Service lacks is reported elsewhere.
+        let exists = matching.peek().is_some();
+        if exists && !matching.any(|sp| slices.iter().any(|s| s.port_for(sp).is_some())) {
             sink.warn(
                 format!("{rule_field}.ports[{i}].port"),
                 format!("no EndpointSlice of Service {key} has a port for its port {port}"),
