@@ -181,15 +181,6 @@ pub fn run(a: ExplainArgs) -> Result<ExitCode> {
             errors.len()
         );
     }
-    if let FlowEnd::Service(k) = &query.to
-        && let Some(svc) = m.cluster.services.get(k)
-        && svc.selector.as_ref().is_none_or(|s| s.is_empty())
-        && !m.cluster.manual_slices(k).any(|s| !s.addresses.is_empty())
-    {
-        bail!(
-            "cannot explain this flow: service {k} has no selector and no EndpointSlice names endpoints for it, so septum does not know its endpoints; explain to a backend pod or IP instead"
-        );
-    }
     match (&query.from, &query.to) {
         (FlowEnd::Ip(a), FlowEnd::Ip(b)) if a.is_ipv4() != b.is_ipv4() => {
             bail!("cannot explain this flow: {a} and {b} are of different IP families")

@@ -502,7 +502,7 @@ fn explain_names_what_is_missing_in_the_manifests() {
         ),
         (
             "service/shop/external",
-            "service shop/external has no selector and no EndpointSlice names endpoints for it, so septum does not know its endpoints",
+            "service shop/external has no backends (no selected pod, no EndpointSlice naming an endpoint), so septum does not know its endpoints; explain to a backend pod or IP instead",
         ),
     ] {
         let r = septum(&[

@@ -79,7 +79,9 @@ pub enum ExplainError {
         destination: String,
     },
     /// The Service selects no pods and no EndpointSlice names endpoints for it.
-    #[error("service {0} has no backends (no selected pod, no EndpointSlice naming an endpoint)")]
+    #[error(
+        "service {0} has no backends (no selected pod, no EndpointSlice naming an endpoint), so septum does not know its endpoints; explain to a backend pod or IP instead"
+    )]
     NoBackends(ObjectKey),
     /// The Service has backends, but none for this port toward the source: its targetPort
     /// resolves on none of the selected pods, and its manual EndpointSlices have no port for
