@@ -494,6 +494,20 @@ fn explain_names_what_is_missing_in_the_manifests() {
         "extra.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: noip, namespace: shop, labels: {app: other}}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: shop}\nspec: {selector: {app: nothing}, ports: [{name: http, port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: external, namespace: shop}\nspec: {ports: [{name: http, port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: legacy, namespace: shop}\nspec: {ports: [{name: http, port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: legacy-1, namespace: shop, labels: {kubernetes.io/service-name: legacy}}\naddressType: IPv4\nendpoints: [{addresses: [203.0.113.7]}]\nports: [{name: http, port: 8443}]\n",
     );
+    // Explains from frontend-1 to `to` at `port`, with the extra manifests.
+    let from_frontend = |to: &str, port: &str, more: &[&str]| {
+        let mut args = vec![
+            &*extra,
+            "--from",
+            "shop/frontend-1",
+            "--to",
+            to,
+            "--port",
+            port,
+        ];
+        args.extend_from_slice(more);
+        explain(&args)
+    };
     for (to, want) in [
         ("shop/noip", "pod shop/noip has no IP in status.podIP(s)"),
         (
@@ -505,37 +519,13 @@ fn explain_names_what_is_missing_in_the_manifests() {
             "service shop/external has no backends (no selected pod, no EndpointSlice naming an endpoint), so septum does not know its endpoints; explain to a backend pod or IP instead",
         ),
     ] {
-        let r = septum(&[
-            "explain",
-            "--manifests",
-            "tests/data/shop.yaml",
-            &extra,
-            "--from",
-            "shop/frontend-1",
-            "--to",
-            to,
-            "--port",
-            "80",
-        ]);
+        let r = from_frontend(to, "80", &[]);
         assert_eq!(r.code, 1, "{to}");
         assert!(r.err.contains(want), "{to}: want {want:?} in {}", r.err);
     }
     // A Service without a selector whose EndpointSlice names its backend: explained to it,
     // at the slice's port.
-    let r = septum(&[
-        "explain",
-        "--manifests",
-        "tests/data/shop.yaml",
-        &extra,
-        "--from",
-        "shop/frontend-1",
-        "--to",
-        "service/shop/legacy",
-        "--port",
-        "http",
-        "--output",
-        "json",
-    ]);
+    let r = from_frontend("service/shop/legacy", "http", &["--output", "json"]);
     assert_eq!(r.code, 0, "{}", r.err);
     let v: serde_json::Value = serde_json::from_str(&r.out).expect("json");
     assert_eq!(v["dstIP"], "203.0.113.7", "{v}");

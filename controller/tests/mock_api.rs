@@ -705,19 +705,18 @@ async fn a_service_without_selector_gets_its_backends_from_manual_endpoint_slice
         "spec.egress[0].to[0].service: Service shop/legacy has no selector and no EndpointSlice names endpoints for it, so it has no backends (enforced as written; what does not resolve matches nothing)"
     );
 
+    // legacy's hand-managed slice, naming `addresses` for its port pg at 6432.
+    let put_legacy_slice = |addresses: &[&str]| {
+        api.put(
+            "endpointslices",
+            endpoint_slice("legacy-1", "legacy", "staff", addresses, ("pg", 6432)),
+        );
+    };
+
     // The hand-managed slice: its addresses become the Service's backends on every node (the
     // ipcache holds them), client's egress to them at the slice's port, on client's node.
     let before = reference_cluster(&api);
-    api.put(
-        "endpointslices",
-        endpoint_slice(
-            "legacy-1",
-            "legacy",
-            "staff",
-            &["203.0.113.7", "10.0.1.1"],
-            ("pg", 6432),
-        ),
-    );
+    put_legacy_slice(&["203.0.113.7", "10.0.1.1"]);
     let got = running.next("a manual EndpointSlice").await;
     assert_eq!(diffs(&got), expected_deltas(&api, &before), "slice create");
     let a = running.state("a");
@@ -749,16 +748,7 @@ async fn a_service_without_selector_gets_its_backends_from_manual_endpoint_slice
 
     // The slice moves its endpoint: exactly that delta.
     let before = reference_cluster(&api);
-    api.put(
-        "endpointslices",
-        endpoint_slice(
-            "legacy-1",
-            "legacy",
-            "staff",
-            &["203.0.113.8"],
-            ("pg", 6432),
-        ),
-    );
+    put_legacy_slice(&["203.0.113.8"]);
     let got = running.next("a slice update").await;
     assert_eq!(diffs(&got), expected_deltas(&api, &before), "slice update");
     running.quiet("the slice update").await;

@@ -74,6 +74,25 @@ impl NetNs {
         ip(&full)
     }
 
+    /// Adds a veth pair `name`/`peer` in the namespace, `name` at ifindex `ifindex` and up (the
+    /// peer stays down): an interface BPF_PROG_TEST_RUN can name as a packet's ingress.
+    pub fn add_veth(&self, name: &str, peer: &str, ifindex: u32) -> io::Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "index",
+            &ifindex.to_string(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+        ])?;
+        self.ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
     /// Runs a command inside the namespace.
     pub fn exec(&self, program: &str, args: &[&str]) -> io::Result<Output> {
         run(Command::new("ip")

@@ -526,23 +526,7 @@ fn check_node_local_world(seed: u64) -> Result<(), TestCaseError> {
     let mut guard = LOCAL_NS.lock().unwrap_or_else(|p| p.into_inner());
     let (ns, dp) = guard.get_or_insert_with(|| {
         let ns = NetNs::new(&format!("sdiff-{}", unique_tag())).expect("netns");
-        ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
-        let out = ns
-            .ip(&[
-                "link",
-                "add",
-                "b0",
-                "index",
-                &B_IF.to_string(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "b1",
-            ])
-            .expect("veth");
-        assert!(out.status.success(), "{out:?}");
-        ns.ip(&["link", "set", "b0", "up"]).expect("b0 up");
+        ns.add_veth("b0", "b1", B_IF).expect("veth b0");
         let dp = Datapath::load(&DatapathOptions::unpinned()).expect("load the datapath");
         (ns, dp)
     });

@@ -16,7 +16,7 @@ use septum_datapath_common::{
 use septum_tests::{
     fixture::{PinRoot, enforce, topology_maps},
     kernel,
-    netns::Topology,
+    netns::{Pod, Topology},
     traffic::{Outcome, sctp_probe, tcp_echo_server, tcp_probe, udp_echo_server, udp_probe},
     world::{Build as _, Rule},
 };
@@ -37,6 +37,13 @@ fn allow(subject: u32, direction: u8, peer: u32, protocol: u8, port: u16, cookie
         action: ACTION_ALLOW,
         precedence: 100,
         cookie,
+    }
+}
+
+/// Asserts the outcome of a TCP connection from each `(pod, port, outcome, what)` to `dst`.
+fn assert_tcp(dst: IpAddr, v6: bool, cases: &[(&Pod, u16, Outcome, &str)]) {
+    for &(from, port, want, what) in cases {
+        assert_eq!(tcp_probe(&from.ns, dst, port, T), want, "{what}, v6={v6}");
     }
 }
 
@@ -63,20 +70,14 @@ fn allowed_and_denied(mode: AttachMode) {
     let dp = enforce(&topo, &maps, mode, &pins).expect("enforce");
     for v6 in [false, true] {
         let dst = p1.ip(v6);
-        assert_eq!(
-            tcp_probe(&p0.ns, dst, 8080, T),
-            Outcome::Ok,
-            "tcp allowed, echo replies pass, v6={v6}"
-        );
-        assert_eq!(
-            tcp_probe(&p0.ns, dst, 8081, T),
-            Outcome::Timeout,
-            "tcp other port: silent drop, v6={v6}"
-        );
-        assert_eq!(
-            tcp_probe(&p2.ns, dst, 8080, T),
-            Outcome::Timeout,
-            "tcp other peer: silent drop, v6={v6}"
+        assert_tcp(
+            dst,
+            v6,
+            &[
+                (p0, 8080, Outcome::Ok, "tcp allowed, echo replies pass"),
+                (p0, 8081, Outcome::Timeout, "tcp other port: silent drop"),
+                (p2, 8080, Outcome::Timeout, "tcp other peer: silent drop"),
+            ],
         );
         assert_eq!(
             udp_probe(&p0.ns, dst, 5353, T),
@@ -350,20 +351,24 @@ fn a_pod_cannot_forge_the_node_local_mark() {
     );
     for v6 in [false, true] {
         let dst = p1.ip(v6);
-        assert_eq!(
-            tcp_probe(&p2.ns, dst, 8080, T),
-            Outcome::Timeout,
-            "a marked connection from a denied peer stays denied, v6={v6}"
-        );
-        assert_eq!(
-            tcp_probe(&p0.ns, dst, 8081, T),
-            Outcome::Timeout,
-            "a marked connection to a denied port stays denied, v6={v6}"
-        );
-        assert_eq!(
-            tcp_probe(&p0.ns, dst, 8080, T),
-            Outcome::Ok,
-            "the allowed connection works, v6={v6}"
+        assert_tcp(
+            dst,
+            v6,
+            &[
+                (
+                    p2,
+                    8080,
+                    Outcome::Timeout,
+                    "a marked connection from a denied peer stays denied",
+                ),
+                (
+                    p0,
+                    8081,
+                    Outcome::Timeout,
+                    "a marked connection to a denied port stays denied",
+                ),
+                (p0, 8080, Outcome::Ok, "the allowed connection works"),
+            ],
         );
     }
     assert_eq!(

@@ -7,6 +7,7 @@
 //! whether it adopted the pins, and exits.
 
 use std::{
+    path::PathBuf,
     process::Command,
     sync::{
         Arc,
@@ -188,20 +189,27 @@ fn enforcement_holds_across_a_loader_restart_clsact() {
     restart_keeps_enforcing("netlink");
 }
 
-#[test]
-fn a_pinned_map_with_another_layout_is_refused_not_reused() {
+/// A fresh pin root with this layout's directory created in it, and the object's maps loaded
+/// (not pinned), to pin one there the way an older loader would have left it.
+fn pin_dir_and_maps() -> (PinRoot, PathBuf, aya::Ebpf) {
     let tag = septum_tests::netns::unique_tag();
     let pins = PinRoot::new(&tag);
     let dir = pins
         .0
         .join(format!("v{}", septum_datapath_common::LAYOUT_VERSION));
     std::fs::create_dir_all(&dir).expect("pin dir");
-    // A stale "policy" map: a map of another shape (the endpoints hash) pinned under the
-    // policy map's name, as an older layout would have left it.
-    let mut ebpf = aya::EbpfLoader::new()
+    let ebpf = aya::EbpfLoader::new()
         .map_max_entries(septum_datapath_common::map_names::CONNTRACK, 1024)
         .load(septum_datapath::OBJECT)
         .expect("load the object's maps");
+    (pins, dir, ebpf)
+}
+
+#[test]
+fn a_pinned_map_with_another_layout_is_refused_not_reused() {
+    let (pins, dir, mut ebpf) = pin_dir_and_maps();
+    // A stale "policy" map: a map of another shape (the endpoints hash) pinned under the
+    // policy map's name, as an older layout would have left it.
     let stale = ebpf
         .take_map(septum_datapath_common::map_names::ENDPOINTS)
         .expect("endpoints map");
@@ -231,16 +239,7 @@ fn a_pinned_map_with_another_layout_is_refused_not_reused() {
 /// loader: refused with a clear error, removed when migrating, never adopted.
 #[test]
 fn a_retired_conntrack_pin_is_refused_then_migrated() {
-    let tag = septum_tests::netns::unique_tag();
-    let pins = PinRoot::new(&tag);
-    let dir = pins
-        .0
-        .join(format!("v{}", septum_datapath_common::LAYOUT_VERSION));
-    std::fs::create_dir_all(&dir).expect("pin dir");
-    let mut ebpf = aya::EbpfLoader::new()
-        .map_max_entries(septum_datapath_common::map_names::CONNTRACK, 1024)
-        .load(septum_datapath::OBJECT)
-        .expect("load the object's maps");
+    let (pins, dir, mut ebpf) = pin_dir_and_maps();
     let old = ebpf
         .take_map(septum_datapath_common::map_names::CONNTRACK)
         .expect("conntrack map");
