@@ -217,20 +217,8 @@ fn node_local_pair(
     use septum_datapath::TestSkb;
     use septum_tests::netns::{NetNs, unique_tag};
     let ns = NetNs::new(&format!("sbench-{}", unique_tag()))?;
-    let out = ns.ip(&[
-        "link",
-        "add",
-        "b0",
-        "index",
-        &B_IF.to_string(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "b1",
-    ])?;
-    anyhow::ensure!(out.status.success(), "creating a veth: {out:?}");
-    ns.ip(&["link", "set", "b0", "up"])?;
+    ns.add_veth("b0", "b1", B_IF)
+        .context("creating pod B's veth")?;
     println!(
         "\nnode-local connection (both pods on this node): client's from_pod + server's to_pod per packet"
     );
