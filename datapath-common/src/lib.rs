@@ -762,6 +762,15 @@ pub const CT_F_LOCAL: u16 = 1 << 6;
 /// forge them: a veth clears `skb->mark` when a packet changes network namespace, and `to_pod`
 /// ignores them on a packet not received from an interface (locally generated: a host process
 /// with `SO_MARK`).
+///
+/// With the mark, `from_pod` hands over the destination pod's host ifindex: it writes it to
+/// the packet's `tc_classid`, which the kernel copies into `skb->tc_index` when the program
+/// passes the packet (TCX and direct-action cls_bpf alike). The destination's `to_pod` passes a
+/// marked packet at once when `tc_index` is its own ifindex; when `tc_index` names another pod
+/// (the host redirected the packet after the decision, say a DNAT to another pod), it decides
+/// the packet itself, as if unmarked. When `tc_index` is 0 (an ifindex above 16 bits, or a
+/// packet handed over by `BPF_PROG_TEST_RUN`, which cannot carry it), `to_pod` checks instead
+/// that the packet is addressed to its own pod (the local addresses map), one lookup more.
 pub const SKB_MARK_NODE_LOCAL: u32 = 0x0700;
 /// The nibble of `skb->mark` that [`SKB_MARK_NODE_LOCAL`] is compared in.
 pub const SKB_MARK_MASK: u32 = 0x0F00;
@@ -783,7 +792,12 @@ pub struct CtEntry {
     pub flags: u16,
     /// OR of the TCP flags seen in this direction.
     pub tcp_flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// A node-local flow's ([`CT_F_LOCAL`]): the host ifindex of the pod this direction's
+    /// packets are for, which `from_pod` hands to that pod's `to_pod` with the mark (see
+    /// [`SKB_MARK_NODE_LOCAL`]); 0 otherwise. (Bytes that were padding: an entry written
+    /// before it existed reads 0, and its pod's `to_pod` checks the address instead.)
+    pub local_ifindex: u32,
 }
 
 /// Key of the fragments map: which L4 ports a fragmented datagram carries, learned from its

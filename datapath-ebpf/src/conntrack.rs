@@ -27,10 +27,10 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 /// The fast path, one lookup for every packet of a known flow, either way: the entry's
-/// `CT_F_*` flags if the packet belongs to a tracked flow (and then it is counted on that
-/// flow's entry), `None` if it is new.
+/// `CT_F_*` flags and its `local_ifindex` if the packet belongs to a tracked flow (and then it is
+/// counted on that flow's entry), `None` if it is new.
 #[inline(always)]
-pub(crate) fn established(pkt: &Packet) -> Option<u16> {
+pub(crate) fn established(pkt: &Packet) -> Option<(u16, u32)> {
     if let Some(ct) = CONNTRACK.get_ptr_mut(&pkt.key) {
         // SAFETY: the map value stays valid for the program's run; concurrent writers only
         // race on statistics.
@@ -40,7 +40,7 @@ pub(crate) fn established(pkt: &Packet) -> Option<u16> {
             && entry.flags & CT_F_REPLY == 0;
         if !fresh_syn {
             touch(entry, pkt);
-            return Some(entry.flags);
+            return Some((entry.flags, entry.local_ifindex));
         }
         // A new SYN on a known tuple is a new connection (port reuse, or a retransmitted SYN):
         // evaluate it against the current policy.
@@ -150,11 +150,19 @@ pub(crate) fn create_flow(s: &mut Scratch, pickup_reply: bool, now: u64) {
     put(&mut fwd.egress_cookie, d.egress_cookie);
     put(&mut fwd.ingress_cookie, d.ingress_cookie);
     put(&mut fwd.flags, d.ct_flags);
-    for b in &mut fwd._pad {
-        put(b, 0);
-    }
+    put(&mut fwd._pad, 0);
+    // A node-local flow's packets are for the destination pod one way, the source pod (behind
+    // the interface that saw this packet) the other.
+    let local = d.ct_flags & CT_F_LOCAL != 0;
+    put(
+        &mut fwd.local_ifindex,
+        if local { d.local_ifindex } else { 0 },
+    );
     *rep = *fwd;
     rep.flags |= CT_F_REPLY;
+    if local {
+        put(&mut rep.local_ifindex, d.ifindex);
+    }
     let (counted, other) = if pickup_reply { (rep, fwd) } else { (fwd, rep) };
     put(&mut counted.packets, 1);
     put(&mut counted.bytes, s.pkt.len as u64);

@@ -143,6 +143,8 @@ pub(crate) struct FlowDecision {
     pub(crate) reason: DropReason,
     pub(crate) event_flags: u8,
     pub(crate) ct_flags: u16,
+    /// A node-local flow's destination pod's host ifindex, 0 otherwise.
+    pub(crate) local_ifindex: u32,
 }
 
 impl FlowDecision {
@@ -164,6 +166,7 @@ impl FlowDecision {
         put(&mut self.reason, DropReason::None);
         put(&mut self.event_flags, 0);
         put(&mut self.ct_flags, 0);
+        put(&mut self.local_ifindex, 0);
     }
 
     /// Decisions applied from now on relax to audit as `ep`'s mode says (a node-local flow's

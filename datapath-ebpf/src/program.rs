@@ -32,12 +32,15 @@
 //!   source's `from_pod`: the source's egress and the destination's ingress (in the
 //!   destination's mode), one pair of conntrack entries both keyed at `from_pod` and one flow
 //!   event carrying both sides. Every packet of such a flow leaves `from_pod` with
-//!   [`SKB_MARK_NODE_LOCAL`] in `skb->mark`, and the destination's `to_pod` passes it at once
-//!   after checking that it was received from an interface (a veth clears the mark when a
+//!   [`SKB_MARK_NODE_LOCAL`] in `skb->mark` and the destination pod's host ifindex handed over
+//!   in `tc_index` (kept in the flow's entries), and the destination's `to_pod` passes it at
+//!   once after checking that it was received from an interface (a veth clears the mark when a
 //!   packet leaves a pod's namespace; a locally generated packet has no ingress interface) and
-//!   is addressed to its own pod (so a packet the host redirected elsewhere is evaluated
-//!   there). Should the mark be lost on the way, `to_pod` finds the flow's local entry and
-//!   passes it all the same. The destination's `to_pod` reports nothing for such a flow.
+//!   was decided for this pod: the handed-over ifindex is its own, or, when none was handed
+//!   over, the packet is addressed to its pod. A packet decided for another pod (the host
+//!   redirected it, a DNAT to another pod) is decided here like any other. Should the mark be
+//!   lost on the way, `to_pod` finds the flow's local entry and passes it all the same. The
+//!   destination's `to_pod` reports nothing for such a flow.
 //! - **Host**: the node (identity host) may always reach its pods.
 //! - **Deny** is `TC_ACT_SHOT`, a silent drop: the peer sees a timeout, never a reset.
 
@@ -89,6 +92,11 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
     } else {
         Counter::PacketsToPod
     });
+    if point == POINT_FROM_POD {
+        // Nothing handed over unless this packet is marked below (`tc_classid` is scratch
+        // space the kernel does not clear; what is left there would become `tc_index`).
+        hand_over(ctx, 0);
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return TC_ACT_SHOT;
     };
@@ -116,17 +124,26 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
         }
     }
 
-    // A node-local flow that the source's from_pod decided: nothing more to do here.
-    if point == POINT_TO_POD && marked_node_local(ctx) && for_me(&s.pkt, ifindex(ctx)) {
-        count(Counter::NodeLocalPassed);
-        return TC_ACT_OK;
+    // A node-local flow that the source's from_pod decided, for this pod: nothing more to do
+    // here. Decided for another pod (the host redirected it since): decided here instead.
+    if point == POINT_TO_POD && marked_node_local(ctx) {
+        let me = ifindex(ctx);
+        let for_this_pod = match handed_over(ctx) {
+            // Not handed over: the address says whom it was decided for.
+            0 => for_me(&s.pkt, me),
+            to => to == me,
+        };
+        if for_this_pod {
+            count(Counter::NodeLocalPassed);
+            return TC_ACT_OK;
+        }
     }
 
     // Fast path: one lookup for every packet of a known flow, either way.
-    if let Some(flags) = conntrack::established(&s.pkt) {
+    if let Some((flags, local_ifindex)) = conntrack::established(&s.pkt) {
         count(Counter::ConntrackHit);
         if flags & CT_F_LOCAL != 0 {
-            mark_node_local(ctx);
+            mark_node_local(ctx, local_ifindex);
         }
         return TC_ACT_OK;
     }
@@ -163,12 +180,34 @@ fn marked_node_local(ctx: &TcContext) -> bool {
     mark & SKB_MARK_MASK == SKB_MARK_NODE_LOCAL && ingress != 0
 }
 
-/// Marks the packet as one of a node-local flow decided here.
+/// Marks the packet as one of a node-local flow decided here for the pod behind host
+/// interface `to`, and hands `to` over: the kernel copies `tc_classid` into `skb->tc_index`
+/// when the program passes the packet (an ifindex above 16 bits is not handed over, 0).
 #[inline(always)]
-fn mark_node_local(ctx: &TcContext) {
+fn mark_node_local(ctx: &TcContext, to: u32) {
+    // SAFETY: the context pointer is valid for the program's run; TC programs may write
+    // `mark` and `tc_classid`.
+    unsafe {
+        let skb = ctx.skb.skb;
+        (*skb).mark = ((*skb).mark & !SKB_MARK_MASK) | SKB_MARK_NODE_LOCAL;
+    }
+    hand_over(ctx, if to <= u32::from(u16::MAX) { to } else { 0 });
+}
+
+/// Sets what the kernel copies into `skb->tc_index` when the program passes the packet.
+#[inline(always)]
+fn hand_over(ctx: &TcContext, to: u32) {
+    // SAFETY: the context pointer is valid for the program's run; TC programs may write
+    // `tc_classid`.
+    unsafe { (*ctx.skb.skb).tc_classid = to };
+}
+
+/// The host ifindex a marked packet's `from_pod` handed over (see [`mark_node_local`]), 0 if
+/// none.
+#[inline(always)]
+fn handed_over(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark((mark & !SKB_MARK_MASK) | SKB_MARK_NODE_LOCAL);
+    unsafe { (*ctx.skb.skb).tc_index }
 }
 
 /// Whether the packet is addressed to the pod behind `ifindex` (what the source's from_pod
@@ -234,7 +273,7 @@ fn new_flow_from_pod(
         && let Some(dst) = endpoint(dst_ifindex)
         && dst.state == STATE_READY
     {
-        return new_local_flow(ctx, s, dst);
+        return new_local_flow(ctx, s, dst_ifindex, dst);
     }
 
     if d.verdict == Verdict::Dropped && is_midstream_tcp(pkt) {
@@ -262,14 +301,15 @@ fn new_flow_from_pod(
 }
 
 /// A new node-local flow at its source's from_pod, its egress decided in `s.decision` (not a
-/// drop): the destination `dst`'s ingress as its `to_pod` would decide it (the node's
-/// addresses pass), in the destination's mode.
+/// drop): the destination `dst` (behind host interface `dst_ifindex`)'s ingress as its `to_pod`
+/// would decide it (the node's addresses pass), in the destination's mode.
 #[inline(always)]
-fn new_local_flow(ctx: &TcContext, s: &mut Scratch, dst: &EndpointInfo) -> i32 {
+fn new_local_flow(ctx: &TcContext, s: &mut Scratch, dst_ifindex: u32, dst: &EndpointInfo) -> i32 {
     count(Counter::NodeLocalDecided);
     let pkt = &s.pkt;
     let d = &mut s.decision;
     d.ct_flags |= CT_F_LOCAL;
+    d.local_ifindex = dst_ifindex;
     d.event_flags |= EVENT_F_NODE_LOCAL;
     let src = ipcache(&pkt.key, End::Source);
     if src.identity == IDENTITY_HOST {
@@ -389,7 +429,7 @@ fn finish(ctx: &TcContext, s: &mut Scratch, pickup_reply: bool) -> i32 {
     create_flow(s, pickup_reply, now);
     let d = if pickup_reply { &s.reply } else { &s.decision };
     if d.ct_flags & CT_F_LOCAL != 0 {
-        mark_node_local(ctx);
+        mark_node_local(ctx, d.local_ifindex);
     }
     count(if d.verdict == Verdict::Audit {
         Counter::Audit

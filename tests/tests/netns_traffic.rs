@@ -404,3 +404,64 @@ fn a_pod_cannot_forge_the_node_local_mark() {
         "a mark set in the node namespace is taken for from_pod's"
     );
 }
+
+/// A node-local connection p0 -> p1 that from_pod allows (p1's ingress allows p0), which the
+/// node then DNATs to p2 (an nftables rule in the node's namespace, after from_pod): p2's
+/// `to_pod` sees a packet marked as decided for p1 and decides it for p2, which denies p0. The
+/// mark's handover (the destination's ifindex in `tc_index`) is what tells them apart: p2's
+/// address alone would take it for decided.
+fn a_node_local_flow_redirected_to_another_pod_is_decided_there(mode: AttachMode) {
+    let topo = Topology::new(3).expect("topology");
+    let pins = PinRoot::new(&topo.tag);
+    let (p0, p1, p2) = (&topo.pods[0], &topo.pods[1], &topo.pods[2]);
+    let mut maps = topology_maps(
+        &topo,
+        &[P0, P1, P2],
+        &[0, ENDPOINT_F_INGRESS_POLICY, ENDPOINT_F_INGRESS_POLICY],
+    );
+    maps.isolate(P1, DIRECTION_INGRESS, 61);
+    maps.isolate(P2, DIRECTION_INGRESS, 62);
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 8080, 60));
+    let _at_p1 = tcp_echo_server(&p1.ns, 8080);
+    let _at_p2 = tcp_echo_server(&p2.ns, 8080);
+    let _at_p2_direct = tcp_echo_server(&p2.ns, 8090);
+    // p0 -> p1:8090 becomes p0 -> p2:8080.
+    topo.add_service(p1.ip4, 8090, "tcp", p2.ip4, 8080)
+        .expect("nftables DNAT rule");
+    assert_eq!(
+        tcp_probe(&p0.ns, IpAddr::V4(p1.ip4), 8090, T),
+        Outcome::Ok,
+        "the DNAT works before enforcement"
+    );
+    maps.add_rule(&allow(P1, DIRECTION_INGRESS, P0, proto::TCP, 8090, 63));
+    let dp = enforce(&topo, &maps, mode, &pins).expect("enforce");
+    assert_eq!(
+        tcp_probe(&p0.ns, IpAddr::V4(p1.ip4), 8080, T),
+        Outcome::Ok,
+        "the allowed node-local connection works"
+    );
+    assert_eq!(
+        tcp_probe(&p0.ns, IpAddr::V4(p1.ip4), 8090, T),
+        Outcome::Timeout,
+        "decided for p1, redirected to p2, denied by p2"
+    );
+    assert_eq!(
+        tcp_probe(&p0.ns, IpAddr::V4(p2.ip4), 8080, T),
+        Outcome::Timeout,
+        "p2 denies p0 directly too"
+    );
+    assert!(dp.counter(Counter::NodeLocalDecided).expect("counter") >= 2);
+}
+
+#[test]
+fn a_node_local_flow_redirected_to_another_pod_is_decided_there_tcx() {
+    if !kernel::at_least(6, 6, "TCX links") {
+        return;
+    }
+    a_node_local_flow_redirected_to_another_pod_is_decided_there(AttachMode::Tcx);
+}
+
+#[test]
+fn a_node_local_flow_redirected_to_another_pod_is_decided_there_clsact() {
+    a_node_local_flow_redirected_to_another_pod_is_decided_there(AttachMode::Netlink);
+}

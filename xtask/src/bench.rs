@@ -223,6 +223,10 @@ fn node_local_pair(
         "\nnode-local connection (both pods on this node): client's from_pod + server's to_pod per packet"
     );
     println!(
+        "(BPF_PROG_TEST_RUN cannot hand over tc_index, so to_pod checks the destination address \
+         here, one lookup more than on real traffic: see --traffic for that)"
+    );
+    println!(
         "{:<22} {:<6} {:>8} {:>10} {:>10} {:>9}",
         "case", "family", "entries", "ns/packet", "2x empty", "delta"
     );
