@@ -77,8 +77,8 @@ pub(crate) fn emit(pkt: &Packet, d: &FlowDecision, now: u64) {
         (*ev).egress_cookie = d.egress_cookie;
         (*ev).ingress_cookie = d.ingress_cookie;
         // Addresses as words: FlowEvent is 8-byte aligned and they sit at offsets 32 and 48.
-        set_words(&mut (*ev).saddr, words(&pkt.key, End::Source));
-        set_words(&mut (*ev).daddr, words(&pkt.key, End::Destination));
+        set_words(&mut (*ev).saddr, &words(&pkt.key, End::Source));
+        set_words(&mut (*ev).daddr, &words(&pkt.key, End::Destination));
         (*ev).sport = pkt.key.sport;
         (*ev).dport = pkt.key.dport;
         (*ev).packet_len = pkt.len;

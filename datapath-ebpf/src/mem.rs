@@ -87,17 +87,29 @@ impl AddrLpmKey {
     }
 }
 
-/// Writes an address given as words (see [`words`]) into `dst`, which must be 4-byte aligned.
+/// Writes an address given as words in packet byte order (see [`words`]) into `dst`: four
+/// for IPv6, the first one for IPv4 (the rest of `dst` stays as it was).
 ///
 /// # Safety
 /// `dst` is 4-byte aligned (a 16-byte address at a multiple of 4 in a struct aligned to 4 or
 /// more).
 #[inline(always)]
-pub(crate) unsafe fn set_words(dst: &mut [u8; 16], addr: [u32; 4]) {
+pub(crate) unsafe fn set_words(dst: &mut [u8; 16], addr: &[u32]) {
     let p = (dst as *mut [u8; 16]).cast::<u32>();
-    for (i, w) in addr.into_iter().enumerate() {
-        // SAFETY: the caller guarantees the alignment; four words are the 16 bytes of `dst`.
-        // Volatile: plain stores would be merged back into a memcpy call.
-        unsafe { p.add(i).write_volatile(w) };
+    for (i, w) in addr.iter().take(4).enumerate() {
+        // SAFETY: the caller guarantees the alignment; at most four words, the 16 bytes of
+        // `dst`. Volatile: plain stores would be merged back into a memcpy call.
+        unsafe { p.add(i).write_volatile(*w) };
     }
+}
+
+/// Writes address `end` of `key` from words in packet byte order (see [`set_words`]).
+#[inline(always)]
+pub(crate) fn set_addr(key: &mut CtKey, end: End, addr: &[u32]) {
+    let dst = match end {
+        End::Source => &mut key.saddr,
+        End::Destination => &mut key.daddr,
+    };
+    // SAFETY: CtKey is 8-byte aligned and its addresses sit at offsets 0 and 16.
+    unsafe { set_words(dst, addr) };
 }

@@ -9,7 +9,10 @@ use septum_datapath_common::{
     CtKey, DropReason, FAMILY_IPV4, FAMILY_IPV6, FragEntry, FragKey, proto,
 };
 
-use crate::maps::FRAGMENTS;
+use crate::{
+    maps::FRAGMENTS,
+    mem::{End, set_addr},
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -108,18 +111,6 @@ fn load_words<const W: usize>(ctx: &TcContext, offset: usize) -> Option<[u32; W]
 #[inline(always)]
 const fn byte<const W: usize>(words: &[u32; W], i: usize) -> u8 {
     words[i / 4].to_le_bytes()[i % 4]
-}
-
-/// Writes a 16-byte address from four words in packet byte order (IPv6), or its first word
-/// (IPv4; the rest stays as `reset_key` left it).
-#[inline(always)]
-fn set_addr(addr: &mut [u8; 16], words: &[u32]) {
-    let p = addr.as_mut_ptr().cast::<u32>();
-    for (i, w) in words.iter().take(4).enumerate() {
-        // SAFETY: every address sits at offset 0 or 16 of an 8-byte aligned CtKey, so `p` is
-        // 4-byte aligned, and at most four words (16 bytes) are written.
-        unsafe { p.add(i).write(*w) };
-    }
 }
 
 /// Clears `key` to the empty tuple at `point`: five 8-byte stores. Written as volatile stores
@@ -227,8 +218,8 @@ fn parse_ipv4(hdr: &[u32; 5], off: usize, key: &mut CtKey) -> Option<(usize, Fra
     }
     key.family = FAMILY_IPV4;
     key.protocol = byte(hdr, 9);
-    set_addr(&mut key.saddr, &hdr[3..4]);
-    set_addr(&mut key.daddr, &hdr[4..5]);
+    set_addr(key, End::Source, &hdr[3..4]);
+    set_addr(key, End::Destination, &hdr[4..5]);
     let frag = u16::from_be_bytes([byte(hdr, 6), byte(hdr, 7)]);
     let id = u16::from_be_bytes([byte(hdr, 4), byte(hdr, 5)]) as u32;
     let more_fragments = frag & 0x2000 != 0;
@@ -252,8 +243,8 @@ fn parse_ipv6(ctx: &TcContext, off: usize, key: &mut CtKey) -> Option<(usize, Fr
     }
     let mut next = byte(&hdr, 6);
     key.family = FAMILY_IPV6;
-    set_addr(&mut key.saddr, &hdr[2..6]);
-    set_addr(&mut key.daddr, &hdr[6..10]);
+    set_addr(key, End::Source, &hdr[2..6]);
+    set_addr(key, End::Destination, &hdr[6..10]);
     let mut l4 = off + IPV6_HLEN;
     let mut fragment = Fragment::None;
     let mut i = 0;
@@ -380,8 +371,8 @@ fn parse_inner(ctx: &TcContext, off: usize, pkt: &mut Packet) -> bool {
         };
         inner.family = FAMILY_IPV6;
         inner.protocol = byte(&hdr, 6);
-        set_addr(&mut inner.saddr, &hdr[2..6]);
-        set_addr(&mut inner.daddr, &hdr[6..10]);
+        set_addr(inner, End::Source, &hdr[2..6]);
+        set_addr(inner, End::Destination, &hdr[6..10]);
         off + IPV6_HLEN
     };
     let Some(hdr) = load_at::<[u8; 8]>(ctx, l4) else {

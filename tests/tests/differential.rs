@@ -54,6 +54,20 @@ struct World {
     a_ips: Vec<IpAddr>,
 }
 
+/// An endpoint's mode (audit 15%) and state (not ready 10%), in that order of draws.
+fn random_mode_and_state(ep: &mut septum_datapath_common::EndpointInfo, rng: &mut StdRng) {
+    ep.mode = if rng.gen_bool(0.15) {
+        MODE_AUDIT
+    } else {
+        MODE_ENFORCE
+    };
+    ep.state = if rng.gen_bool(0.1) {
+        STATE_INIT_DENY
+    } else {
+        STATE_READY
+    };
+}
+
 fn random_world(rng: &mut StdRng) -> World {
     let mut maps = MapContents::default();
     let n_pods = rng.gen_range(2..6u32);
@@ -164,17 +178,7 @@ fn random_world(rng: &mut StdRng) -> World {
         }
         let ifindex = B_IF + i as u32 - 1;
         maps.add_pod(ifindex, 1 + i as u32, *id, &[], rng.gen_range(0..4));
-        let ep = maps.endpoints.get_mut(&ifindex).expect("endpoint");
-        ep.mode = if rng.gen_bool(0.15) {
-            MODE_AUDIT
-        } else {
-            MODE_ENFORCE
-        };
-        ep.state = if rng.gen_bool(0.1) {
-            STATE_INIT_DENY
-        } else {
-            STATE_READY
-        };
+        random_mode_and_state(maps.endpoints.get_mut(&ifindex).expect("endpoint"), rng);
         let octet = [1u8, 130, 201, 50, 140, 202][i % 6] + (i / 6) as u8;
         for ip in [v4(octet), v6(octet)] {
             if rng.gen_bool(0.9) {
@@ -182,17 +186,7 @@ fn random_world(rng: &mut StdRng) -> World {
             }
         }
     }
-    let ep = maps.endpoints.get_mut(&LO).expect("endpoint");
-    ep.mode = if rng.gen_bool(0.15) {
-        MODE_AUDIT
-    } else {
-        MODE_ENFORCE
-    };
-    ep.state = if rng.gen_bool(0.1) {
-        STATE_INIT_DENY
-    } else {
-        STATE_READY
-    };
+    random_mode_and_state(maps.endpoints.get_mut(&LO).expect("endpoint"), rng);
     // Services.
     for _ in 0..rng.gen_range(0..3) {
         let vip = *addrs.choose(rng).expect("addrs");

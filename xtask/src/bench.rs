@@ -34,6 +34,15 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("benchmark address")
 }
 
+/// Pods A's and B's addresses in one family, and the family's name.
+fn pod_pair(v6: bool) -> (IpAddr, IpAddr, &'static str) {
+    if v6 {
+        (ip("fd00::1"), ip("fd00::2"), "ipv6")
+    } else {
+        (ip("10.0.0.1"), ip("10.0.0.2"), "ipv4")
+    }
+}
+
 fn maps(entries: usize) -> MapContents {
     let mut m = MapContents::default();
     m.add_pod(
@@ -136,12 +145,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     for entries in [10usize, 1_000, 100_000] {
         maps(entries).write_to(&mut dp)?;
         for v6 in [false, true] {
-            let (a, b) = if v6 {
-                (ip("fd00::1"), ip("fd00::2"))
-            } else {
-                (ip("10.0.0.1"), ip("10.0.0.2"))
-            };
-            let family = if v6 { "ipv6" } else { "ipv4" };
+            let (a, b, family) = pod_pair(v6);
             dp.conntrack.flush()?;
             // Established: create the flow once, then replay a mid-connection ACK.
             let est = Flow::tcp(a, b, 40000, 80);
@@ -262,12 +266,7 @@ fn node_local_pair(
         let (dp, events) = (&mut *dp, &mut *events);
         let result: anyhow::Result<()> = ns.run(move || {
             for v6 in [false, true] {
-                let (a, b) = if v6 {
-                    (ip("fd00::1"), ip("fd00::2"))
-                } else {
-                    (ip("10.0.0.1"), ip("10.0.0.2"))
-                };
-                let family = if v6 { "ipv6" } else { "ipv4" };
+                let (a, b, family) = pod_pair(v6);
                 let client = TestSkb {
                     ifindex: LO,
                     ..TestSkb::default()
