@@ -5,8 +5,10 @@
 //!   [`Aggregator`]. Every [`FLUSH`] it refreshes open connections' counters from conntrack (a
 //!   bounded number per tick, round robin) and flushes what changed as one [`Batch`] with
 //!   sequence numbers.
-//! - A batch goes to the store's writer thread, to every live subscriber (a broadcast) and to
-//!   every exporter, each behind a bounded queue. Nothing waits for a slow consumer: a full
+//! - A batch goes to the store's writer thread and to every live subscriber (a broadcast). The
+//!   writer hands it on to every exporter once its transaction has ended, so an export never
+//!   holds a record that a kill took from the store before its commit. Every consumer is
+//!   behind a bounded queue. Nothing waits for a slow consumer: a full
 //!   queue loses the batch *for that consumer*, and the loss is counted where it happened
 //!   ([`Stats`]), reported by `ServerStatus` and exported as metrics. Never silent.
 //! - The kernel's own loss (ring buffer full) is its `events_lost` counter.
@@ -322,22 +324,48 @@ fn ct_key(k: &ConnKey) -> Option<CtKey> {
 
 /// A bounded queue to a consumer thread; a full queue loses the batch for that consumer and
 /// counts its records.
+#[derive(Clone)]
 struct Sink {
     tx: SyncSender<Arc<Batch>>,
 }
 
 impl Sink {
-    fn send(&self, batch: &Arc<Batch>, lost: &AtomicU64) {
+    /// Queues `batch`; whether it was queued.
+    fn send(&self, batch: &Arc<Batch>, lost: &AtomicU64) -> bool {
         match self.tx.try_send(batch.clone()) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                 lost.fetch_add(b.records.len() as u64, Relaxed);
+                false
             }
         }
     }
 }
 
-fn store_writer(hub: Arc<FlowHub>, rx: Receiver<Arc<Batch>>) {
+/// The exporters, fed by the store writer: a batch is handed on only once its transaction has
+/// ended (committed, or counted in `store_errors`), so an exporter never carries a record that
+/// a crash took from the store before its commit. A batch the store's full queue refused (counted
+/// in `store_queue_full`) goes to them at once, so the export still has it.
+#[derive(Clone)]
+struct Exporters {
+    jsonl: Option<Sink>,
+    otlp: Option<Arc<super::OtlpSink>>,
+}
+
+impl Exporters {
+    fn send(&self, batches: &[Arc<Batch>], stats: &Stats) {
+        for batch in batches {
+            if let Some(j) = &self.jsonl {
+                j.send(batch, &stats.jsonl_lost);
+            }
+            if let Some(o) = &self.otlp {
+                o.send(&batch.records);
+            }
+        }
+    }
+}
+
+fn store_writer(hub: Arc<FlowHub>, exporters: Exporters, rx: Receiver<Arc<Batch>>) {
     let mut store = loop {
         match Store::open(&hub.store_path, hub.retention) {
             Ok(s) => break s,
@@ -374,6 +402,7 @@ fn store_writer(hub: Arc<FlowHub>, rx: Receiver<Arc<Batch>>) {
                         hub.stats.store_errors.fetch_add(n as u64, Relaxed);
                     }
                 }
+                exporters.send(&batches, &hub.stats);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
@@ -425,9 +454,11 @@ struct Pipeline {
     /// The kernel's maps, for conntrack counters (none when fed without a datapath).
     observer: Option<Observer>,
     agg: Aggregator,
+    /// To the store writer, which hands each batch on to the exporters after its commit.
     store: Sink,
-    jsonl: Option<Sink>,
-    otlp: Option<super::OtlpSink>,
+    /// The exporters, for a batch the store's full queue lost (it is no less a flow for the
+    /// export) and for the OTLP exporter's own counters.
+    exporters: Exporters,
     cursor: usize,
     last_refresh: Instant,
 }
@@ -535,12 +566,8 @@ impl Pipeline {
         }
         stats.records.fetch_add(records.len() as u64, Relaxed);
         let batch = self.hub.publish(records);
-        self.store.send(&batch, &stats.store_queue_full);
-        if let Some(j) = &self.jsonl {
-            j.send(&batch, &stats.jsonl_lost);
-        }
-        if let Some(o) = &self.otlp {
-            o.send(&batch.records);
+        if !self.store.send(&batch, &stats.store_queue_full) {
+            self.exporters.send(std::slice::from_ref(&batch), stats);
         }
     }
 }
@@ -569,9 +596,6 @@ impl Ingest {
         observer: Option<Observer>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let h = hub.clone();
-        let (store, store_thread) =
-            spawn_sink("store", move |rx| store_writer(h, rx), STORE_QUEUE)?;
         let jsonl = match &settings.jsonl {
             Some((path, max, keep)) => {
                 let out = JsonLines::open(path, *max, *keep)
@@ -582,17 +606,21 @@ impl Ingest {
             None => None,
         };
         let otlp = match &settings.otlp {
-            Some(endpoint) => Some(super::OtlpSink::start(endpoint, &hub)?),
+            Some(endpoint) => Some(Arc::new(super::OtlpSink::start(endpoint, &hub)?)),
             None => None,
         };
+        let exporters = Exporters { jsonl, otlp };
+        let h = hub.clone();
+        let e = exporters.clone();
+        let (store, store_thread) =
+            spawn_sink("store", move |rx| store_writer(h, e, rx), STORE_QUEUE)?;
         Ok(Self {
             pipeline: Pipeline {
                 hub,
                 observer,
                 agg: Aggregator::new(settings.aggregation),
                 store,
-                jsonl,
-                otlp,
+                exporters,
                 cursor: 0,
                 last_refresh: Instant::now(),
             },
@@ -655,7 +683,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                if let Some(o) = &p.otlp {
+                if let Some(o) = &p.exporters.otlp {
                     o.refresh_stats(&hub.stats);
                 }
                 p.flush();
