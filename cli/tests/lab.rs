@@ -568,3 +568,125 @@ fn a_new_pod_is_isolated_from_its_first_packet() {
     assert_eq!(lab.pod_ip("outside/newcomer"), open_ip);
     assert!(h.join().unwrap() > 0, "the control never connected");
 }
+
+/// A socket of `kind` bound to `src` with `SO_REUSEADDR`, so a second one can share the port
+/// while the first is connected elsewhere; timeouts of `timeout` for connect and reads.
+fn bound_socket(
+    kind: nix::sys::socket::SockType,
+    src: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
+    let fd = socket(AddressFamily::Inet, kind, SockFlag::empty(), None).expect("socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    let tv =
+        nix::sys::time::TimeVal::new(timeout.as_secs() as i64, i64::from(timeout.subsec_micros()));
+    setsockopt(&fd, sockopt::SendTimeout, &tv).expect("SO_SNDTIMEO");
+    setsockopt(&fd, sockopt::ReceiveTimeout, &tv).expect("SO_RCVTIMEO");
+    bind(fd.as_raw_fd(), &SockaddrIn::from(src)).expect("bind");
+    fd
+}
+
+/// A TCP connection from `src` to `dst` (a blocking connect, given up after `timeout`) and the
+/// server's greeting line.
+fn tcp_from(
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> Result<(std::net::TcpStream, String), String> {
+    use std::io::Read as _;
+    use std::os::fd::AsRawFd as _;
+    let fd = bound_socket(nix::sys::socket::SockType::Stream, src, timeout);
+    nix::sys::socket::connect(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(dst))
+        .map_err(|e| format!("connect {src} -> {dst}: {e}"))?;
+    let mut stream = std::net::TcpStream::from(fd);
+    let mut greeting = [0u8; 128];
+    let n = stream
+        .read(&mut greeting)
+        .map_err(|e| format!("greeting {src} -> {dst}: {e}"))?;
+    Ok((stream, String::from_utf8_lossy(&greeting[..n]).into_owned()))
+}
+
+/// A UDP exchange from `src` with `dst` (the lab's servers echo): the reply, or why none came
+/// within `timeout` (the request repeated every 200 ms, as `lab probe` does).
+fn udp_from(
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    timeout: Duration,
+) -> Result<(std::net::UdpSocket, String), String> {
+    let fd = bound_socket(
+        nix::sys::socket::SockType::Datagram,
+        src,
+        Duration::from_millis(200),
+    );
+    let socket = std::net::UdpSocket::from(fd);
+    socket
+        .connect(dst)
+        .map_err(|e| format!("connect {src} -> {dst}: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 128];
+    while Instant::now() < deadline {
+        socket
+            .send(b"septum nat clash\n")
+            .map_err(|e| format!("send {src} -> {dst}: {e}"))?;
+        if let Ok(n) = socket.recv(&mut buf) {
+            return Ok((socket, String::from_utf8_lossy(&buf[..n]).into_owned()));
+        }
+    }
+    Err(format!("no reply {src} -> {dst} within {timeout:?}"))
+}
+
+#[test]
+fn a_direct_connection_that_clashes_with_a_clusterip_one_keeps_its_replies() {
+    // a reaches b through the ClusterIP and, while that connection is open, directly from the
+    // same source port. The node's netfilter tracks both; the direct one's reply tuple is the
+    // first one's, so NAT's clash resolution remaps the direct one's source port, after a's
+    // from_pod decided the flow and before b's to_pod sees it. b's replies go to the new port:
+    // the datapath must know them as replies (a's ingress denies every new flow into a).
+    let lab = TestLab::new("clash");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lab");
+    lab.ok(&["lab", "up", path(&data.join("nat-clash.yaml"))]);
+    let v4 = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(v6) => panic!("pod address {v6} is not IPv4"),
+    };
+    let (a, b) = (v4(lab.pod_ip("x/a")), v4(lab.pod_ip("x/b")));
+    let st = lab.json(&["lab", "status", "--output", "json"]);
+    let vip: std::net::Ipv4Addr = st["services"][0]["clusterIPs"][0]
+        .as_str()
+        .expect("the Service's ClusterIP")
+        .parse()
+        .expect("ClusterIP");
+    let port = 40_000 + (std::process::id() % 10_000) as u16;
+    let src = std::net::SocketAddrV4::new(a, port);
+    let timeout = Duration::from_secs(3);
+    let got = lab
+        .in_pod("x/a", move || {
+            let at = std::net::SocketAddrV4::new;
+            let (_through_vip, g1) = tcp_from(src, at(vip, 80), timeout)?;
+            let (_direct, g2) = tcp_from(src, at(b, 80), timeout)?;
+            let (_u1, r1) = udp_from(src, at(vip, 81), timeout)?;
+            let (_u2, r2) = udp_from(src, at(b, 81), timeout)?;
+            Ok::<_, String>([g1, g2, r1, r2])
+        })
+        .join()
+        .expect("the client thread");
+    let got = got.unwrap_or_else(|e| {
+        panic!(
+            "{e}; the agent's log: {}",
+            std::fs::read_to_string(lab.dir.join("agent.log")).unwrap_or_default()
+        )
+    });
+    let want = [
+        ("TCP via the ClusterIP", "septum\n"),
+        ("TCP direct", "septum\n"),
+        ("UDP via the ClusterIP", "septum nat clash\n"),
+        ("UDP direct", "septum nat clash\n"),
+    ];
+    for ((what, want), reply) in want.iter().zip(&got) {
+        assert_eq!(reply, want, "{what}");
+    }
+}

@@ -756,7 +756,9 @@ pub const CT_F_CLOSING: u16 = 1 << 5;
 pub const CT_F_LOCAL: u16 = 1 << 6;
 
 /// `skb->mark` bits that say "`from_pod` decided this packet's node-local flow": the
-/// destination's `to_pod` passes it without a conntrack lookup. The bits sit in the nibble
+/// destination's `to_pod` passes it, a TCP segment without SYN without a conntrack lookup,
+/// anything else once the flow's entries are found to know its tuple (the host may have
+/// rewritten its ports on the way). The bits sit in the nibble
 /// [`SKB_MARK_MASK`] (where Cilium keeps its magics; the two do not run together), clear of
 /// kube-proxy's 0x4000 (masquerade) and 0x8000 (drop) and of Calico's 0xffff0000. A pod cannot
 /// forge them: a veth clears `skb->mark` when a packet changes network namespace, and `to_pod`

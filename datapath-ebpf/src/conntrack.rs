@@ -94,6 +94,25 @@ pub(crate) fn source_entry_flags(key: &mut CtKey, pkt: &CtKey) -> u16 {
     }
 }
 
+/// Whether the flow of a marked node-local packet at `to_pod` (`s.pkt`) is tracked as this
+/// `to_pod` sees it: its other direction's entry at `from_pod`, where the destination pod's
+/// replies will look for it (`s.key` is scratch space for the lookup).
+///
+/// The source's `from_pod` keyed the flow's entries on the packet as the source pod sent it;
+/// the host can rewrite its ports before it reaches `to_pod`. Netfilter does when the tuple
+/// clashes with another connection's: a pod that reaches a Service's backend both through the
+/// ClusterIP (DNAT) and directly, from the same source port, gets the direct connection's
+/// source port remapped by NAT's clash resolution. The replies would then find no entry at the
+/// destination's `from_pod` and be decided as new flows into the source pod, whose ingress
+/// policy may drop them: the connection would hang. When this is false, `to_pod` decides the
+/// packet itself, as if unmarked, and tracks the tuple it sees.
+#[inline(always)]
+pub(crate) fn local_reply_tracked(s: &mut Scratch) -> bool {
+    s.key = s.pkt.key.reversed();
+    s.key.point = POINT_FROM_POD;
+    CONNTRACK.get_ptr(&s.key).is_some()
+}
+
 /// `*p += v` as one BPF_ATOMIC_ADD instruction. Rust's core offers the BPF target atomic loads and
 /// stores but no read-modify-write, so the instruction is written out.
 ///

@@ -38,7 +38,11 @@
 //!   packet leaves a pod's namespace; a locally generated packet has no ingress interface) and
 //!   was decided for this pod: the handed-over ifindex is its own, or, when none was handed
 //!   over, the packet is addressed to its pod. A packet decided for another pod (the host
-//!   redirected it, a DNAT to another pod) is decided here like any other. Should the mark be
+//!   redirected it, a DNAT to another pod) is decided here like any other, and so is one whose
+//!   ports the host rewrote on the way (netfilter's NAT clash resolution remaps a source port):
+//!   a marked packet that could start a netfilter connection (a TCP SYN, any non-TCP packet)
+//!   passes only when the flow's entries at `from_pod` know its tuple as `to_pod` sees it, one
+//!   lookup; a TCP segment without SYN passes without one. Should the mark be
 //!   lost on the way, `to_pod` finds the flow's local entry and passes it all the same. The
 //!   destination's `to_pod` reports nothing for such a flow.
 //! - **Host**: the node (identity host) may always reach its pods.
@@ -63,7 +67,7 @@ use crate::{
     events::{count, emit, finish_drop},
     maps::{SCRATCH, Scratch, config},
     mem::End,
-    parse::{Parsed, is_midstream_tcp, parse},
+    parse::{Parsed, TCP_SYN, is_midstream_tcp, parse},
     policy::{self, endpoint, evaluate, ipcache, local_endpoint},
 };
 
@@ -125,7 +129,8 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
     }
 
     // A node-local flow that the source's from_pod decided, for this pod: nothing more to do
-    // here. Decided for another pod (the host redirected it since): decided here instead.
+    // here. Decided for another pod (the host redirected it since): decided here instead. So is
+    // a packet whose ports the host rewrote on the way (below).
     if point == POINT_TO_POD && marked_node_local(ctx) {
         let me = ifindex(ctx);
         let for_this_pod = match handed_over(ctx) {
@@ -133,7 +138,7 @@ fn process(ctx: &TcContext, point: u8) -> i32 {
             0 => for_me(&s.pkt, me),
             to => to == me,
         };
-        if for_this_pod {
+        if for_this_pod && (tcp_without_syn(&s.pkt) || conntrack::local_reply_tracked(s)) {
             count(Counter::NodeLocalPassed);
             return TC_ACT_OK;
         }
@@ -208,6 +213,14 @@ fn hand_over(ctx: &TcContext, to: u32) {
 fn handed_over(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).tc_index }
+}
+
+/// A TCP segment without SYN: netfilter does not start a connection on one (what could give
+/// it other ports between the two points, see [`conntrack::local_reply_tracked`]), so a
+/// marked one passes `to_pod` without a lookup: the fast path of established node-local TCP.
+#[inline(always)]
+fn tcp_without_syn(pkt: &crate::parse::Packet) -> bool {
+    pkt.key.protocol == septum_datapath_common::proto::TCP && pkt.tcp_flags & TCP_SYN == 0
 }
 
 /// Whether the packet is addressed to the pod behind `ifindex` (what the source's from_pod

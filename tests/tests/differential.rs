@@ -452,6 +452,24 @@ fn check_node_local(dp: &mut Datapath, w: &World, rng: &mut StdRng) -> Result<()
             dp.counter(Counter::IcmpRelated).expect("counter"),
             before + 2
         );
+
+        // The host rewrote the source port on the way (netfilter's NAT clash resolution, when
+        // A also reaches B through a ClusterIP from the same port): B's to_pod decides the
+        // marked packet as it would unmarked, and tracks the tuple it sees, so B's replies to
+        // the rewritten port pass its from_pod and, un-NATed, A's to_pod.
+        if protocol != proto::TCP || f.tcp_flags & SYN != 0 {
+            let mut moved = f;
+            moved.sport = f.sport.wrapping_add(5000);
+            let want = w.maps.expected_verdict(POINT_TO_POD, B_IF, &moved);
+            let got = run(dp, "to_pod", &moved, at(B_IF, LO, mark)).0;
+            prop_assert_eq!(got, want, "source port rewritten before to_pod, {}", ctx);
+            if got == TC_ACT_OK {
+                let (got, _, rmark) = run(dp, "from_pod", &moved.reply(), at(B_IF, 0, 0));
+                prop_assert_eq!(got, TC_ACT_OK, "reply to the rewritten port, {}", ctx);
+                prop_assert!(!marked(rmark), "{}", ctx);
+                prop_assert_eq!(run(dp, "to_pod", &r, at(LO, B_IF, 0)).0, TC_ACT_OK);
+            }
+        }
     }
 
     // A packet generated on the host with the mark (a host process's SO_MARK) is not taken for

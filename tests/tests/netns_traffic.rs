@@ -313,7 +313,8 @@ fn flow_events_arrive_in_user_space_with_the_right_fields() {
 /// A pod marks every packet it sends with the node-local mark (an nftables rule in its own
 /// namespace, the same as SO_MARK on each socket): the veth clears the mark on the way to the
 /// node, so a connection the destination's ingress denies stays denied, and the allowed one
-/// still works.
+/// still works. Even the mark set after from_pod, in the node's namespace, does not open a
+/// connection: `to_pod` passes a marked SYN only on the entries from_pod made for its tuple.
 #[test]
 fn a_pod_cannot_forge_the_node_local_mark() {
     let topo = Topology::new(3).expect("topology");
@@ -384,8 +385,9 @@ fn a_pod_cannot_forge_the_node_local_mark() {
     assert!(dp.counter(Counter::Dropped).expect("counter") > 0);
     assert!(dp.counter(Counter::NodeLocalPassed).expect("counter") > 0);
 
-    // The control: the same mark set in the node's namespace (by a rule only root can write,
-    // after from_pod) is trusted, so what keeps the pods' marks out above is the veth.
+    // The same mark set in the node's namespace (by a rule only root can write, after
+    // from_pod) on the VIP's connection: from_pod deferred it and made no node-local entries
+    // for it, so p1's to_pod decides its SYN as unmarked, and p2 stays denied.
     for cmd in [
         "add table ip forge".to_string(),
         "add chain ip forge pre { type filter hook prerouting priority mangle ; }".to_string(),
@@ -398,10 +400,21 @@ fn a_pod_cannot_forge_the_node_local_mark() {
         let out = topo.node.exec("nft", &args).expect("nft");
         assert!(out.status.success(), "nft {cmd} in the node: {out:?}");
     }
+    let passed = dp.counter(Counter::NodeLocalPassed).expect("counter");
     assert_eq!(
         tcp_probe(&p2.ns, IpAddr::V4(vip), 80, T),
+        Outcome::Timeout,
+        "a mark set in the node namespace opened a connection from_pod never decided"
+    );
+    assert_eq!(
+        tcp_probe(&p0.ns, IpAddr::V4(vip), 80, T),
         Outcome::Ok,
-        "a mark set in the node namespace is taken for from_pod's"
+        "the allowed one through the VIP still works"
+    );
+    assert_eq!(
+        dp.counter(Counter::NodeLocalPassed).expect("counter"),
+        passed,
+        "a marked SYN without from_pod's entries passed as node-local"
     );
 }
 
