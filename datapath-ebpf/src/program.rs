@@ -215,9 +215,11 @@ fn handed_over(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).tc_index }
 }
 
-/// A TCP segment without SYN: netfilter does not start a connection on one (what could give
-/// it other ports between the two points, see [`conntrack::local_reply_tracked`]), so a
+/// A TCP segment without SYN: netfilter maps a TCP connection's ports (what could give it
+/// other ports between the two points, see [`conntrack::local_reply_tracked`]) on its SYN, so a
 /// marked one passes `to_pod` without a lookup: the fast path of established node-local TCP.
+/// (The exception, netfilter picking up a connection mid-stream after its own entry expired,
+/// with a clashing tuple, is not covered.)
 #[inline(always)]
 fn tcp_without_syn(pkt: &crate::parse::Packet) -> bool {
     pkt.key.protocol == septum_datapath_common::proto::TCP && pkt.tcp_flags & TCP_SYN == 0
