@@ -246,6 +246,15 @@ pub mod proto {
     pub const SCTP: u8 = 132;
 }
 
+/// TCP header flags, as the datapath reads them and conntrack entries record them
+/// ([`CtEntry::tcp_flags`]).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
 /// Direction of a policy, from the subject's point of view.
 pub const DIRECTION_INGRESS: u8 = 1;
 /// Direction of a policy, from the subject's point of view.

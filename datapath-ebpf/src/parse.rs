@@ -20,10 +20,9 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const IPV6_HLEN: usize = 40;
 pub(crate) const MAX_IPV6_EXT_HEADERS: usize = 6;
 
-pub(crate) const TCP_FIN: u8 = 0x01;
-pub(crate) const TCP_SYN: u8 = 0x02;
-pub(crate) const TCP_RST: u8 = 0x04;
-pub(crate) const TCP_ACK: u8 = 0x10;
+pub(crate) use septum_datapath_common::tcp_flags::{
+    ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN,
+};
 
 /// A parsed packet: its flow tuple and what the verdict needs.
 pub(crate) struct Packet {

@@ -5,10 +5,8 @@ use std::net::IpAddr;
 
 use septum_datapath_common::proto;
 
-/// TCP flags.
-pub const SYN: u8 = 0x02;
-pub const ACK: u8 = 0x10;
-pub const FIN: u8 = 0x01;
+/// TCP flags (the datapath's own constants).
+pub use septum_datapath_common::tcp_flags::{ACK, FIN, RST, SYN};
 
 /// One packet's headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
