@@ -44,7 +44,8 @@
 //!   passes only when the flow's entries at `from_pod` know its tuple as `to_pod` sees it, one
 //!   lookup; a TCP segment without SYN passes without one. Should the mark be
 //!   lost on the way, `to_pod` finds the flow's local entry and passes it all the same. The
-//!   destination's `to_pod` reports nothing for such a flow.
+//!   destination's `to_pod` reports nothing for such a flow, except when the host rewrote its
+//!   ports: then it decides, tracks and reports the tuple it sees, as for a remote source.
 //! - **Host**: the node (identity host) may always reach its pods.
 //! - **Deny** is `TC_ACT_SHOT`, a silent drop: the peer sees a timeout, never a reset.
 

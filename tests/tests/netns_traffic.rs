@@ -392,7 +392,7 @@ fn a_pod_cannot_forge_the_node_local_mark() {
         "add table ip forge".to_string(),
         "add chain ip forge pre { type filter hook prerouting priority mangle ; }".to_string(),
         format!(
-            "add rule ip forge pre ip saddr {} meta mark set {mark}",
+            "add rule ip forge pre ip saddr {} counter meta mark set {mark}",
             p2.ip4
         ),
     ] {
@@ -416,6 +416,19 @@ fn a_pod_cannot_forge_the_node_local_mark() {
         passed,
         "a marked SYN without from_pod's entries passed as node-local"
     );
+    // And the node's rule did mark p2's packets (else the timeout above proves nothing).
+    let out = topo
+        .node
+        .exec("nft", &["list", "chain", "ip", "forge", "pre"])
+        .expect("nft");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let marked: u64 = listing
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet counter in {listing}"));
+    assert!(marked > 0, "the node's rule marked nothing: {listing}");
 }
 
 /// A node-local connection p0 -> p1 that from_pod allows (p1's ingress allows p0), which the

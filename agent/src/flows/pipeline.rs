@@ -330,13 +330,11 @@ struct Sink {
 }
 
 impl Sink {
-    /// Queues `batch`; whether it was queued.
-    fn send(&self, batch: &Arc<Batch>, lost: &AtomicU64) -> bool {
+    fn send(&self, batch: &Arc<Batch>, lost: &AtomicU64) {
         match self.tx.try_send(batch.clone()) {
-            Ok(()) => true,
+            Ok(()) => {}
             Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => {
                 lost.fetch_add(b.records.len() as u64, Relaxed);
-                false
             }
         }
     }
@@ -344,8 +342,8 @@ impl Sink {
 
 /// The exporters, fed by the store writer: a batch is handed on only once its transaction has
 /// ended (committed, or counted in `store_errors`), so an exporter never carries a record that
-/// a crash took from the store before its commit. A batch the store's full queue refused (counted
-/// in `store_queue_full`) goes to them at once, so the export still has it.
+/// a crash took from the store before its commit: what is exported is a subset of what is stored
+/// (a batch the store's full queue refuses, counted in `store_queue_full`, is exported neither).
 #[derive(Clone)]
 struct Exporters {
     jsonl: Option<Sink>,
@@ -456,8 +454,7 @@ struct Pipeline {
     agg: Aggregator,
     /// To the store writer, which hands each batch on to the exporters after its commit.
     store: Sink,
-    /// The exporters, for a batch the store's full queue lost (it is no less a flow for the
-    /// export) and for the OTLP exporter's own counters.
+    /// The exporters (the store writer feeds them), for the OTLP exporter's own counters.
     exporters: Exporters,
     cursor: usize,
     last_refresh: Instant,
@@ -566,9 +563,7 @@ impl Pipeline {
         }
         stats.records.fetch_add(records.len() as u64, Relaxed);
         let batch = self.hub.publish(records);
-        if !self.store.send(&batch, &stats.store_queue_full) {
-            self.exporters.send(std::slice::from_ref(&batch), stats);
-        }
+        self.store.send(&batch, &stats.store_queue_full);
     }
 }
 
