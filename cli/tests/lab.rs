@@ -674,12 +674,7 @@ fn a_direct_connection_that_clashes_with_a_clusterip_one_keeps_its_replies() {
         })
         .join()
         .expect("the client thread");
-    let got = got.unwrap_or_else(|e| {
-        panic!(
-            "{e}; the agent's log: {}",
-            std::fs::read_to_string(lab.dir.join("agent.log")).unwrap_or_default()
-        )
-    });
+    let got = got.unwrap_or_else(|e| panic!("{e}; the agent's log: {}", lab.agent_log()));
     let want = [
         ("TCP via the ClusterIP", "septum\n"),
         ("TCP direct", "septum\n"),

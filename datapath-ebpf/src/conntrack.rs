@@ -108,8 +108,8 @@ pub(crate) fn source_entry_flags(key: &mut CtKey, pkt: &CtKey) -> u16 {
 /// packet itself, as if unmarked, and tracks the tuple it sees.
 #[inline(always)]
 pub(crate) fn local_reply_tracked(s: &mut Scratch) -> bool {
+    // The packet's key is at to_pod; reversed, it is at from_pod.
     s.key = s.pkt.key.reversed();
-    s.key.point = POINT_FROM_POD;
     CONNTRACK.get_ptr(&s.key).is_some()
 }
 

@@ -398,6 +398,15 @@ fn parse_inner(ctx: &TcContext, off: usize, pkt: &mut Packet) -> bool {
     true
 }
 
+/// A TCP segment without SYN. Netfilter maps a TCP connection's ports on its SYN, so a marked
+/// one of a node-local flow passes `to_pod` without a lookup: the fast path of established
+/// node-local TCP (see [`crate::conntrack::local_reply_tracked`]). Not covered: netfilter
+/// picking a connection up mid-stream after its own entry expired, with a clashing tuple.
+#[inline(always)]
+pub(crate) fn tcp_without_syn(pkt: &Packet) -> bool {
+    pkt.key.protocol == proto::TCP && pkt.tcp_flags & TCP_SYN == 0
+}
+
 /// A TCP segment with ACK and without SYN: part of a connection already under way.
 #[inline(always)]
 pub(crate) fn is_midstream_tcp(pkt: &Packet) -> bool {

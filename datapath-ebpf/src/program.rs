@@ -68,7 +68,7 @@ use crate::{
     events::{count, emit, finish_drop},
     maps::{SCRATCH, Scratch, config},
     mem::End,
-    parse::{Parsed, TCP_SYN, is_midstream_tcp, parse},
+    parse::{Parsed, is_midstream_tcp, parse, tcp_without_syn},
     policy::{self, endpoint, evaluate, ipcache, local_endpoint},
 };
 
@@ -214,16 +214,6 @@ fn hand_over(ctx: &TcContext, to: u32) {
 fn handed_over(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).tc_index }
-}
-
-/// A TCP segment without SYN: netfilter maps a TCP connection's ports (what could give it
-/// other ports between the two points, see [`conntrack::local_reply_tracked`]) on its SYN, so a
-/// marked one passes `to_pod` without a lookup: the fast path of established node-local TCP.
-/// (The exception, netfilter picking up a connection mid-stream after its own entry expired,
-/// with a clashing tuple, is not covered.)
-#[inline(always)]
-fn tcp_without_syn(pkt: &crate::parse::Packet) -> bool {
-    pkt.key.protocol == septum_datapath_common::proto::TCP && pkt.tcp_flags & TCP_SYN == 0
 }
 
 /// Whether the packet is addressed to the pod behind `ifindex` (what the source's from_pod

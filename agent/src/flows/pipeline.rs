@@ -324,7 +324,6 @@ fn ct_key(k: &ConnKey) -> Option<CtKey> {
 
 /// A bounded queue to a consumer thread; a full queue loses the batch for that consumer and
 /// counts its records.
-#[derive(Clone)]
 struct Sink {
     tx: SyncSender<Arc<Batch>>,
 }
@@ -341,10 +340,9 @@ impl Sink {
 }
 
 /// The exporters, fed by the store writer: a batch is handed on only once its transaction has
-/// ended (committed, or counted in `store_errors`), so an exporter never carries a record that
-/// a crash took from the store before its commit: what is exported is a subset of what is stored
-/// (a batch the store's full queue refuses, counted in `store_queue_full`, is exported neither).
-#[derive(Clone)]
+/// ended (committed, or counted in `store_errors`), so what is exported is a subset of what is
+/// stored; a crash before a commit takes the batch from both. A batch the store's full queue
+/// refuses (counted in `store_queue_full`) is not exported either.
 struct Exporters {
     jsonl: Option<Sink>,
     otlp: Option<Arc<super::OtlpSink>>,
@@ -454,8 +452,8 @@ struct Pipeline {
     agg: Aggregator,
     /// To the store writer, which hands each batch on to the exporters after its commit.
     store: Sink,
-    /// The exporters (the store writer feeds them), for the OTLP exporter's own counters.
-    exporters: Exporters,
+    /// The OTLP exporter (the store writer feeds it), for its own counters.
+    otlp: Option<Arc<super::OtlpSink>>,
     cursor: usize,
     last_refresh: Instant,
 }
@@ -604,18 +602,23 @@ impl Ingest {
             Some(endpoint) => Some(Arc::new(super::OtlpSink::start(endpoint, &hub)?)),
             None => None,
         };
-        let exporters = Exporters { jsonl, otlp };
+        let exporters = Exporters {
+            jsonl,
+            otlp: otlp.clone(),
+        };
         let h = hub.clone();
-        let e = exporters.clone();
-        let (store, store_thread) =
-            spawn_sink("store", move |rx| store_writer(h, e, rx), STORE_QUEUE)?;
+        let (store, store_thread) = spawn_sink(
+            "store",
+            move |rx| store_writer(h, exporters, rx),
+            STORE_QUEUE,
+        )?;
         Ok(Self {
             pipeline: Pipeline {
                 hub,
                 observer,
                 agg: Aggregator::new(settings.aggregation),
                 store,
-                exporters,
+                otlp,
                 cursor: 0,
                 last_refresh: Instant::now(),
             },
@@ -678,7 +681,7 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                if let Some(o) = &p.exporters.otlp {
+                if let Some(o) = &p.otlp {
                     o.refresh_stats(&hub.stats);
                 }
                 p.flush();

@@ -64,7 +64,7 @@ impl TestLab {
             "septum {args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr),
-            std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+            self.agent_log()
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
@@ -111,6 +111,11 @@ impl TestLab {
             .unwrap()
             .parse()
             .unwrap()
+    }
+
+    /// The lab agent's log, empty if it has none yet.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     /// The directory the lab's agent enforces.
